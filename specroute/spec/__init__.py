@@ -1,0 +1,6 @@
+"""The spec language (models) and its loader (YAML, extends, profiles, overrides, errors)."""
+
+from specroute.spec.loader import Resolved, SpecError, load_study, rebuild
+from specroute.spec.models import RunSpec, StudySpec
+
+__all__ = ["Resolved", "RunSpec", "SpecError", "StudySpec", "load_study", "rebuild"]

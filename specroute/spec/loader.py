@@ -1,0 +1,330 @@
+"""YAML loading: safe parsing, ``extends:`` chains, profiles, ``--set`` overrides, clear errors.
+
+Override order (STYLE.md): defaults < YAML (``extends:`` chain, base first) < profile < arm < ``--set``.
+
+Every failure raises :class:`SpecError`, which names the file, the dotted field path and, where YAML can
+tell, the line. The CLI prints it and exits 2.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from specroute.spec.models import RunSpec, StudySpec
+
+#: Top-level keys that only the loader reads (they are consumed before validation).
+LOADER_KEYS = ("extends", "profiles", "default_profile")
+#: StudySpec keys that do not belong to a run.
+STUDY_KEYS = ("profile", "seeds", "arms", "gates", "comparisons")
+
+Path_ = tuple[str, ...]
+
+
+class SpecError(Exception):
+    """A spec that cannot be loaded or validated.
+
+    Attributes: ``file`` (the spec file or ``--set``), ``field`` (dotted path, may be empty),
+    ``line`` (1-based, or None), ``reason``. ``str()`` gives one or more readable lines.
+    """
+
+    def __init__(self, problems: list[tuple[str, str, int | None, str]]):
+        self.problems = problems
+        self.file, self.field, self.line, self.reason = problems[0]
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        lines = []
+        for file, field, line, reason in self.problems:
+            where = file + (f":{line}" if line else "")
+            lines.append(f"{where}: {field or '<spec>'}: {reason}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A validated study and the raw dict it came from (for arm resolution and provenance)."""
+
+    study: StudySpec
+    source: Path
+    raw_base: dict[str, Any]
+    set_tree: dict[str, Any]
+    provenance: dict[Path_, tuple[str, int | None]]
+
+    def runs(self) -> list[tuple[str, int, RunSpec]]:
+        """Every (arm, seed, RunSpec) of the study, arms in spec order, seeds ascending order given."""
+        out = []
+        for arm in self.study.arms:
+            spec = self.arm_spec(arm)
+            for seed in self.study.seeds:
+                out.append((arm, seed, rebuild(spec, {"seed": seed})))
+        return out
+
+    def arm_spec(self, arm: str) -> RunSpec:
+        """The RunSpec of one arm (seed = the study's first seed). Raises SpecError if invalid."""
+        if arm not in self.study.arms:
+            raise SpecError([(str(self.source), "arms", None, f"unknown arm {arm!r}; "
+                              f"choose one of {sorted(self.study.arms)}")])
+        raw = {k: v for k, v in self.raw_base.items() if k not in STUDY_KEYS}
+        raw = deep_merge(raw, self.study.arms[arm].overrides)
+        raw = deep_merge(raw, {k: v for k, v in self.set_tree.items() if k not in STUDY_KEYS})
+        raw["gate"] = with_gate_preset(raw.get("gate", {}), self.raw_base.get("gates", {}))
+        raw["seed"] = self.study.seeds[0]
+        prefix = ("arms", arm, "overrides")
+        return _validate(RunSpec, raw, self.source, self.provenance, prefix)
+
+
+def rebuild(spec: RunSpec, update: Mapping[str, Any]) -> RunSpec:
+    """A variant of ``spec`` built by dump, merge and re-validation (never ``model_copy``)."""
+    return RunSpec.model_validate(deep_merge(dump_run(spec), dict(update)))
+
+
+def dump_run(spec: RunSpec) -> dict[str, Any]:
+    """The spec as plain JSON-able data that re-validates (computed fields left out)."""
+    return spec.model_dump(mode="json", exclude_computed_fields=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# merging
+
+
+def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    """Recursively merge ``over`` into a copy of ``base``.
+
+    Dicts merge key by key; everything else is replaced. A dict whose ``kind`` differs from the base's
+    (a different variant of a discriminated union, e.g. gate G1 -> G3) replaces the base dict whole, so
+    fields of the old variant do not leak into the new one.
+    """
+    out = copy.deepcopy(dict(base))
+    for key, value in over.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            if "kind" in value and old.get("kind") not in (None, value["kind"]):
+                out[key] = copy.deepcopy(value)
+            else:
+                out[key] = deep_merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def with_gate_preset(gate: Mapping[str, Any], presets: Mapping[str, Any]) -> dict[str, Any]:
+    """The gate dict merged on top of the study's preset for its kind (``gates:``), if any."""
+    kind = gate.get("kind", "G1")
+    return deep_merge(presets.get(kind) or {}, gate)
+
+
+def parse_set(assignments: Iterable[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "c=[1, 2]"]`` into a nested dict; values are parsed as YAML (safe)."""
+    tree: dict[str, Any] = {}
+    for item in assignments:
+        if "=" not in item:
+            raise SpecError([("--set", item, None, "expected key.path=value")])
+        key, _, text = item.partition("=")
+        parts = [p for p in key.strip().split(".")]
+        if not all(parts):
+            raise SpecError([("--set", key, None, "empty component in the key path")])
+        try:
+            value = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise SpecError([("--set", key, None, f"value is not valid YAML: {e}")]) from None
+        node = tree
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SpecError([("--set", key, None, f"{p!r} is set both as a value and a table")])
+        node[parts[-1]] = value
+    return tree
+
+
+# --------------------------------------------------------------------------------------------------
+# YAML with line numbers
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
+    """Parse one YAML file safely; return the mapping and a map dotted-path -> 1-based line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([(str(path), "", None, "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError([(str(path), "", None, f"cannot read: {e}")]) from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else {}
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        reason = " ".join(str(x) for x in (e.context, e.problem) if x)
+        if isinstance(e, yaml.constructor.ConstructorError):
+            reason += " (only plain YAML is accepted; tags that build Python objects are refused)"
+        raise SpecError([(str(path), "", mark.line + 1 if mark else None, reason)]) from None
+    except yaml.YAMLError as e:
+        raise SpecError([(str(path), "", None, f"invalid YAML: {e}")]) from None
+    finally:
+        loader.dispose()
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError([(str(path), "", 1, f"top level must be a mapping, got {type(data).__name__}")])
+    lines: dict[Path_, int] = {}
+    if node is not None:
+        _collect_lines(node, (), lines)
+    return data, lines
+
+
+def _collect_lines(node: yaml.Node, prefix: Path_, out: dict[Path_, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + (str(key_node.value),)
+            out[path] = key_node.start_mark.line + 1
+            _collect_lines(value_node, path, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            path = prefix + (str(i),)
+            out[path] = item.start_mark.line + 1
+            _collect_lines(item, path, out)
+
+
+def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[Path_, tuple[str, int]]]:
+    """Load ``path`` with its ``extends:`` chain merged (base first). Returns data and provenance."""
+    path = path.resolve()
+    if path in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, path))
+        raise SpecError([(str(path), "extends", None, f"extends cycle: {cycle}")])
+    data, lines = _read_yaml(path)
+    provenance = {k: (str(path), v) for k, v in lines.items()}
+    parents = data.pop("extends", None)
+    if parents is None:
+        return data, provenance
+    if isinstance(parents, str):
+        parents = [parents]
+    if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+        raise SpecError([(str(path), "extends", lines.get(("extends",)),
+                          "must be a file path or a list of file paths")])
+    merged: dict[str, Any] = {}
+    merged_prov: dict[Path_, tuple[str, int]] = {}
+    for parent in parents:
+        ppath = (path.parent / parent)
+        if not ppath.exists():
+            raise SpecError([(str(path), "extends", lines.get(("extends",)),
+                              f"extended file {parent!r} not found (looked at {ppath})")])
+        pdata, pprov = load_raw(ppath, (*_chain, path))
+        merged = deep_merge(merged, pdata)
+        merged_prov.update(pprov)
+    merged_prov.update({k: v for k, v in provenance.items() if k[:1] != ("extends",)})
+    return deep_merge(merged, data), merged_prov
+
+
+def load_study(
+    path: str | Path, profile: str | None = None, overrides: Iterable[str] = ()
+) -> Resolved:
+    """Load, resolve and validate a study spec; validate every arm too.
+
+    Args:
+        path: the YAML spec file.
+        profile: a name under ``profiles:``; None picks ``default_profile`` (or none if absent).
+        overrides: ``key.path=value`` strings (``--set``), applied last.
+
+    Raises:
+        SpecError: missing file, bad YAML or tag, ``extends`` cycle, unknown profile, or any validation
+            failure (unknown key, wrong type, out-of-range value, cross-field rule) in the base or an arm.
+    """
+    source = Path(path)
+    raw, provenance = load_raw(source)
+    profiles = raw.pop("profiles", {}) or {}
+    default_profile = raw.pop("default_profile", None)
+    if not isinstance(profiles, dict):
+        raise SpecError([(str(source), "profiles", None, "must be a mapping of name -> overrides")])
+    name = profile if profile is not None else default_profile
+    if name is not None:
+        if name not in profiles:
+            known = ", ".join(sorted(profiles)) or "none defined"
+            raise SpecError([(str(source), "profile", None,
+                              f"unknown profile {name!r} (known: {known})")])
+        body = profiles[name] or {}
+        if not isinstance(body, dict):
+            raise SpecError([(str(source), f"profiles.{name}", None, "must be a mapping")])
+        raw = deep_merge(raw, body)
+        for k, v in list(provenance.items()):
+            if k[:2] == ("profiles", name) and len(k) > 2:
+                provenance[k[2:]] = v
+        raw["profile"] = name
+    set_tree = parse_set(overrides)
+    raw = deep_merge(raw, set_tree)
+    for k in _leaf_paths(set_tree):
+        provenance[k] = ("--set", None)  # type: ignore[assignment]
+    if isinstance(raw.get("gates"), dict) and isinstance(raw.get("gate", {}), dict):
+        raw["gate"] = with_gate_preset(raw.get("gate", {}), raw["gates"])
+    study = _validate(StudySpec, raw, source, provenance, ())
+    resolved = Resolved(study, source, raw, set_tree, provenance)
+    problems: list[tuple[str, str, int | None, str]] = []
+    for arm in study.arms:
+        try:
+            resolved.arm_spec(arm)
+        except SpecError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise SpecError(problems)
+    return resolved
+
+
+def _leaf_paths(tree: Mapping[str, Any], prefix: Path_ = ()) -> list[Path_]:
+    out = []
+    for k, v in tree.items():
+        if isinstance(v, dict) and v:
+            out.extend(_leaf_paths(v, prefix + (k,)))
+        else:
+            out.append(prefix + (k,))
+    return out
+
+
+_FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*): (.*)$", re.S)
+_VARIANT_TAGS = {"G1", "G3", "embedded", "fineweb_edu", "local"}
+
+
+def _validate(model: type, raw: dict[str, Any], source: Path, provenance: dict, prefix: Path_):
+    try:
+        return model.model_validate(raw)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            loc = tuple(str(x) for x in e["loc"] if str(x) not in _VARIANT_TAGS)
+            reason = e["msg"].removeprefix("Value error, ")
+            if e["type"] == "value_error" and (m := _FIELD_PREFIX.match(reason)):
+                loc, reason = loc + tuple(m.group(1).split(".")), m.group(2)
+            field = ".".join(loc)
+            if e["type"] == "extra_forbidden":
+                reason = _extra_reason(raw, loc)
+            where = _lookup(provenance, prefix + loc) or _lookup(provenance, loc)
+            file, line = where if where else (str(source), None)
+            if prefix and not field.startswith(".".join(prefix)):
+                field = ".".join(prefix[:2]) + ":" + field if field else ".".join(prefix[:2])
+            problems.append((file, field, line, reason))
+        raise SpecError(problems) from None
+
+
+def _extra_reason(raw: dict[str, Any], loc: Path_) -> str:
+    node: Any = raw
+    for part in loc[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+    kind = node.get("kind") if isinstance(node, dict) else None
+    if kind and loc[:1] == ("gate",):
+        return f"unknown field {loc[-1]!r} for gate kind {kind} (fields of one gate kind are not " \
+               "allowed under another)"
+    return f"unknown field {loc[-1]!r} (not part of the spec language; see `specroute schema`)"
+
+
+def _lookup(provenance: dict, loc: Path_) -> tuple[str, int | None] | None:
+    """Line of the deepest known ancestor of ``loc``."""
+    for n in range(len(loc), 0, -1):
+        if loc[:n] in provenance:
+            return provenance[loc[:n]]
+    return None

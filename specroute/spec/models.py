@@ -1,0 +1,429 @@
+"""The spec language: strict, immutable Pydantic v2 models.
+
+A *run spec* (:class:`RunSpec`) fully determines one training run: the decoder, the routing, the gate,
+the loss recipe, the data, the training schedule and the seed. A *study spec* (:class:`StudySpec`) is a
+run spec plus the study's arms (named overrides), its seeds and its profiles; every (arm, seed) pair
+resolves to one :class:`RunSpec` (see :mod:`specroute.spec.loader`).
+
+Terms follow DESIGN.md: controlled layer, budget (``full_fraction``), full / cheap FFN, oracle label,
+off-policy / on-policy, straight-through, top-k, controller-only.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+
+class Strict(BaseModel):
+    """Base for every spec model: unknown keys are errors and instances are immutable.
+
+    Cross-field validators raise ``ValueError("field.path: reason")``; the loader turns the leading
+    path (relative to the model) into the error's field path.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# model
+
+
+class ModelSpec(Strict):
+    """The dense GPT-style decoder (pre-LayerNorm blocks, causal self-attention, GELU MLP)."""
+
+    n_layers: int = Field(4, ge=1, description="Number of transformer blocks.")
+    d_model: int = Field(128, ge=1, description="Width of the hidden state (D).")
+    n_heads: int = Field(4, ge=1, description="Attention heads; must divide d_model.")
+    context_length: int = Field(128, ge=1, description="Maximum sequence length (positions).")
+    vocab_size: int = Field(256, ge=2, description="Vocabulary size (V) of the tokenizer.")
+    d_ff: int | None = Field(
+        None, ge=1, description="Hidden width of the full FFN; null means 4 * d_model."
+    )
+    tie_embeddings: bool = Field(True, description="Share the token embedding with the LM head.")
+    bias: bool = Field(True, description="Biases in linear layers and LayerNorms.")
+    init_std: float = Field(0.02, gt=0, description="Std of the normal init of weight matrices.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head: d_model / n_heads."""
+        return self.d_model // self.n_heads
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ffn_hidden(self) -> int:
+        """Resolved hidden width of the full FFN."""
+        return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> ModelSpec:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"n_heads: n_heads={self.n_heads} does not divide d_model={self.d_model}; "
+                "pick n_heads so that d_model / n_heads is an integer"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# routing
+
+
+class BudgetSpec(Strict):
+    """The compute budget at each controlled layer (DESIGN.md, "Budget")."""
+
+    full_fraction: float = Field(
+        0.5, ge=0.0, le=1.0, description="Share b of tokens that take the full FFN per layer."
+    )
+    enforcement: Literal["topk_sequence", "topk_batch", "threshold"] = Field(
+        "topk_sequence",
+        description=(
+            "topk_sequence: exactly ceil(b*T) tokens of each sequence take full (not causal); "
+            "topk_batch: exactly ceil(b*B*T) tokens of the batch (not causal); "
+            "threshold: full iff the gate score > 0 (causal), steered toward b by the budget loss."
+        ),
+    )
+    tolerance: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="Allowed |realised full share - b| for threshold mode once trained (verify).",
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def causal(self) -> bool:
+        """Whether the decision for token t depends only on positions <= t."""
+        return self.enforcement == "threshold"
+
+
+class RoutingSpec(Strict):
+    """Which layers are routed, and how (DESIGN.md, "The model")."""
+
+    controlled_layers: list[int] = Field(
+        default_factory=lambda: [1, 3],
+        description="0-based block indices whose FFN step is routed per token.",
+    )
+    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    cheap_ffn_hidden: int = Field(
+        32, ge=0, description="Hidden width of the cheap FFN; 0 means the cheap action is a skip."
+    )
+    execution: Literal["masked", "gather"] = Field(
+        "masked",
+        description="masked: both branches for every token, then select (no saving); "
+        "gather: full FFN only on the selected tokens (real saving). Same outputs.",
+    )
+    estimator: Literal["score_scaling", "straight_through"] = Field(
+        "score_scaling",
+        description=(
+            "Gradient path into the gate. score_scaling: the executed branch is multiplied by "
+            "1 + p - sg(p) (full) or 1 - p + sg(p) (cheap), p = sigmoid(score): forward values "
+            "unchanged, d/dp = +-branch output (Mixture-of-Depths style, works with gather). "
+            "straight_through: forward uses the hard decision d, backward treats it as p, "
+            "i.e. d/dp = FFN_full - FFN_cheap (needs both branches, so execution=masked)."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RoutingSpec:
+        layers = self.controlled_layers
+        if len(set(layers)) != len(layers):
+            raise ValueError(f"controlled_layers: {layers} has duplicates")
+        if any(i < 0 for i in layers):
+            raise ValueError(f"controlled_layers: {layers} has a negative index")
+        if list(layers) != sorted(layers):
+            raise ValueError(f"controlled_layers: {layers} must be sorted ascending")
+        if self.estimator == "straight_through" and self.execution == "gather":
+            raise ValueError(
+                "estimator: straight_through needs both branches for every token; "
+                "use execution=masked or estimator=score_scaling"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# gates
+
+
+class G1Spec(Strict):
+    """G1 — MLP gate: s_t = MLP(LN(h_t)), a scalar utility score per token."""
+
+    kind: Literal["G1"] = "G1"
+    hidden: int = Field(64, ge=1, description="Hidden width of the gate MLP.")
+    init_bias: float = Field(0.0, description="Initial bias of the score output (logit).")
+
+
+class G3Spec(Strict):
+    """G3 — JEPA-guided gate with an action-conditional latent predictor and a fixed target head."""
+
+    kind: Literal["G3"] = "G3"
+    latent_dim: int = Field(16, ge=1, description="Latent size K of the encoder and target head.")
+    predictor_hidden: int = Field(64, ge=1, description="Hidden width of the predictor P(z, a).")
+    init_bias: float = Field(0.0, description="Initial bias of the score head (logit).")
+    target_seed: int = Field(
+        1234, description="Seed of the fixed (never trained) target projection head T."
+    )
+
+
+GateSpec = Annotated[G1Spec | G3Spec, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------------------------------
+# losses
+
+
+class OracleSpec(Strict):
+    """How oracle utility labels u_{l,t} are made (DESIGN.md, "Losses")."""
+
+    labeling: Literal["off_policy", "on_policy"] = Field(
+        "off_policy",
+        description="off_policy: every layer after l runs full (the paper's); "
+        "on_policy: later layers follow the current gate decisions.",
+    )
+    layers_per_step: int | None = Field(
+        1,
+        ge=1,
+        description="Controlled layers that get labels each step, sampled uniformly; null = all.",
+    )
+    util_target: Literal["raw", "standardized"] = Field(
+        "standardized",
+        description="raw: regress the score on u (nats); standardized: on (u - mean) / std over "
+        "the labelled tokens of the layer in the batch.",
+    )
+    util_loss: Literal["mse", "huber"] = Field("mse", description="Regression loss of UTIL.")
+    huber_delta: float = Field(1.0, gt=0, description="Huber transition point (target units).")
+    rank_margin: float = Field(
+        0.0, ge=0, description="Pairs enter RANK only if their labels differ by more (nats)."
+    )
+    rank_pairs_per_token: int | None = Field(
+        8,
+        ge=1,
+        description="Pairs sampled per token within its sequence for RANK; null = all pairs.",
+    )
+
+
+class LossSpec(Strict):
+    """The recipe L = lm*LM + util*UTIL + rank*RANK + jepa*JEPA + budget*BUDGET."""
+
+    lm: float = Field(1.0, ge=0, description="Weight of next-token cross-entropy (nats/token).")
+    util: float = Field(0.0, ge=0, description="Weight of oracle-utility regression.")
+    rank: float = Field(0.0, ge=0, description="Weight of the pairwise rank loss.")
+    jepa: float = Field(0.0, ge=0, description="Weight of JEPA alignment (G3 only).")
+    budget: float = Field(0.0, ge=0, description="Weight of the budget penalty (threshold mode).")
+    oracle: OracleSpec = Field(default_factory=OracleSpec)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def uses_oracle(self) -> bool:
+        """Whether a step must compute oracle labels (util or rank on)."""
+        return self.util > 0 or self.rank > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+
+
+class EmbeddedData(Strict):
+    """The embedded corpus: real documentation prose shipped with Python; no network."""
+
+    kind: Literal["embedded"] = "embedded"
+    tokenizer: Literal["bytes"] = Field(
+        "bytes", description="UTF-8 bytes (vocab 256): no training, no download."
+    )
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share held out for eval.")
+
+
+class FinewebEduData(Strict):
+    """fineweb-edu through ``datasets`` (streaming a named sample config), GPT-2 BPE."""
+
+    kind: Literal["fineweb_edu"] = "fineweb_edu"
+    dataset: str = Field("HuggingFaceFW/fineweb-edu", description="Hub dataset id.")
+    config: str = Field("sample-10BT", description="Named sample config to stream.")
+    max_tokens: int = Field(
+        50_000_000, ge=1000, description="Tokens to cache (train + held-out)."
+    )
+    tokenizer: Literal["gpt2"] = "gpt2"
+    heldout_fraction: float = Field(0.01, gt=0, lt=1, description="Share held out for eval.")
+
+
+class LocalData(Strict):
+    """Local jsonl / parquet / csv files with a ``text`` column, same code path as fineweb-edu."""
+
+    kind: Literal["local"] = "local"
+    paths: list[str] = Field(..., min_length=1, description="Files (relative to the spec file).")
+    text_column: str = Field("text", description="Column holding the documents.")
+    tokenizer: Literal["bytes", "gpt2"] = "bytes"
+    max_tokens: int | None = Field(None, ge=1000, description="Cap on tokens; null = all.")
+    heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share held out for eval.")
+
+
+DataSpec = Annotated[EmbeddedData | FinewebEduData | LocalData, Field(discriminator="kind")]
+
+
+# --------------------------------------------------------------------------------------------------
+# training
+
+
+class OptimizerSpec(Strict):
+    """AdamW with a warmup + decay schedule."""
+
+    lr_peak: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    eps: float = Field(1e-8, gt=0)
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup from 0 to lr_peak.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warmup, down to lr_peak * min_lr_ratio."
+    )
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+
+
+class TrainSpec(Strict):
+    """One training stage: steps, batch, optimiser, clipping, eval cadence."""
+
+    steps: int = Field(100, ge=1, description="Optimiser steps.")
+    batch_size: int = Field(8, ge=1, description="Sequences per step (B).")
+    seq_len: int = Field(64, ge=1, description="Tokens per sequence (T).")
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    grad_clip: float | None = Field(1.0, gt=0, description="Global-norm clip; null = none.")
+    eval_every: int = Field(20, ge=1, description="Steps between held-out evaluations.")
+    eval_batches: int = Field(4, ge=1, description="Held-out batches per evaluation.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tokens_per_step(self) -> int:
+        return self.batch_size * self.seq_len
+
+
+class BackboneSpec(Strict):
+    """Stage 1: dense pretraining of the backbone, or a checkpoint to load instead."""
+
+    checkpoint: str | None = Field(
+        None, description="Path of a safetensors backbone to load; null = pretrain (cached)."
+    )
+    train: TrainSpec = Field(default_factory=TrainSpec)
+
+
+class ControllerTrainSpec(TrainSpec):
+    """Stage 2: controller-only training (the backbone is frozen)."""
+
+    trainable: list[Literal["gate", "cheap_ffn", "backbone"]] = Field(
+        default_factory=lambda: ["gate", "cheap_ffn"],
+        description="Parameter groups trained: gate (G1 MLP; G3 encoder, predictor, score head — "
+        "never the target head), cheap_ffn, backbone (everything else; not controller-only).",
+    )
+    lm_thresholds: list[float] = Field(
+        default_factory=list, description="LM levels tau (nats/token) for threshold_hits."
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def controller_only(self) -> bool:
+        return "backbone" not in self.trainable
+
+
+# --------------------------------------------------------------------------------------------------
+# run and study
+
+
+class RunSpec(Strict):
+    """Everything that determines one run (one arm, one seed)."""
+
+    name: str = Field("run", description="Name of the study (or run).")
+    description: str = ""
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    gate: GateSpec = Field(default_factory=G1Spec)
+    loss: LossSpec = Field(default_factory=LossSpec)
+    data: DataSpec = Field(default_factory=EmbeddedData)
+    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
+    train: ControllerTrainSpec = Field(default_factory=ControllerTrainSpec)
+    seed: int = Field(0, description="Controller init and data order seed.")
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> RunSpec:
+        m, r = self.model, self.routing
+        bad = [i for i in r.controlled_layers if i >= m.n_layers]
+        if bad:
+            raise ValueError(
+                f"routing.controlled_layers: layer {bad[0]} is beyond model.n_layers={m.n_layers} "
+                f"(valid indices 0..{m.n_layers - 1})"
+            )
+        if self.loss.jepa > 0 and self.gate.kind != "G3":
+            raise ValueError(
+                f"loss.jepa: jepa={self.loss.jepa} needs gate.kind=G3 (gate is {self.gate.kind}); "
+                "set loss.jepa: 0"
+            )
+        for stage, t in (("train", self.train), ("backbone.train", self.backbone.train)):
+            if t.seq_len > m.context_length:
+                raise ValueError(
+                    f"{stage}.seq_len: seq_len={t.seq_len} exceeds model.context_length={m.context_length}"
+                )
+        if self.data.tokenizer == "bytes" and m.vocab_size < 256:
+            raise ValueError(f"model.vocab_size: tokenizer 'bytes' needs vocab_size >= 256 (is {m.vocab_size})")
+        if self.data.tokenizer == "gpt2" and m.vocab_size < 50257:
+            raise ValueError(f"model.vocab_size: tokenizer 'gpt2' needs vocab_size >= 50257 (is {m.vocab_size})")
+        return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def n_controlled(self) -> int:
+        return len(self.routing.controlled_layers)
+
+
+class ArmSpec(Strict):
+    """One arm of a study: a label and nested overrides applied on top of the base run spec."""
+
+    label: str = Field("", description="Human-readable name in reports.")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="Nested keys of RunSpec to override for this arm."
+    )
+
+
+class ComparisonSpec(Strict):
+    """A per-seed comparison the report makes, written 'k/n seeds' (lower metric wins)."""
+
+    id: str
+    better: str = Field(..., description="Arm expected to be better (the paper's claim).")
+    worse: str = Field(..., description="Arm it is compared against.")
+    claim: str | None = Field(None, description="Claim id in CLAIMS.md, if any.")
+
+
+class StudySpec(RunSpec):
+    """A study: the base run spec plus arms x seeds (DESIGN.md, "Specs and profiles")."""
+
+    profile: str = Field("default", description="Profile this spec was resolved with.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    arms: dict[str, ArmSpec] = Field(default_factory=lambda: {"default": ArmSpec()})
+    gates: dict[str, GateSpec] = Field(
+        default_factory=dict,
+        description="Per-kind gate settings (e.g. sizes per profile); an arm that sets gate.kind "
+        "starts from gates[kind] (keys are gate kinds).",
+    )
+    comparisons: list[ComparisonSpec] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _comparisons_name_arms(self) -> StudySpec:
+        for key, gate in self.gates.items():
+            if key != gate.kind:
+                raise ValueError(f"gates.{key}: has kind {gate.kind!r}; the key must be the kind")
+        for c in self.comparisons:
+            for arm in (c.better, c.worse):
+                if arm not in self.arms:
+                    raise ValueError(
+                        f"comparisons: comparison {c.id!r} names arm {arm!r}, which is not one of "
+                        f"{sorted(self.arms)}"
+                    )
+        return self
+
+
+def ceil_budget(full_fraction: float, n: int) -> int:
+    """Tokens that take full among ``n`` under top-k: ceil(b * n), robust to float error.
+
+    Documented choice (DESIGN.md asks for ceil or floor): ceil, so any b > 0 routes at least one token.
+    """
+    return min(n, max(0, math.ceil(full_fraction * n - 1e-9)))
