@@ -61,12 +61,26 @@ def count_params(spec: RunSpec) -> ParamCount:
 
 # --------------------------------------------------------------------------------------------------
 # multiply-adds (MACs). Convention: one MAC per multiply-add of a matmul (fvcore's unit); FLOPs = 2 MACs
-# (FlopCounterMode's). Only matmul-like work is counted (linear layers, attention's two batched matmuls
-# over the full T x T square as dense kernels compute it, the LM head); norms, activations and softmax
-# are left out. Every figure is per training step of B sequences of T tokens.
+# (FlopCounterMode's). Only matmul-like work is counted (linear layers, attention's batched matmuls over
+# the full T x T square as dense kernels compute them, the LM head); norms, activations, softmax and
+# elementwise ops are left out. Every figure is per training step of B sequences of T tokens.
+#
+# Backward (what autograd actually runs; checked against FlopCounterMode in specroute.verify.flops):
+# - a linear layer's input gradient (dX) costs its forward MACs, its weight gradient (dW) as much again;
+# - attention's backward runs 5 T x T matmuls (the scores are recomputed, as flash kernels do and as
+#   FlopCounterMode counts them): 2.5x the forward's 2;
+# - in controller-only training nothing below the lowest controlled layer's FFN step needs a gradient;
+#   in that layer only the controller does: the frozen full FFN (whose input needs no gradient) gets no
+#   backward, the cheap FFN its weight gradients plus the dX of its output projection, the gate its
+#   weight gradients plus its internal dX (its LayerNorm is trainable);
+# - every layer above it needs dX through attention and through every FFN branch that ran (masked: both
+#   on every token; gather: each on its own tokens), plus the gates' dX.
 
 Denominator = str  # "forward_only" | "controller_only" | "full_training"
 DENOMINATORS: tuple[Denominator, ...] = ("forward_only", "controller_only", "full_training")
+
+#: Attention backward / forward MACs (5 vs 2 T x T matmuls; FlopCounterMode's SDPA convention).
+ATTN_BACKWARD_RATIO = 2.5
 
 
 def _block_linear_macs(D: int, F: int) -> int:
@@ -90,7 +104,7 @@ def step_macs(
     batch_size: int | None = None,
     seq_len: int | None = None,
 ) -> dict[str, float]:
-    """Analytic MACs of one controller-only training step of ``spec``, by component.
+    """Analytic MACs of one training step of ``spec``, by component.
 
     Args:
         full_fraction: realised share of full tokens per controlled layer (default: the budget).
@@ -99,9 +113,9 @@ def step_macs(
     Returns:
         {component: MACs}: ``routed_forward`` (backbone + routed FFNs + head), ``gate`` (gates, G3
         predictor), ``jepa_target`` (the fixed head on executed outcomes, when jepa > 0), ``oracle``
-        (the no-grad counterfactual continuations, expected over the sampled layer), ``backward_act``
-        (activation gradients from the head down to the lowest controlled layer), ``backward_weight``
-        (weight gradients of the trainable set), and ``total``.
+        (the no-grad counterfactual continuations, expected over the sampled layers), ``backward_act``
+        (input gradients: head, attention, FFN branches and gates inside the gradient path),
+        ``backward_weight`` (weight gradients of the trainable set), and ``total``.
     """
     m, r, w = spec.model, spec.routing, spec.loss
     B = batch_size or spec.train.batch_size
@@ -111,56 +125,74 @@ def step_macs(
     D, F, V, L, Fc = m.d_model, m.ffn_hidden, m.vocab_size, m.n_layers, r.cheap_ffn_hidden
     N = B * T
     controlled = list(r.controlled_layers)
+    n_ctrl = len(controlled)
     attn_proj = 4 * D * D * N
     attn_scores = 2 * B * T * T * D
     ffn_full, ffn_cheap = 2 * D * F * N, 2 * D * Fc * N
     head = D * V * N
+    gate_N = gate_macs_per_token(spec) * N
+    masked = execution == "masked"
+    # FFN work of a controlled layer by branch: masked runs both on every token, gather each on its own
+    full_run = ffn_full if masked else f * ffn_full
+    cheap_run = ffn_cheap if masked else (1 - f) * ffn_cheap
 
-    def ffn_step(layer: int, share_full: float) -> float:
-        if layer not in controlled:
-            return ffn_full
-        if execution == "masked":
-            return ffn_full + ffn_cheap
-        return share_full * ffn_full + (1 - share_full) * ffn_cheap
+    def ffn_step(layer: int) -> float:
+        return full_run + cheap_run if layer in controlled else ffn_full
 
-    per_layer_fwd = [attn_proj + attn_scores + ffn_step(i, f) for i in range(L)]
+    per_layer_fwd = [attn_proj + attn_scores + ffn_step(i) for i in range(L)]
     routed_forward = sum(per_layer_fwd) + head
-    gate = len(controlled) * gate_macs_per_token(spec) * N
-    jepa_target = (len(controlled) * D * spec.gate.latent_dim * N
-                   if w.jepa > 0 and not isinstance(spec.gate, G1Spec) else 0)
+    gate = n_ctrl * gate_N
+    jepa_target = n_ctrl * D * spec.gate.latent_dim * N if w.jepa > 0 and not isinstance(spec.gate, G1Spec) else 0
 
     oracle = 0.0
     if w.uses_oracle and controlled:
-        k = w.oracle.layers_per_step or len(controlled)
-        k = min(k, len(controlled))
+        k = min(w.oracle.layers_per_step or n_ctrl, n_ctrl)
         on_policy = w.oracle.labeling == "on_policy"
+        # a later controlled layer forced full still runs the cheap branch under masked execution
+        forced_full = ffn_full + (ffn_cheap if masked else 0)
         per_layer = []
         for l in controlled:
             cost = ffn_full + ffn_cheap  # layer l, both actions, once each
             for i in range(l + 1, L):
-                later = attn_proj + attn_scores + (ffn_step(i, f) if on_policy else ffn_full)
-                if on_policy and i in controlled:
-                    later += gate_macs_per_token(spec) * N
-                cost += 2 * later
+                later = attn_proj + attn_scores
+                if i not in controlled:
+                    later += ffn_full
+                elif on_policy:
+                    later += ffn_step(i) + gate_N
+                else:
+                    later += forced_full
+                cost += 2 * later  # two continuations (layer l full, layer l cheap)
             per_layer.append(cost + 2 * head)
         oracle = k * sum(per_layer) / len(per_layer)
 
-    lowest = min(controlled) if controlled else L
-    # activation backward: linear layers 1x, attention matmuls 2x (dQ, dK, dV), from the head down to
-    # the FFN step of the lowest controlled layer (nothing below it is trainable in controller-only).
-    backward_act = head + sum(
-        per_layer_fwd[i] + attn_scores for i in range(lowest + 1, L)
-    ) + ffn_step(lowest, f) if controlled else 0.0
     trainable = set(spec.train.trainable)
-    backward_weight = 0.0
-    if "gate" in trainable:
+    gate_on, cheap_on, backbone_on = "gate" in trainable, "cheap_ffn" in trainable and Fc > 0, "backbone" in trainable
+    backward_act = backward_weight = 0.0
+    if gate_on:
         backward_weight += gate
-    if "cheap_ffn" in trainable:
-        share = 1.0 if execution == "masked" else 1 - f
-        backward_weight += len(controlled) * share * ffn_cheap
-    if "backbone" in trainable:
-        backward_weight += sum(per_layer_fwd) + head
-        backward_act = routed_forward + L * attn_scores
+    if cheap_on:
+        backward_weight += n_ctrl * cheap_run
+    if w.lm > 0 and (controlled or backbone_on):
+        lowest = 0 if backbone_on else min(controlled)
+        backward_act += head
+        for i in range(lowest, L):
+            inside = backbone_on or i > lowest  # the whole layer is in the gradient path
+            if inside:
+                backward_act += attn_proj + ATTN_BACKWARD_RATIO * attn_scores + ffn_step(i)
+            elif i in controlled and cheap_on:
+                backward_act += cheap_run / 2  # dX of the cheap FFN's output projection only
+            if i in controlled and (gate_on or inside):
+                backward_act += gate_N
+        if backbone_on:
+            backward_weight += head + sum(attn_proj + (full_run if i in controlled else ffn_full)
+                                          for i in range(L))
+    elif gate_on and controlled:
+        # no LM term: only the auxiliary losses reach the gates (util/rank on the labelled layers,
+        # jepa/budget on every controlled layer); nothing else needs a gradient
+        k = min(w.oracle.layers_per_step or n_ctrl, n_ctrl) if w.uses_oracle else 0
+        layers = n_ctrl if (w.jepa > 0 or w.budget > 0) else k
+        backward_act += layers * gate_N
+        backward_weight = layers * gate_N  # the cheap FFN gets no gradient without the LM term
     parts = {
         "routed_forward": routed_forward, "gate": gate, "jepa_target": jepa_target, "oracle": oracle,
         "backward_act": backward_act, "backward_weight": backward_weight,
@@ -173,27 +205,29 @@ def dense_step_macs(spec: RunSpec, denominator: Denominator = "controller_only",
                     batch_size: int | None = None, seq_len: int | None = None) -> float:
     """MACs of one step of the full-only (dense) model under the same accounting.
 
-    ``forward_only``: the dense forward. ``controller_only``: the dense forward plus the activation
-    backward a frozen backbone still needs down to the lowest controlled layer (DESIGN.md's reading that
-    matches the paper's figures — our inference). ``full_training``: forward plus the full backward
-    (activations and every weight), i.e. ~3x the forward.
+    ``forward_only``: the dense forward. ``controller_only``: the dense forward plus the input-gradient
+    backward that a controller at the controlled layers would need (from the head down to the lowest
+    controlled layer's FFN step, no weight gradients) — DESIGN.md's reading that matches the paper's
+    figures (our inference). ``full_training``: forward plus the full backward (input and weight
+    gradients of every layer), ~3x the forward.
     """
+    if denominator not in DENOMINATORS:
+        raise ValueError(f"unknown denominator {denominator!r}; choose one of {DENOMINATORS}")
     m, r = spec.model, spec.routing
     B = batch_size or spec.train.batch_size
     T = seq_len or spec.train.seq_len
     D, F, V, L = m.d_model, m.ffn_hidden, m.vocab_size, m.n_layers
     N = B * T
-    layer = 4 * D * D * N + 2 * B * T * T * D + 2 * D * F * N
-    attn_scores = 2 * B * T * T * D
+    attn_proj, attn_scores, ffn = 4 * D * D * N, 2 * B * T * T * D, 2 * D * F * N
     head = D * V * N
-    forward = L * layer + head
+    forward = L * (attn_proj + attn_scores + ffn) + head
+    layer_dx = attn_proj + ATTN_BACKWARD_RATIO * attn_scores + ffn
     if denominator == "forward_only":
         return float(forward)
     if denominator == "full_training":
-        return float(forward + (forward + L * attn_scores) + forward)
+        return float(forward + head + L * layer_dx + head + L * (attn_proj + ffn))
     lowest = min(r.controlled_layers) if r.controlled_layers else L
-    act = head + sum(layer + attn_scores for _ in range(lowest + 1, L)) + 2 * D * F * N
-    return float(forward + act)
+    return float(forward + head + (L - 1 - lowest) * layer_dx) if lowest < L else float(forward)
 
 
 def flops_proxy(spec: RunSpec, denominator: Denominator = "controller_only", **kwargs) -> float:

@@ -162,10 +162,10 @@ def decide(score_BT: Tensor, budget: BudgetSpec) -> Tensor:
     if budget.enforcement == "topk_sequence":
         k = ceil_budget(b, T)
         idx = score_BT.detach().topk(k, dim=1).indices
-        return torch.zeros_like(score_BT, dtype=torch.bool).scatter_(1, idx, True)
+        return torch.zeros_like(score_BT, dtype=torch.bool).scatter_(1, idx, 1)
     k = ceil_budget(b, B * T)
     idx = score_BT.detach().reshape(-1).topk(k).indices
-    return torch.zeros(B * T, dtype=torch.bool, device=score_BT.device).scatter_(0, idx, True).view(B, T)
+    return torch.zeros(B * T, dtype=torch.bool, device=score_BT.device).scatter_(0, idx, 1).view(B, T)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -239,16 +239,17 @@ class Block(nn.Module):
         return self.cheap(x) if self.cheap is not None else torch.zeros_like(x)
 
     def _scales(self, full_BT: Tensor, p_BT: Tensor | None) -> tuple[Tensor | float, Tensor | float]:
-        """score_scaling weights: value 1, gradient +dp on full, -dp on cheap."""
+        """score_scaling weights: value exactly 1 (p - sg(p) is exactly 0), gradient +dp on full,
+        -dp on cheap."""
         if p_BT is None:
             return 1.0, 1.0
-        sg = p_BT.detach()
-        return (1 + p_BT - sg).unsqueeze(-1), (1 - p_BT + sg).unsqueeze(-1)
+        zero = p_BT - p_BT.detach()
+        return (1 + zero).unsqueeze(-1), (1 - zero).unsqueeze(-1)
 
     def _masked(self, x_BTD: Tensor, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
         full, cheap = self.ffn(x_BTD), self._cheap(x_BTD)
         if self.estimator == "straight_through" and p_BT is not None:
-            m = (full_BT.to(x_BTD.dtype) + p_BT - p_BT.detach()).unsqueeze(-1)
+            m = (full_BT.to(p_BT.dtype) + (p_BT - p_BT.detach())).unsqueeze(-1)  # value exactly 0/1
             return m * full + (1 - m) * cheap
         w_full, w_cheap = self._scales(full_BT, p_BT)
         return torch.where(full_BT.unsqueeze(-1), full * w_full, cheap * w_cheap)
@@ -261,10 +262,12 @@ class Block(nn.Module):
         w_full, w_cheap = self._scales(full_BT, p_BT)
         if isinstance(w_full, Tensor):
             w_full, w_cheap = w_full.reshape(B * T, 1), w_cheap.reshape(B * T, 1)
-        out = x_ND.new_zeros(B * T, D)
-        out = out.index_copy(0, sel, self.ffn(x_ND[sel]) * _rows(w_full, sel))
+        full_ND = self.ffn(x_ND[sel]) * _rows(w_full, sel)
+        # the buffer takes the branch outputs' dtype (bf16 under autocast, where x is float32)
+        out = full_ND.new_zeros(B * T, D).index_copy(0, sel, full_ND)
         if self.cheap is not None:
-            out = out.index_copy(0, rest, self.cheap(x_ND[rest]) * _rows(w_cheap, rest))
+            cheap_ND = self.cheap(x_ND[rest]) * _rows(w_cheap, rest)
+            out = out.index_copy(0, rest, cheap_ND.to(out.dtype))
         return out.view(B, T, D)
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from specroute.spec.models import RunSpec, StudySpec
+from specroute.spec.models import DEFAULT_KINDS, RunSpec, StudySpec
 
 #: Top-level keys that only the loader reads (they are consumed before validation).
 LOADER_KEYS = ("extends", "profiles", "default_profile")
@@ -41,11 +41,24 @@ class SpecError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
+        """One line per problem: ``file[:line]: [field: ]reason`` (files relative to the working
+        directory when below it)."""
         lines = []
         for file, field, line, reason in self.problems:
-            where = file + (f":{line}" if line else "")
-            lines.append(f"{where}: {field or '<spec>'}: {reason}")
+            where = _show_file(file) + (f":{line}" if line else "")
+            lines.append(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
         return "\n".join(lines)
+
+
+def _show_file(file: str) -> str:
+    """A spec file as the user would type it: relative to the working directory when below it."""
+    if file == "--set":
+        return file
+    path = Path(file).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 @dataclass(frozen=True)
@@ -77,8 +90,8 @@ class Resolved:
         raw = deep_merge(raw, {k: v for k, v in self.set_tree.items() if k not in STUDY_KEYS})
         raw["gate"] = with_gate_preset(raw.get("gate", {}), self.raw_base.get("gates", {}))
         raw["seed"] = self.study.seeds[0]
-        prefix = ("arms", arm, "overrides")
-        return _validate(RunSpec, raw, self.source, self.provenance, prefix)
+        return _validate(RunSpec, raw, self.source, self.provenance, arm=arm,
+                         arm_tree=self.study.arms[arm].overrides, set_tree=self.set_tree)
 
 
 def rebuild(spec: RunSpec, update: Mapping[str, Any]) -> RunSpec:
@@ -116,9 +129,15 @@ def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, An
 
 
 def with_gate_preset(gate: Mapping[str, Any], presets: Mapping[str, Any]) -> dict[str, Any]:
-    """The gate dict merged on top of the study's preset for its kind (``gates:``), if any."""
-    kind = gate.get("kind", "G1")
-    return deep_merge(presets.get(kind) or {}, gate)
+    """The gate dict merged on top of the study's preset for its kind (``gates:``), if any.
+
+    Anything that is not a mapping is returned unchanged, for validation to report.
+    """
+    if not isinstance(gate, Mapping):
+        return gate  # type: ignore[return-value]
+    kind = gate.get("kind", DEFAULT_KINDS["gate"])
+    preset = presets.get(kind) if isinstance(presets, Mapping) and isinstance(kind, str) else None
+    return deep_merge(preset if isinstance(preset, Mapping) else {}, gate)
 
 
 def parse_set(assignments: Iterable[str]) -> dict[str, Any]:
@@ -157,15 +176,21 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError([(str(path), "", None, f"cannot read: {e}")]) from None
     loader = yaml.SafeLoader(text)
+    lines: dict[Path_, int] = {}
+    starts: dict[tuple[int, int], Path_] = {}  # (line, column) where a value starts -> its path
     try:
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else {}
+        node = loader.get_single_node()  # parse only: syntax errors surface here
+        if node is not None:
+            _collect_lines(node, (), lines, starts, path)
+        data = loader.construct_document(node) if node is not None else {}  # tags fail here
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         reason = " ".join(str(x) for x in (e.context, e.problem) if x)
+        field = ""
         if isinstance(e, yaml.constructor.ConstructorError):
             reason += " (only plain YAML is accepted; tags that build Python objects are refused)"
-        raise SpecError([(str(path), "", mark.line + 1 if mark else None, reason)]) from None
+            field = ".".join(starts.get((mark.line, mark.column), ())) if mark else ""
+        raise SpecError([(str(path), field, mark.line + 1 if mark else None, reason)]) from None
     except yaml.YAMLError as e:
         raise SpecError([(str(path), "", None, f"invalid YAML: {e}")]) from None
     finally:
@@ -174,23 +199,35 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
         data = {}
     if not isinstance(data, dict):
         raise SpecError([(str(path), "", 1, f"top level must be a mapping, got {type(data).__name__}")])
-    lines: dict[Path_, int] = {}
-    if node is not None:
-        _collect_lines(node, (), lines)
     return data, lines
 
 
-def _collect_lines(node: yaml.Node, prefix: Path_, out: dict[Path_, int]) -> None:
+def _collect_lines(
+    node: yaml.Node, prefix: Path_, out: dict[Path_, int], starts: dict[tuple[int, int], Path_],
+    file: Path,
+) -> None:
+    """Record the 1-based line of every key path and where each value node starts.
+
+    Raises SpecError on a key given twice in one mapping (plain YAML would silently keep the last).
+    """
     if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
         for key_node, value_node in node.value:
-            path = prefix + (str(key_node.value),)
+            key = str(key_node.value)
+            path = prefix + (key,)
+            if key in seen and key != "<<":
+                raise SpecError([(str(file), ".".join(path), key_node.start_mark.line + 1,
+                                  f"key {key!r} is given twice (first on line {out[path]})")])
+            seen.add(key)
             out[path] = key_node.start_mark.line + 1
-            _collect_lines(value_node, path, out)
+            starts.setdefault((value_node.start_mark.line, value_node.start_mark.column), path)
+            _collect_lines(value_node, path, out, starts, file)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             path = prefix + (str(i),)
             out[path] = item.start_mark.line + 1
-            _collect_lines(item, path, out)
+            starts.setdefault((item.start_mark.line, item.start_mark.column), path)
+            _collect_lines(item, path, out, starts, file)
 
 
 def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any], dict[Path_, tuple[str, int]]]:
@@ -212,7 +249,10 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any],
     merged: dict[str, Any] = {}
     merged_prov: dict[Path_, tuple[str, int]] = {}
     for parent in parents:
-        ppath = (path.parent / parent)
+        ppath = (path.parent / parent).resolve()
+        if ppath in (*_chain, path):
+            cycle = " -> ".join(p.name for p in (*_chain, path, ppath))
+            raise SpecError([(str(path), "extends", lines.get(("extends",)), f"extends cycle: {cycle}")])
         if not ppath.exists():
             raise SpecError([(str(path), "extends", lines.get(("extends",)),
                               f"extended file {parent!r} not found (looked at {ppath})")])
@@ -257,13 +297,16 @@ def load_study(
             if k[:2] == ("profiles", name) and len(k) > 2:
                 provenance[k[2:]] = v
         raw["profile"] = name
+    for key, kind in DEFAULT_KINDS.items():  # an omitted kind is the default kind, before arms and --set
+        if isinstance(raw.get(key), dict) and "kind" not in raw[key]:
+            raw[key] = {"kind": kind, **raw[key]}
     set_tree = parse_set(overrides)
     raw = deep_merge(raw, set_tree)
     for k in _leaf_paths(set_tree):
         provenance[k] = ("--set", None)  # type: ignore[assignment]
     if isinstance(raw.get("gates"), dict) and isinstance(raw.get("gate", {}), dict):
         raw["gate"] = with_gate_preset(raw.get("gate", {}), raw["gates"])
-    study = _validate(StudySpec, raw, source, provenance, ())
+    study = _validate(StudySpec, raw, source, provenance)
     resolved = Resolved(study, source, raw, set_tree, provenance)
     problems: list[tuple[str, str, int | None, str]] = []
     for arm in study.arms:
@@ -290,7 +333,22 @@ _FIELD_PREFIX = re.compile(r"^([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*): (.*)$", re.
 _VARIANT_TAGS = {"G1", "G3", "embedded", "fineweb_edu", "local"}
 
 
-def _validate(model: type, raw: dict[str, Any], source: Path, provenance: dict, prefix: Path_):
+def _validate(
+    model: type,
+    raw: dict[str, Any],
+    source: Path,
+    provenance: dict,
+    arm: str | None = None,
+    arm_tree: Mapping[str, Any] | None = None,
+    set_tree: Mapping[str, Any] | None = None,
+):
+    """Validate ``raw`` as ``model``; turn pydantic's errors into one SpecError naming, per problem,
+    the file and line the failing value came from and its dotted field path.
+
+    For an arm (``arm`` given), a value set by ``--set`` is reported against ``--set``, one set by the
+    arm's overrides as ``arms.<arm>.overrides.<path>`` at its line, and anything else at its path in the
+    study with ``(in arm '<arm>')`` added.
+    """
     try:
         return model.model_validate(raw)
     except ValidationError as err:
@@ -303,20 +361,39 @@ def _validate(model: type, raw: dict[str, Any], source: Path, provenance: dict, 
             field = ".".join(loc)
             if e["type"] == "extra_forbidden":
                 reason = _extra_reason(raw, loc)
-            where = _lookup(provenance, prefix + loc) or _lookup(provenance, loc)
+            where = _lookup(provenance, loc)
+            if arm is not None:
+                if _sets(set_tree, loc):
+                    where = ("--set", None)
+                elif _sets(arm_tree, loc):
+                    prefix = ("arms", arm, "overrides")
+                    where = _lookup(provenance, prefix + loc) or where
+                    field = ".".join(prefix + loc)
+                else:
+                    reason = f"{reason} (in arm {arm!r})"
             file, line = where if where else (str(source), None)
-            if prefix and not field.startswith(".".join(prefix)):
-                field = ".".join(prefix[:2]) + ":" + field if field else ".".join(prefix[:2])
             problems.append((file, field, line, reason))
         raise SpecError(problems) from None
+
+
+def _sets(tree: Mapping[str, Any] | None, loc: Path_) -> bool:
+    """Whether ``tree`` (nested overrides) sets the value at ``loc`` or one of its ancestors."""
+    node: Any = tree
+    for part in loc:
+        if not isinstance(node, Mapping):
+            return node is not tree
+        if part not in node:
+            return False
+        node = node[part]
+    return bool(loc)
 
 
 def _extra_reason(raw: dict[str, Any], loc: Path_) -> str:
     node: Any = raw
     for part in loc[:-1]:
         node = node.get(part) if isinstance(node, dict) else None
-    kind = node.get("kind") if isinstance(node, dict) else None
-    if kind and loc[:1] == ("gate",):
+    kind = node.get("kind", DEFAULT_KINDS["gate"]) if isinstance(node, dict) else None
+    if kind and loc[:1] == ("gate",) and len(loc) == 2:
         return f"unknown field {loc[-1]!r} for gate kind {kind} (fields of one gate kind are not " \
                "allowed under another)"
     return f"unknown field {loc[-1]!r} (not part of the spec language; see `specroute schema`)"

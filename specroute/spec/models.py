@@ -1,12 +1,19 @@
 """The spec language: strict, immutable Pydantic v2 models.
 
 A *run spec* (:class:`RunSpec`) fully determines one training run: the decoder, the routing, the gate,
-the loss recipe, the data, the training schedule and the seed. A *study spec* (:class:`StudySpec`) is a
+the loss recipe, the data, the two training stages and the seed. A *study spec* (:class:`StudySpec`) is a
 run spec plus the study's arms (named overrides), its seeds and its profiles; every (arm, seed) pair
 resolves to one :class:`RunSpec` (see :mod:`specroute.spec.loader`).
 
 Terms follow DESIGN.md: controlled layer, budget (``full_fraction``), full / cheap FFN, oracle label,
 off-policy / on-policy, straight-through, top-k, controller-only.
+
+Training has two stages (DESIGN.md, "Training stages"), each a field of :class:`RunSpec` rather than a
+``stage`` tag: ``backbone`` is stage 1 (dense pretraining, or a checkpoint to load) and ``train`` is stage 2
+(controller-only training: the backbone frozen, the ``train.trainable`` groups trained).
+
+A discriminated union (``gate``, ``data``) whose ``kind`` is left out takes the kind of the field's default
+(``G1``, ``embedded``); entries of ``gates`` take the kind of their key.
 """
 
 from __future__ import annotations
@@ -15,6 +22,9 @@ import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+
+#: Kind a discriminated-union field takes when its mapping leaves ``kind`` out (the field's default).
+DEFAULT_KINDS = {"gate": "G1", "data": "embedded"}
 
 
 class Strict(BaseModel):
@@ -107,7 +117,9 @@ class RoutingSpec(Strict):
         default_factory=lambda: [1, 3],
         description="0-based block indices whose FFN step is routed per token.",
     )
-    budget: BudgetSpec = Field(default_factory=BudgetSpec)
+    budget: BudgetSpec = Field(
+        default_factory=BudgetSpec, description="Share of tokens that take full, and how it is enforced."
+    )
     cheap_ffn_hidden: int = Field(
         32, ge=0, description="Hidden width of the cheap FFN; 0 means the cheap action is a skip."
     )
@@ -151,7 +163,7 @@ class RoutingSpec(Strict):
 class G1Spec(Strict):
     """G1 — MLP gate: s_t = MLP(LN(h_t)), a scalar utility score per token."""
 
-    kind: Literal["G1"] = "G1"
+    kind: Literal["G1"] = Field("G1", description="Gate variant tag: G1 (MLP gate).")
     hidden: int = Field(64, ge=1, description="Hidden width of the gate MLP.")
     init_bias: float = Field(0.0, description="Initial bias of the score output (logit).")
 
@@ -159,7 +171,7 @@ class G1Spec(Strict):
 class G3Spec(Strict):
     """G3 — JEPA-guided gate with an action-conditional latent predictor and a fixed target head."""
 
-    kind: Literal["G3"] = "G3"
+    kind: Literal["G3"] = Field("G3", description="Gate variant tag: G3 (JEPA-guided gate).")
     latent_dim: int = Field(16, ge=1, description="Latent size K of the encoder and target head.")
     predictor_hidden: int = Field(64, ge=1, description="Hidden width of the predictor P(z, a).")
     init_bias: float = Field(0.0, description="Initial bias of the score head (logit).")
@@ -213,7 +225,9 @@ class LossSpec(Strict):
     rank: float = Field(0.0, ge=0, description="Weight of the pairwise rank loss.")
     jepa: float = Field(0.0, ge=0, description="Weight of JEPA alignment (G3 only).")
     budget: float = Field(0.0, ge=0, description="Weight of the budget penalty (threshold mode).")
-    oracle: OracleSpec = Field(default_factory=OracleSpec)
+    oracle: OracleSpec = Field(
+        default_factory=OracleSpec, description="Oracle labels for util and rank: labeling, layers, pairing."
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -229,7 +243,7 @@ class LossSpec(Strict):
 class EmbeddedData(Strict):
     """The embedded corpus: real documentation prose shipped with Python; no network."""
 
-    kind: Literal["embedded"] = "embedded"
+    kind: Literal["embedded"] = Field("embedded", description="Data source tag.")
     tokenizer: Literal["bytes"] = Field(
         "bytes", description="UTF-8 bytes (vocab 256): no training, no download."
     )
@@ -239,23 +253,25 @@ class EmbeddedData(Strict):
 class FinewebEduData(Strict):
     """fineweb-edu through ``datasets`` (streaming a named sample config), GPT-2 BPE."""
 
-    kind: Literal["fineweb_edu"] = "fineweb_edu"
+    kind: Literal["fineweb_edu"] = Field("fineweb_edu", description="Data source tag.")
     dataset: str = Field("HuggingFaceFW/fineweb-edu", description="Hub dataset id.")
     config: str = Field("sample-10BT", description="Named sample config to stream.")
     max_tokens: int = Field(
         50_000_000, ge=1000, description="Tokens to cache (train + held-out)."
     )
-    tokenizer: Literal["gpt2"] = "gpt2"
+    tokenizer: Literal["gpt2"] = Field("gpt2", description="GPT-2 BPE (vocab 50257).")
     heldout_fraction: float = Field(0.01, gt=0, lt=1, description="Share held out for eval.")
 
 
 class LocalData(Strict):
     """Local jsonl / parquet / csv files with a ``text`` column, same code path as fineweb-edu."""
 
-    kind: Literal["local"] = "local"
+    kind: Literal["local"] = Field("local", description="Data source tag.")
     paths: list[str] = Field(..., min_length=1, description="Files (relative to the spec file).")
     text_column: str = Field("text", description="Column holding the documents.")
-    tokenizer: Literal["bytes", "gpt2"] = "bytes"
+    tokenizer: Literal["bytes", "gpt2"] = Field(
+        "bytes", description="bytes: UTF-8 bytes (vocab 256); gpt2: GPT-2 BPE (vocab 50257)."
+    )
     max_tokens: int | None = Field(None, ge=1000, description="Cap on tokens; null = all.")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share held out for eval.")
 
@@ -273,21 +289,28 @@ class OptimizerSpec(Strict):
     lr_peak: float = Field(1e-3, gt=0, description="Peak learning rate.")
     betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
-    eps: float = Field(1e-8, gt=0)
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     warmup_steps: int = Field(10, ge=0, description="Linear warmup from 0 to lr_peak.")
     schedule: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Decay after warmup, down to lr_peak * min_lr_ratio."
     )
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Final learning rate as a share of lr_peak (cosine, linear)."
+    )
 
 
 class TrainSpec(Strict):
-    """One training stage: steps, batch, optimiser, clipping, eval cadence."""
+    """One training stage: steps, batch, optimiser and schedule, clipping, eval and checkpoint cadence.
+
+    The stage is the field that holds it: ``backbone.train`` (stage 1) or ``train`` (stage 2).
+    """
 
     steps: int = Field(100, ge=1, description="Optimiser steps.")
     batch_size: int = Field(8, ge=1, description="Sequences per step (B).")
     seq_len: int = Field(64, ge=1, description="Tokens per sequence (T).")
-    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec, description="AdamW settings and the learning-rate schedule."
+    )
     grad_clip: float | None = Field(1.0, gt=0, description="Global-norm clip; null = none.")
     eval_every: int = Field(20, ge=1, description="Steps between held-out evaluations.")
     eval_batches: int = Field(4, ge=1, description="Held-out batches per evaluation.")
@@ -296,6 +319,7 @@ class TrainSpec(Strict):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def tokens_per_step(self) -> int:
+        """Tokens per optimiser step: batch_size * seq_len."""
         return self.batch_size * self.seq_len
 
 
@@ -305,11 +329,14 @@ class BackboneSpec(Strict):
     checkpoint: str | None = Field(
         None, description="Path of a safetensors backbone to load; null = pretrain (cached)."
     )
-    train: TrainSpec = Field(default_factory=TrainSpec)
+    train: TrainSpec = Field(
+        default_factory=TrainSpec, description="Stage 1 schedule (unused when a checkpoint is given)."
+    )
 
 
 class ControllerTrainSpec(TrainSpec):
-    """Stage 2: controller-only training (the backbone is frozen)."""
+    """Stage 2: controller training on the stage-1 backbone; controller-only unless ``trainable``
+    names ``backbone``."""
 
     trainable: list[Literal["gate", "cheap_ffn", "backbone"]] = Field(
         default_factory=lambda: ["gate", "cheap_ffn"],
@@ -323,6 +350,7 @@ class ControllerTrainSpec(TrainSpec):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def controller_only(self) -> bool:
+        """Whether the backbone is frozen in this stage (``backbone`` not in ``trainable``)."""
         return "backbone" not in self.trainable
 
 
@@ -334,15 +362,37 @@ class RunSpec(Strict):
     """Everything that determines one run (one arm, one seed)."""
 
     name: str = Field("run", description="Name of the study (or run).")
-    description: str = ""
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    routing: RoutingSpec = Field(default_factory=RoutingSpec)
-    gate: GateSpec = Field(default_factory=G1Spec)
-    loss: LossSpec = Field(default_factory=LossSpec)
-    data: DataSpec = Field(default_factory=EmbeddedData)
-    backbone: BackboneSpec = Field(default_factory=BackboneSpec)
-    train: ControllerTrainSpec = Field(default_factory=ControllerTrainSpec)
+    description: str = Field("", description="One line on what the study tests (shown in reports).")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The dense decoder.")
+    routing: RoutingSpec = Field(
+        default_factory=RoutingSpec, description="Controlled layers, budget, cheap FFN, execution, estimator."
+    )
+    gate: GateSpec = Field(
+        default_factory=G1Spec, description="The gate, by kind: G1 (MLP) or G3 (JEPA-guided)."
+    )
+    loss: LossSpec = Field(default_factory=LossSpec, description="The loss recipe: weights and oracle.")
+    data: DataSpec = Field(
+        default_factory=EmbeddedData, description="Corpus by kind: embedded, fineweb_edu or local."
+    )
+    backbone: BackboneSpec = Field(
+        default_factory=BackboneSpec, description="Stage 1: dense backbone pretraining or checkpoint."
+    )
+    train: ControllerTrainSpec = Field(
+        default_factory=ControllerTrainSpec, description="Stage 2: controller training (backbone frozen)."
+    )
     seed: int = Field(0, description="Controller init and data order seed.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_kinds(cls, data: Any) -> Any:
+        """Give ``gate`` and ``data`` mappings without ``kind`` the default kind (G1, embedded)."""
+        if isinstance(data, dict):
+            data = dict(data)
+            for key, kind in DEFAULT_KINDS.items():
+                value = data.get(key)
+                if isinstance(value, dict) and "kind" not in value:
+                    data[key] = {"kind": kind, **value}
+        return data
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunSpec:
@@ -372,6 +422,7 @@ class RunSpec(Strict):
     @computed_field  # type: ignore[prop-decorator]
     @property
     def n_controlled(self) -> int:
+        """Number of controlled layers."""
         return len(self.routing.controlled_layers)
 
 
@@ -387,7 +438,7 @@ class ArmSpec(Strict):
 class ComparisonSpec(Strict):
     """A per-seed comparison the report makes, written 'k/n seeds' (lower metric wins)."""
 
-    id: str
+    id: str = Field(..., description="Name of the comparison in the report.")
     better: str = Field(..., description="Arm expected to be better (the paper's claim).")
     worse: str = Field(..., description="Arm it is compared against.")
     claim: str | None = Field(None, description="Claim id in CLAIMS.md, if any.")
@@ -397,14 +448,33 @@ class StudySpec(RunSpec):
     """A study: the base run spec plus arms x seeds (DESIGN.md, "Specs and profiles")."""
 
     profile: str = Field("default", description="Profile this spec was resolved with.")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    arms: dict[str, ArmSpec] = Field(default_factory=lambda: {"default": ArmSpec()})
+    seeds: list[int] = Field(
+        default_factory=lambda: [0], min_length=1, description="Seeds; every (arm, seed) is one run."
+    )
+    arms: dict[str, ArmSpec] = Field(
+        default_factory=lambda: {"default": ArmSpec()},
+        description="Named arms of the study, each a set of overrides on the base run spec.",
+    )
     gates: dict[str, GateSpec] = Field(
         default_factory=dict,
         description="Per-kind gate settings (e.g. sizes per profile); an arm that sets gate.kind "
         "starts from gates[kind] (keys are gate kinds).",
     )
-    comparisons: list[ComparisonSpec] = Field(default_factory=list)
+    comparisons: list[ComparisonSpec] = Field(
+        default_factory=list, description="Per-seed arm comparisons the report makes."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_kinds(cls, data: Any) -> Any:
+        """Give ``gates`` entries without ``kind`` the kind of their key."""
+        if isinstance(data, dict) and isinstance(data.get("gates"), dict):
+            data = dict(data)
+            data["gates"] = {
+                k: ({"kind": k, **v} if isinstance(v, dict) and "kind" not in v else v)
+                for k, v in data["gates"].items()
+            }
+        return data
 
     @model_validator(mode="after")
     def _comparisons_name_arms(self) -> StudySpec:
@@ -419,6 +489,23 @@ class StudySpec(RunSpec):
                         f"{sorted(self.arms)}"
                     )
         return self
+
+
+class SpecFile(StudySpec):
+    """A spec file as written: a study plus the keys only the loader reads (``extends``, ``profiles``,
+    ``default_profile``). Used for the JSON Schema (``specroute schema``); the loader consumes these
+    keys and validates the rest as :class:`StudySpec`."""
+
+    extends: str | list[str] | None = Field(
+        None, description="Spec file(s) this one builds on, relative to this file; merged base first."
+    )
+    profiles: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Named overrides (e.g. smoke, paper) applied on top of the file by --profile.",
+    )
+    default_profile: str | None = Field(
+        None, description="Profile used when --profile is not given; null = none."
+    )
 
 
 def ceil_budget(full_fraction: float, n: int) -> int:

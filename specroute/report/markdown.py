@@ -1,0 +1,171 @@
+"""report.md: what ran, where, on which data; the results per arm; the paper's figures beside ours."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+from specroute.report.summary import paper_figures
+
+#: The paper's per-seed figure for (claim of a comparison, metric), from CLAIMS.md.
+PAPER_WINS = {
+    ("C1", "avg_lm"): "3/3 (C1)",
+    ("C1", "threshold_hits"): "3/3 (C2)",
+    ("C7", "best_lm"): "3/3 (C7)",
+    ("C7", "avg_lm"): "3/3 (C7)",
+    ("C7", "threshold_hits"): "3/3 (C8)",
+    ("C9", "avg_lm"): "advantage disappears (C9)",
+}
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def pm(a: dict[str, Any], metric: str, digits: int = 4) -> str:
+    m, s = a["mean"].get(metric), a["std"].get(metric)
+    if m is None:
+        return "–"
+    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(a["seeds"]) > 1 else f"{m:.{digits}f}"
+
+
+def evaluate_claims_if_available(summary: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The single call site of the claims evaluator (``specroute.claims.evaluate_claims``); None when
+    that module is not part of this installation."""
+    if importlib.util.find_spec("specroute.claims") is None:
+        return None
+    from specroute.claims import evaluate_claims
+
+    return evaluate_claims(summary)
+
+
+def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
+    env, data, bb = summary["environment"], summary["data"], summary["backbone"]
+    arms = summary["arms"]
+    first = next(iter(arms.values()))
+    n_seeds = {len(a["seeds"]) for a in arms.values()}
+    lines = [
+        f"# {summary['study']} — profile `{summary['profile']}`",
+        "",
+        summary.get("description") or "",
+        "",
+        f"- resolved spec sha256: `{summary['spec_sha256']}`",
+        f"- arms: {len(arms)} × seeds: {'/'.join(map(str, sorted(n_seeds)))}; controller steps per run: "
+        f"{first['steps']}; total wall time {summary['wall_s']:.0f} s",
+        "",
+        "## Environment",
+        "",
+        "| python | torch | device | dtype | threads | git commit | specroute |",
+        "|---|---|---|---|---|---|---|",
+        f"| {env['python']} | {env['torch']} | {env['device']} ({env.get('device_name') or '?'}) | {env['dtype']} "
+        f"| {env['threads']} | `{env['git_commit']}` | {env['specroute']} |",
+        "",
+        "## Data",
+        "",
+        f"- kind `{data['kind']}`, tokenizer `{data['tokenizer']}`",
+        f"- corpus sha256 `{data['corpus_sha256']}` ({fmt(data.get('documents'))} documents)",
+        f"- tokenizer sha256 `{data['tokenizer_sha256']}`",
+        f"- {data['train_tokens']:,} train tokens, {data['heldout_tokens']:,} held-out tokens "
+        f"(held out by document)",
+        f"- unigram entropy of the train split: {data['unigram_entropy_nats']:.3f} nats/token",
+        "",
+        "## Backbone",
+        "",
+    ]
+    ent = data["unigram_entropy_nats"]
+    lines.append(
+        f"Dense backbone ({bb['source']}, {fmt(bb['steps'])} steps, cache key `{fmt(bb['cache_key'])}`, "
+        f"trained in {bb.get('wall_s_trained', bb['wall_s']):.0f} s): held-out LM **{bb['heldout_lm']:.3f}** "
+        f"nats/token beside the corpus's unigram entropy **{ent:.3f}** "
+        f"({(1 - bb['heldout_lm'] / ent) * 100:.0f}% lower"
+        + (f"; {bb['initial_lm']:.3f} before training" if bb.get("initial_lm") is not None else "") + ")."
+    )
+    lines += ["", "## Results per arm", "",
+              "Mean ± standard deviation over seeds (ddof 1). LM losses are held-out nats/token; "
+              "`full` is the realised full fraction (mean over controlled layers, train).", "",
+              "| arm | gate | util/rank | initial_lm | best_lm | avg_lm | final_lm | grad_norm (mean) "
+              "| flops_proxy | wall_s | full (train) | full (eval) |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, a in arms.items():
+        ur = "on" if a["loss"]["util"] > 0 or a["loss"]["rank"] > 0 else "off"
+        lines.append(
+            f"| {a['label']} | {a['gate']} | {ur} | {pm(a, 'initial_lm')} | {pm(a, 'best_lm')} | {pm(a, 'avg_lm')} "
+            f"| {pm(a, 'final_lm')} | {pm(a, 'grad_norm', 3)} | {pm(a, 'flops_proxy', 3)} | {pm(a, 'wall_s', 1)} "
+            f"| {pm(a, 'full_fraction_train', 3)} | {pm(a, 'full_fraction_eval', 3)} |")
+    lines += ["", "### Threshold hits", ""]
+    taus = first["lm_thresholds"]
+    if not taus:
+        lines.append("No `train.lm_thresholds` in this spec.")
+    else:
+        lines += ["First step with held-out LM ≤ τ, per seed (– = never).", "",
+                  "| arm | " + " | ".join(f"τ = {t:g}" for t in taus) + " |",
+                  "|---|" + "---|" * len(taus)]
+        for a in arms.values():
+            cells = []
+            for t in taus:
+                hits = [s["threshold_hits"].get(f"{t:g}") for s in a["seeds"].values()]
+                k = sum(h is not None for h in hits)
+                cells.append(f"{k}/{len(hits)} seeds: " + ", ".join(fmt(h) for h in hits))
+            lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
+    if any(a["mean"].get("latent_variance") is not None for a in arms.values()):
+        lines += ["", "### G3 predictor latents (collapse check, last evaluation)", "",
+                  "| arm | latent variance | effective rank |", "|---|---|---|"]
+        for a in arms.values():
+            if a["mean"].get("latent_variance") is not None:
+                lines.append(f"| {a['label']} | {pm(a, 'latent_variance', 5)} | {pm(a, 'latent_effective_rank', 2)} |")
+    lines += ["", "## Per-seed comparisons", "",
+              "Wins of *better* over *worse* on the same seed: a strictly lower `avg_lm` / `best_lm`; for "
+              "threshold hits, every threshold reached no later and one strictly sooner.", "",
+              "| comparison | better | worse | metric | ours | paper |", "|---|---|---|---|---|---|"]
+    for c in summary["comparisons"]:
+        paper = PAPER_WINS.get((c["claim"], c["metric"]), "–")
+        lines.append(f"| {c['id']} | {c['better']} | {c['worse']} | {c['metric']} | {c['wins']}/{c['n']} seeds "
+                     f"| {paper} |")
+    rows = paper_figures(summary)
+    if rows:
+        lines += ["", "## The paper's figures beside ours", "",
+                  "| claim | figure | ours | paper | note |", "|---|---|---|---|---|"]
+        for r in rows:
+            digits = 4 if r["unit"] == "nats" else 2
+            ours = f"{r['ours']:.{digits}f}{'×' if r['unit'] == 'x' else ''}" if r["ours"] is not None else "–"
+            paper = f"{r['paper']:.{digits}f}{'×' if r['unit'] == 'x' else ''}"
+            lines.append(f"| {r['claim']} | {r['what']} | {ours} | {paper} | {r['note']} |")
+    lines += ["", "## Claims", ""]
+    verdicts = evaluate_claims_if_available(summary)
+    if verdicts is None:
+        lines.append("The claims evaluator (`specroute.claims`) is not installed; no verdicts.")
+    else:
+        lines += ["| claim | statement | verdict | numbers |", "|---|---|---|---|"]
+        for v in verdicts:
+            lines.append(f"| {v.get('id', '')} | {v.get('statement', '')} | **{v.get('verdict', '')}** "
+                         f"| {v.get('numbers', '')} |")
+    lines += ["", "## Plots", ""]
+    for name, rel in plots.items():
+        lines += [f"![{name}]({rel})", ""]
+    lines += [
+        "## Reading these numbers", "",
+        f"Profile `{summary['profile']}`: {_scale_note(summary)} The paper's figures come from a 157.5M-parameter "
+        "model trained 20k steps on fineweb-edu on a V100; an empirical claim can come out either way at "
+        "another scale, and nothing here is tuned toward the paper's numbers. Wall times are measured on "
+        f"{env['device']} with {env['threads']} threads and include evaluation.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _scale_note(summary: dict[str, Any]) -> str:
+    d = summary["data"]
+    return (f"{d['train_tokens']:,} training tokens of `{d['kind']}` data, tokenizer `{d['tokenizer']}`, "
+            f"{len(next(iter(summary['arms'].values()))['seeds'])} seed(s) per arm.")
+
+
+def write_markdown(summary: dict[str, Any], plots: dict[str, str], path: Path) -> None:
+    from specroute.store import atomic_write_text
+
+    atomic_write_text(path, render(summary, plots))

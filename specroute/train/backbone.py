@@ -1,0 +1,135 @@
+"""Stage 1: the dense backbone, pretrained once per study and cached, or loaded from a checkpoint.
+
+Cache: ``<cache>/backbones/<key>/`` with ``backbone.safetensors`` (the dense model's state dict),
+``spec.json`` (the resolved run spec it was trained under), ``info.json`` (held-out LM, steps, wall time;
+written last, so its presence means the backbone is complete), ``metrics.jsonl`` and resumable
+checkpoints in ``ckpt/`` while it trains. The key hashes exactly what determines the weights: the model
+spec, ``backbone.train``, the data spec, the corpus and tokenizer hashes and :data:`BACKBONE_SEED`. Every
+arm and seed of a study (and every study with the same backbone) shares it; routing, gate, loss and the
+controller stage are not part of it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from specroute.data.sampler import WindowSampler
+from specroute.data.shards import TokenData
+from specroute.spec.loader import dump_run
+from specroute.spec.models import RunSpec
+from specroute.store import UserError, atomic_write_json, cache_dir, sha256_json
+from specroute.train.device import Device
+from specroute.train.progress import StudyProgress
+from specroute.train.stages import DenseStage, build_seeded, dense_heldout_lm, derive_seed, eval_batches
+from specroute.train.trainer import MetricsSink, StepBudget, Trainer
+
+#: Seed of the backbone's initialisation and data order (one backbone per study, whatever the seeds).
+BACKBONE_SEED = 0
+#: Version of the backbone cache layout; part of the key.
+FORMAT = 1
+
+
+@dataclass
+class Backbone:
+    """Backbone weights (CPU) and the facts the report states about them.
+
+    ``info``: heldout_lm (nats/token), initial_lm, steps (None for a loaded checkpoint), cache_key,
+    wall_s (training time; 0 when it came from the cache or a checkpoint), source
+    (``trained`` | ``cache`` | ``checkpoint``), path.
+    """
+
+    state: dict[str, Tensor]
+    info: dict[str, Any]
+
+
+def backbone_key(spec: RunSpec, data: TokenData) -> str:
+    d = dump_run(spec)
+    return sha256_json({
+        "format": FORMAT, "model": d["model"], "train": d["backbone"]["train"], "data": d["data"],
+        "corpus_sha256": data.meta["corpus_sha256"], "tokenizer_sha256": data.meta["tokenizer_sha256"],
+        "seed": BACKBONE_SEED,
+    })[:20]
+
+
+def backbone_steps_left(spec: RunSpec, data: TokenData, cache: str | Path | None) -> int:
+    """Optimiser steps stage 1 still needs (0 if cached or loaded from a checkpoint)."""
+    if spec.backbone.checkpoint:
+        return 0
+    folder = cache_dir(cache) / "backbones" / backbone_key(spec, data)
+    if (folder / "info.json").is_file():
+        return 0
+    latest = folder / "ckpt" / "latest"
+    done = int(latest.read_text().strip().removeprefix("step_")) if latest.is_file() else 0
+    return spec.backbone.train.steps - done
+
+
+def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Path | None = None,
+                 spec_dir: Path | None = None, progress: StudyProgress | None = None,
+                 budget: StepBudget | None = None) -> Backbone:
+    """The study's backbone: loaded from ``backbone.checkpoint``, from the cache, or trained (resuming
+    an interrupted training from its last checkpoint) and cached.
+
+    Raises UserError for a checkpoint path that does not exist or does not fit the model spec.
+    """
+    heldout = WindowSampler(data.heldout, spec.backbone.train.seq_len, "held-out")
+    if spec.backbone.checkpoint:
+        return _load_checkpoint(spec, spec_dir, heldout, device)
+    key = backbone_key(spec, data)
+    folder = cache_dir(cache) / "backbones" / key
+    weights = folder / "backbone.safetensors"
+    if (folder / "info.json").is_file():
+        info = json.loads((folder / "info.json").read_text())
+        return Backbone(load_file(str(weights)), {**info, "source": "cache", "wall_s_trained": info["wall_s"],
+                                                   "wall_s": 0.0, "path": str(weights)})
+    stage = DenseStage(spec, BACKBONE_SEED, heldout, device)
+    sink = MetricsSink(folder / "metrics.jsonl")
+    on_step = progress.step if progress else None
+    trainer = Trainer(stage, WindowSampler(data.train, spec.backbone.train.seq_len, "train"),
+                      {"data": derive_seed(BACKBONE_SEED, "data"), "loss": derive_seed(BACKBONE_SEED, "loss")},
+                      device, folder / "ckpt", sink, on_step, budget)
+    trainer.restore()
+    if progress:
+        progress.start_run("backbone", spec.backbone.train.steps, trainer.step)
+    try:
+        history = trainer.run()
+    finally:
+        sink.close()
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in stage.model.state_dict().items()}
+    save_file(state, str(folder / ".backbone.safetensors.tmp"))
+    (folder / ".backbone.safetensors.tmp").replace(weights)
+    atomic_write_json(folder / "spec.json", dump_run(spec))
+    info = {
+        "heldout_lm": history["eval"][-1]["lm"], "initial_lm": history["initial"]["lm"],
+        "steps": spec.backbone.train.steps, "cache_key": key, "wall_s": trainer.wall_s,
+        "lm": [[e["step"], e["lm"]] for e in history["eval"]],
+    }
+    atomic_write_json(folder / "info.json", info)
+    return Backbone(state, {**info, "source": "trained", "path": str(weights)})
+
+
+def _load_checkpoint(spec: RunSpec, spec_dir: Path | None, heldout: WindowSampler, device: Device) -> Backbone:
+    path = Path(spec.backbone.checkpoint).expanduser()
+    if not path.is_absolute() and spec_dir is not None:
+        path = spec_dir / path
+    if not path.is_file():
+        raise UserError(f"backbone.checkpoint: {path} not found")
+    state = load_file(str(path))
+    model = build_seeded(spec, BACKBONE_SEED, routed=False)
+    if spec.model.tie_embeddings and "lm_head.weight" not in state and "wte.weight" in state:
+        state["lm_head.weight"] = state["wte.weight"]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"backbone.checkpoint: {path} does not fit the spec's model: {e}") from None
+    model = model.to(device.torch).eval()
+    lm = dense_heldout_lm(model, eval_batches(heldout, spec.backbone.train, device), device)
+    info = {"heldout_lm": lm, "initial_lm": None, "steps": None, "cache_key": None, "wall_s": 0.0,
+            "lm": [], "source": "checkpoint", "path": str(path)}
+    return Backbone({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, info)
+

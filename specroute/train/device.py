@@ -1,0 +1,106 @@
+"""Device, precision, determinism and the environment record of a run.
+
+- CPU by default (``--device auto`` picks CUDA when one is available); fp32 on CPU.
+- CUDA: bf16 autocast for the forward passes where the GPU supports bf16 (fp32 otherwise), TF32 matmuls.
+- Determinism: on CPU a fixed seed gives identical metrics (``torch.use_deterministic_algorithms`` is on
+  while a study runs); on CUDA runs are not bit-reproducible.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from specroute.store import UserError
+
+
+@dataclass(frozen=True)
+class Device:
+    """Where and in which precision a study runs."""
+
+    type: str  # "cpu" | "cuda"
+    autocast_dtype: torch.dtype | None  # None: no autocast (fp32)
+
+    @property
+    def torch(self) -> torch.device:
+        return torch.device(self.type)
+
+    @property
+    def dtype_name(self) -> str:
+        return "float32" if self.autocast_dtype is None else f"{str(self.autocast_dtype).removeprefix('torch.')} autocast"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.type, dtype=self.autocast_dtype)
+
+
+def pick_device(name: str = "auto") -> Device:
+    """``auto`` | ``cpu`` | ``cuda`` -> a :class:`Device`. Raises UserError for cuda without a GPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise UserError(f"unknown device {name!r}; use auto, cpu or cuda")
+    cuda = torch.cuda.is_available()
+    if name == "cuda" and not cuda:
+        raise UserError("--device cuda was asked for but torch sees no CUDA device "
+                        f"(torch {torch.__version__}); use --device cpu")
+    if name == "cpu" or not cuda:
+        return Device("cpu", None)
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return Device("cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else None)
+
+
+@contextlib.contextmanager
+def deterministic(device: Device) -> Iterator[None]:
+    """Deterministic algorithms on CPU for the duration of the block (restored afterwards)."""
+    if device.type != "cpu":
+        yield
+        return
+    before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before, warn_only=warn)
+
+
+def git_commit(start: Path | None = None) -> str:
+    """``git rev-parse HEAD`` of the checkout holding specroute (or ``start``), else "unknown"."""
+    where = start or Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                             timeout=5, check=True)
+        commit = out.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def environment(device: Device) -> dict[str, object]:
+    """What a report records about where it ran."""
+    from specroute import __version__
+
+    env: dict[str, object] = {
+        "specroute": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(0) if device.type == "cuda" else (platform.processor() or platform.machine()),
+        "dtype": device.dtype_name,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "git_commit": git_commit(),
+        "argv": " ".join(Path(sys.argv[0]).name.split() + sys.argv[1:]),
+    }
+    return env

@@ -1,0 +1,121 @@
+"""How long a study will take: analytic MACs (specroute.model.cost) / a short measured throughput.
+
+The probe times a few optimiser steps of the dense stage and of the most expensive controller arm on
+random tokens (random weights), on the study's device. On a CPU the probe uses a small batch (at most
+:data:`CPU_PROBE_TOKENS` tokens of at most 256 positions) so that even the paper profile's probe takes
+seconds; the MACs of the probed batch come from the same cost model, so the throughput carries over.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from specroute.losses import compute_losses, lm_loss
+from specroute.model.cost import dense_step_macs, step_macs
+from specroute.spec.models import RunSpec
+from specroute.train.device import Device
+from specroute.train.stages import build_seeded
+
+CPU_PROBE_TOKENS = 512
+PROBE_STEPS = 2
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Measured multiply-adds per second of the dense (stage 1) and controller (stage 2) steps."""
+
+    dense_macs_per_s: float
+    controller_macs_per_s: float
+
+
+def _probe_shape(spec: RunSpec, train_batch: int, train_seq: int, device: Device) -> tuple[int, int]:
+    if device.type == "cuda":
+        return train_batch, train_seq
+    T = min(train_seq, 256)
+    return max(1, min(train_batch, CPU_PROBE_TOKENS // T)), T
+
+
+def _time_steps(step, device: Device) -> float:
+    step()  # warm-up (allocations, kernel selection)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(PROBE_STEPS):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / PROBE_STEPS
+
+
+def probe(dense_spec: RunSpec, controller_spec: RunSpec, device: Device) -> Throughput:
+    """Time a few steps of each stage on random data; see the module docstring."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        bt = dense_spec.backbone.train
+        B, T = _probe_shape(dense_spec, bt.batch_size, bt.seq_len, device)
+        dense = build_seeded(dense_spec, 0, routed=False).to(device.torch)
+        idx = torch.randint(0, dense_spec.model.vocab_size, (B, T), device=device.torch)
+        opt = torch.optim.AdamW(dense.parameters(), lr=1e-9)
+
+        def dense_step() -> None:
+            opt.zero_grad(set_to_none=True)
+            with device.autocast():
+                loss = lm_loss(dense(idx).logits_BTV, idx)
+            loss.backward()
+            opt.step()
+
+        dense_s = _time_steps(dense_step, device)
+        dense_rate = dense_step_macs(dense_spec, "full_training", B, T) / dense_s
+        del dense, opt
+
+        ct = controller_spec.train
+        Bc, Tc = _probe_shape(controller_spec, ct.batch_size, ct.seq_len, device)
+        model = build_seeded(controller_spec, 0, routed=True).to(device.torch)
+        params = [p for p in model.parameters() if p.requires_grad]
+        copt = torch.optim.AdamW(params, lr=1e-9)
+        cidx = torch.randint(0, controller_spec.model.vocab_size, (Bc, Tc), device=device.torch)
+        gen = torch.Generator().manual_seed(0)
+
+        def controller_step() -> None:
+            copt.zero_grad(set_to_none=True)
+            with device.autocast():
+                terms = compute_losses(model, cidx, cidx, controller_spec, gen)
+            terms.total.backward()
+            copt.step()
+
+        ctrl_s = _time_steps(controller_step, device)
+        ctrl_rate = step_macs(controller_spec, batch_size=Bc, seq_len=Tc)["total"] / ctrl_s
+    return Throughput(dense_rate, ctrl_rate)
+
+
+def heaviest(specs: list[RunSpec]) -> RunSpec:
+    """The spec whose controller step costs the most MACs (the one to probe)."""
+    return max(specs, key=lambda s: step_macs(s)["total"])
+
+
+def backbone_seconds(spec: RunSpec, steps: int, rate: Throughput) -> float:
+    t = spec.backbone.train
+    evals = steps // t.eval_every + 2
+    forward = dense_step_macs(spec, "forward_only") * t.eval_batches
+    return (steps * dense_step_macs(spec, "full_training") + evals * forward) / rate.dense_macs_per_s
+
+
+def run_seconds(spec: RunSpec, steps: int, rate: Throughput) -> float:
+    t = spec.train
+    evals = steps // t.eval_every + 2
+    forward = step_macs(spec)["routed_forward"] * t.eval_batches
+    return (steps * step_macs(spec)["total"] + evals * forward) / rate.controller_macs_per_s
+
+
+def human(seconds: float) -> str:
+    """``93 s``, ``12.5 min``, ``3.4 h``, ``2.1 days``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"

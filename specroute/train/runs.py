@@ -1,0 +1,109 @@
+"""Stage 2 for one (arm, seed): train the controller on the frozen backbone and summarise the run.
+
+Files in the run's folder (``runs/<arm>/seed<k>/``): ``metrics.jsonl`` (every step and evaluation),
+``ckpt/`` (resumable checkpoints), and once the run is complete ``controller.safetensors`` (the trained
+controller), ``spec.json`` (the resolved run spec) and ``result.json`` (the run's summary, written last:
+its presence means the run is done and a resumed study skips it).
+
+Metrics (DESIGN.md, "Metrics"): ``lm`` is evaluated every ``eval_every`` steps and at the last step;
+``best_lm`` / ``avg_lm`` / ``final_lm`` are over those evaluations (the evaluation before the first step,
+``initial_lm``, is reported apart and enters none of them); ``grad_norm`` is the controller's global norm
+before clipping at every step; ``full_fraction.train`` is the mean realised share per layer over the
+steps, ``full_fraction.eval`` the share at the last evaluation; ``flops_proxy`` is the analytic proxy
+of :func:`specroute.model.cost.flops_proxy` (denominator ``controller_only``) at the realised train
+full fraction.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+from torch import Tensor
+
+from specroute.data.sampler import WindowSampler
+from specroute.data.shards import TokenData
+from specroute.model.cost import flops_proxy
+from specroute.spec.loader import dump_run
+from specroute.spec.models import RunSpec
+from specroute.store import atomic_write_json
+from specroute.train.device import Device
+from specroute.train.progress import StudyProgress
+from specroute.train.stages import ControllerStage, derive_seed
+from specroute.train.trainer import MetricsSink, StepBudget, Trainer
+
+
+def run_dir(out: Path, arm: str, seed: int) -> Path:
+    return out / "runs" / arm / f"seed{seed}"
+
+
+def run_steps_left(folder: Path, spec: RunSpec) -> int:
+    """Steps this run still needs (0 if complete), judged from its folder."""
+    if (folder / "result.json").is_file():
+        return 0
+    latest = folder / "ckpt" / "latest"
+    done = int(latest.read_text().strip().removeprefix("step_")) if latest.is_file() else 0
+    return spec.train.steps - done
+
+
+def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Tensor], device: Device,
+                   folder: Path, progress: StudyProgress | None = None,
+                   budget: StepBudget | None = None) -> dict[str, Any]:
+    """Train (or resume, or reuse) one run; return its per-seed summary (summary.json's ``seeds`` entry)."""
+    result = folder / "result.json"
+    if result.is_file():
+        return json.loads(result.read_text())
+    heldout = WindowSampler(data.heldout, spec.train.seq_len, "held-out")
+    stage = ControllerStage(spec, backbone, heldout, device)
+    sink = MetricsSink(folder / "metrics.jsonl")
+    trainer = Trainer(stage, WindowSampler(data.train, spec.train.seq_len, "train"),
+                      {"data": derive_seed(spec.seed, "data"), "loss": derive_seed(spec.seed, "loss")},
+                      device, folder / "ckpt", sink, progress.step if progress else None, budget)
+    trainer.restore()
+    if progress:
+        progress.start_run(f"{arm} seed {spec.seed}", spec.train.steps, trainer.step)
+    try:
+        history = trainer.run()
+        summary = seed_summary(spec, history, trainer.wall_s)
+        sink.write({"event": "end", **{k: v for k, v in summary.items() if k != "lm"}})
+    finally:
+        sink.close()
+    save_file({k: p.detach().cpu().contiguous() for k, p in trainer.params.items()},
+              str(folder / ".controller.safetensors.tmp"))
+    (folder / ".controller.safetensors.tmp").replace(folder / "controller.safetensors")
+    atomic_write_json(folder / "spec.json", dump_run(spec))
+    atomic_write_json(result, summary)
+    return summary
+
+
+def tau_key(tau: float) -> str:
+    """How a threshold is written as a key (summary.json, reports): ``f"{tau:g}"``."""
+    return f"{tau:g}"
+
+
+def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[str, Any]:
+    """The per-seed metrics of one run from its trainer history."""
+    evals = history["eval"]
+    lm = [[e["step"], e["lm"]] for e in evals]
+    values = [v for _, v in lm]
+    hits = {tau_key(t): next((s for s, v in lm if v <= t), None) for t in spec.train.lm_thresholds}
+    norms = [r["grad_norm"] for r in history["train"]]
+    layers = [str(l) for l in spec.routing.controlled_layers]
+    train_ff = {l: statistics.fmean(r["full_fraction"][l] for r in history["train"]) for l in layers}
+    realised = statistics.fmean(train_ff.values()) if train_ff else None
+    return {
+        "lm": lm,
+        "initial_lm": history["initial"]["lm"],
+        "best_lm": min(values),
+        "avg_lm": statistics.fmean(values),
+        "final_lm": values[-1],
+        "threshold_hits": hits,
+        "grad_norm": {"mean": statistics.fmean(norms), "median": statistics.median(norms)},
+        "full_fraction": {"train": train_ff, "eval": dict(evals[-1].get("full_fraction", {}))},
+        "flops_proxy": flops_proxy(spec, "controller_only", full_fraction=realised),
+        "wall_s": wall_s,
+        "latent": evals[-1].get("latent"),
+    }

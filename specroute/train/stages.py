@@ -1,0 +1,131 @@
+"""The two stages as :class:`specroute.train.trainer.Stage` objects.
+
+- :class:`DenseStage` (stage 1): the dense backbone, every parameter trained on the LM loss.
+- :class:`ControllerStage` (stage 2): the routed model on a frozen backbone; the spec's ``trainable``
+  groups are trained on the recipe of :func:`specroute.losses.compute_losses`.
+
+Both evaluate the held-out LM loss (nats/token) on fixed windows; the controller stage adds the realised
+full fraction per controlled layer and, for G3, the predictor's latent collapse metrics.
+
+Seeds: a run's seed is split into independent streams with :func:`derive_seed` — ``init`` (parameter
+initialisation), ``data`` (window order), ``loss`` (oracle layer and rank pair sampling).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from specroute.data.sampler import WindowSampler
+from specroute.losses import compute_losses, lm_loss, token_ce
+from specroute.metrics import effective_rank, latent_variance
+from specroute.model.decoder import Decoder, build_model
+from specroute.spec.models import RunSpec, TrainSpec
+from specroute.train.device import Device
+
+#: Tokens (rows) of predicted latents used for the collapse metrics at each evaluation.
+LATENT_TOKENS = 8192
+
+
+def derive_seed(seed: int, purpose: str) -> int:
+    """An independent 63-bit seed for one purpose (``init``, ``data``, ``loss``) of a run's seed."""
+    digest = hashlib.sha256(f"specroute/{seed}/{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def build_seeded(spec: RunSpec, seed: int, routed: bool) -> Decoder:
+    """Build the model on the CPU with its initialisation drawn from ``derive_seed(seed, "init")``,
+    leaving the global RNG as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init"))
+        return build_model(spec, routed=routed)
+
+
+def eval_batches(heldout: WindowSampler, train: TrainSpec, device: Device) -> list[tuple[Tensor, Tensor]]:
+    return [(i.to(device.torch), t.to(device.torch)) for i, t in heldout.fixed(train.eval_batches, train.batch_size)]
+
+
+class DenseStage:
+    """Stage 1: dense pretraining of the backbone (all parameters, LM loss)."""
+
+    def __init__(self, spec: RunSpec, seed: int, heldout: WindowSampler, device: Device):
+        self.spec, self.device = spec, device
+        self.train = spec.backbone.train
+        self.model = build_seeded(spec, seed, routed=False).to(device.torch)
+        self.batches = eval_batches(heldout, self.train, device)
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return dict(self.model.named_parameters())
+
+    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        with self.device.autocast():
+            lm = lm_loss(self.model(idx_BT).logits_BTV, targets_BT)
+        return lm, {"loss": lm.item(), "lm": lm.item()}
+
+    def evaluate(self) -> dict[str, Any]:
+        return {"lm": dense_heldout_lm(self.model, self.batches, self.device)}
+
+
+def dense_heldout_lm(model: Decoder, batches: list[tuple[Tensor, Tensor]], device: Device) -> float:
+    """Mean held-out LM loss (nats/token) of a model over fixed batches (routing as the model does)."""
+    total = 0.0
+    with torch.no_grad(), device.autocast():
+        for idx, targets in batches:
+            total += token_ce(model(idx).logits_BTV, targets).mean().item()
+    return total / len(batches)
+
+
+class ControllerStage:
+    """Stage 2: controller training on a frozen backbone (the spec's ``train.trainable`` groups)."""
+
+    def __init__(self, spec: RunSpec, backbone: Mapping[str, Tensor], heldout: WindowSampler, device: Device):
+        self.spec, self.device = spec, device
+        self.train = spec.train
+        model = build_seeded(spec, spec.seed, routed=True)
+        model.load_backbone(backbone)
+        self.model = model.to(device.torch)
+        self.batches = eval_batches(heldout, self.train, device)
+
+    def trainable(self) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        with self.device.autocast():
+            terms = compute_losses(self.model, idx_BT, targets_BT, self.spec, generator)
+        record: dict[str, Any] = {"loss": terms.total.item(), **terms.parts}
+        record["full_fraction"] = {str(r.layer): r.full_fraction for r in terms.out.routing}
+        return terms.total, record
+
+    def evaluate(self) -> dict[str, Any]:
+        lm, full = 0.0, {str(l): 0.0 for l in self.spec.routing.controlled_layers}
+        latents: dict[int, list[Tensor]] = {}
+        with torch.no_grad(), self.device.autocast():
+            for idx, targets in self.batches:
+                out = self.model(idx)
+                lm += token_ce(out.logits_BTV, targets).mean().item()
+                for rec in out.routing:
+                    full[str(rec.layer)] += rec.full_fraction
+                    if rec.gate is not None and rec.gate.pred_full_BTK is not None:
+                        pred = torch.where(rec.full_BT.unsqueeze(-1), rec.gate.pred_full_BTK,
+                                           rec.gate.pred_cheap_BTK)
+                        latents.setdefault(rec.layer, []).append(pred.reshape(-1, pred.shape[-1]).float())
+        n = len(self.batches)
+        result: dict[str, Any] = {"lm": lm / n, "full_fraction": {k: v / n for k, v in full.items()}}
+        result["latent"] = latent_metrics(latents) if latents else None
+        return result
+
+
+def latent_metrics(latents: dict[int, list[Tensor]]) -> dict[str, float]:
+    """Collapse metrics of G3's predicted latents (of the executed action), averaged over layers:
+    ``variance`` (mean per-dimension variance) and ``effective_rank`` (see specroute.metrics)."""
+    var, rank = [], []
+    for chunks in latents.values():
+        z = torch.cat(chunks)[:LATENT_TOKENS].cpu()
+        var.append(latent_variance(z))
+        rank.append(effective_rank(z))
+    return {"variance": sum(var) / len(var), "effective_rank": sum(rank) / len(rank)}
+

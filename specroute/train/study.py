@@ -1,0 +1,212 @@
+"""Run a study end to end: data, backbone, every (arm, seed) controller run, report.
+
+The output folder (default ``reports/<study>/<profile>/``) holds ``study.json`` (the resolved spec, its
+hash and the run selection), ``runs/<arm>/seed<k>/`` (see :mod:`specroute.train.runs`), and the report
+(``report.md``, ``summary.json``, ``plots/``; see :mod:`specroute.report`).
+
+Nothing already written is lost: a non-empty output folder is refused unless ``resume`` (continue it:
+finished runs are kept, interrupted ones continue from their last checkpoint, the spec must be the same)
+or ``overwrite`` (delete what a previous study wrote there, then start afresh).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from specroute.data.shards import prepare_data
+from specroute.spec.loader import Resolved, dump_run
+from specroute.spec.models import RunSpec
+from specroute.store import UserError, atomic_write_json, sha256_json
+from specroute.train import estimate
+from specroute.train.backbone import Backbone, backbone_key, backbone_steps_left, get_backbone
+from specroute.train.device import Device, deterministic, environment, pick_device
+from specroute.train.progress import StudyProgress
+from specroute.train.runs import run_controller, run_dir, run_steps_left
+from specroute.train.trainer import StepBudget
+
+#: What a study writes into its output folder (and what ``overwrite`` deletes).
+OWNED = ("study.json", "runs", "plots", "report.md", "summary.json")
+
+
+@dataclass
+class StudyOptions:
+    """How to run a study (the CLI's options).
+
+    ``arms`` / ``seeds``: run only these (empty = all). ``cache``: cache root override. ``yes``: no
+    confirmation for a paper-profile run without a GPU. ``max_steps_this_session``: stop (as if the
+    process died) after that many optimiser steps in total; for interruption tests.
+    """
+
+    out: Path | None = None
+    resume: bool = False
+    overwrite: bool = False
+    arms: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    device: str = "auto"
+    cache: str | Path | None = None
+    yes: bool = False
+    max_steps_this_session: int | None = None
+
+
+@dataclass
+class StudyResult:
+    out: Path
+    summary: dict[str, Any]
+
+
+def default_out(resolved: Resolved) -> Path:
+    return Path("reports") / resolved.study.name / resolved.study.profile
+
+
+def spec_sha256(resolved: Resolved) -> str:
+    """Hash of the resolved study (every arm's run spec and the study's seeds and comparisons)."""
+    study = resolved.study
+    return sha256_json({
+        "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms},
+        "seeds": study.seeds, "profile": study.profile,
+        "comparisons": [c.model_dump(mode="json") for c in study.comparisons],
+    })
+
+
+def select_runs(resolved: Resolved, arms: list[str], seeds: list[int]) -> list[tuple[str, int, RunSpec]]:
+    """The (arm, seed, spec) runs to do. Raises SpecError for an unknown arm, UserError for a seed
+    the study does not list."""
+    for arm in arms:
+        resolved.arm_spec(arm)  # raises SpecError naming the known arms
+    bad = [s for s in seeds if s not in resolved.study.seeds]
+    if bad:
+        raise UserError(f"seed(s) {bad} not in the study's seeds {resolved.study.seeds} "
+                        "(change them with --set seeds=[...])")
+    return [(a, s, spec) for a, s, spec in resolved.runs()
+            if (not arms or a in arms) and (not seeds or s in seeds)]
+
+
+def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> None:
+    """Check (and with ``overwrite`` clear) the output folder; see the module docstring."""
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not entries:
+        return
+    if overwrite:
+        for name in OWNED:
+            p = out / name
+            if p.is_dir():
+                shutil.rmtree(p)
+            elif p.exists():
+                p.unlink()
+        return
+    if not resume:
+        raise UserError(f"the output folder {out} is not empty ({', '.join(entries[:5])}); "
+                        "pass --resume to continue that study, --overwrite to replace it, "
+                        "or choose another --out")
+    meta = out / "study.json"
+    if meta.is_file():
+        old = json.loads(meta.read_text()).get("spec_sha256")
+        if old != sha:
+            raise UserError(f"--resume: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
+                            f"now {sha[:12]}); use --overwrite or another --out")
+
+
+def run_study(resolved: Resolved, options: StudyOptions, console: Console | None = None,
+              confirm: Callable[[str], bool] | None = None) -> StudyResult:
+    """Run the study's selected runs and write the report.
+
+    Args:
+        resolved: the loaded study (:func:`specroute.spec.load_study`).
+        options: see :class:`StudyOptions`.
+        console: where progress, the estimate and notes go (None: silent).
+        confirm: asks the user a yes/no question; None means nobody can answer (no terminal), so a run
+            that needs confirmation is refused unless ``options.yes``.
+    Returns:
+        The output folder and the summary (summary.json's content).
+    Raises:
+        UserError: bad output folder, data unavailable, refused confirmation. SpecError: unknown arm.
+        specroute.train.trainer.Interrupted: the session's step budget ran out (tests).
+    """
+    t_start = time.perf_counter()
+    study = resolved.study
+    runs = select_runs(resolved, options.arms, options.seeds)
+    out = Path(options.out) if options.out else default_out(resolved)
+    sha = spec_sha256(resolved)
+    prepare_out(out, sha, options.resume, options.overwrite)
+    device = pick_device(options.device)
+    note = console.print if console else (lambda *a, **k: None)
+    first = runs[0][2]
+    spec_dir = resolved.source.parent
+    note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {len(runs)} runs "
+         f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
+         f"({device.dtype_name}); output {out}")
+
+    with deterministic(device):
+        rate = estimate.probe(first, estimate.heaviest([s for _, _, s in runs]), device)
+        needs_confirm = study.profile == "paper" and device.type != "cuda" and not options.yes
+        if needs_confirm:
+            rough = (estimate.backbone_seconds(first, first.backbone.train.steps, rate)
+                     + sum(estimate.run_seconds(s, s.train.steps, rate) for _, _, s in runs))
+            question = (f"the paper profile on {device.type} (no GPU) needs about {estimate.human(rough)} "
+                        "(backbone included unless cached). Continue?")
+            if confirm is None:
+                raise UserError(question.replace("Continue?", "Refusing without confirmation; pass --yes "
+                                                  "to run it anyway, or run on a CUDA machine."))
+            if not confirm(question):
+                raise UserError("cancelled")
+
+        note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
+        data = prepare_data(first.data, spec_dir, options.cache)
+        for _, _, s in runs:
+            if s.data != first.data:
+                raise UserError("arms with different data are not supported in one study")
+        note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
+             f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {data.path}")
+
+        keys = {backbone_key(s, data): s for _, _, s in runs}
+        bb_left = {k: backbone_steps_left(s, data, options.cache) for k, s in keys.items()}
+        run_left = [(a, s, spec, run_steps_left(run_dir(out, a, s), spec)) for a, s, spec in runs]
+        secs_bb = sum(estimate.backbone_seconds(keys[k], n, rate) for k, n in bb_left.items())
+        secs_runs = sum(estimate.run_seconds(spec, n, rate) for _, _, spec, n in run_left)
+        note(f"estimated time: {estimate.human(secs_bb + secs_runs)} (backbone {estimate.human(secs_bb)}, "
+             f"{sum(1 for *_, n in run_left if n)} runs {estimate.human(secs_runs)}; throughput probe "
+             f"{rate.dense_macs_per_s / 1e9:.1f} GMAC/s dense, {rate.controller_macs_per_s / 1e9:.1f} GMAC/s "
+             "controller)")
+
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "study.json", {
+            "study": study.name, "profile": study.profile, "spec_sha256": sha, "source": str(resolved.source),
+            "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms}, "seeds": study.seeds,
+        })
+        budget = StepBudget(options.max_steps_this_session)
+        total = sum(bb_left.values()) + sum(n for *_, n in run_left)
+        results: dict[str, dict[int, dict[str, Any]]] = {}
+        with StudyProgress(console, total) as progress:
+            backbones: dict[str, Backbone] = {}
+            for k, s in keys.items():
+                backbones[k] = get_backbone(s, data, device, options.cache, spec_dir, progress, budget)
+                b = backbones[k].info
+                progress.note(f"backbone ({b['source']}): held-out LM {b['heldout_lm']:.3f} nats/token vs "
+                              f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
+            for arm, seed, spec, _ in run_left:
+                bb = backbones[backbone_key(spec, data)]
+                folder = run_dir(out, arm, seed)
+                res = run_controller(arm, spec, data, bb.state, device, folder, progress, budget)
+                results.setdefault(arm, {})[seed] = res
+                progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
+                              f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
+
+    from specroute.report import build_summary, write_report
+
+    backbone = next(iter(backbones.values()))
+    summary = build_summary(resolved, sha, runs, results, data, backbone, environment(device),
+                            time.perf_counter() - t_start)
+    write_report(out, summary, resolved)
+    note(f"report: {out / 'report.md'}")
+    return StudyResult(out, summary)
+

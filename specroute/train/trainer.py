@@ -1,0 +1,244 @@
+"""The training loop both stages share, with its state saved and restored as one object.
+
+The loop reads as verbs: next batch, step, log, maybe evaluate, maybe checkpoint. What differs between
+the stages (the model, which parameters train, the loss, the evaluation) is a :class:`Stage`.
+
+State (a checkpoint) = the trainable parameters (``trainable.safetensors``) + ``state.pt``: step,
+optimiser state, the data and loss generators' states, the metric history, the byte length of
+``metrics.jsonl`` at that step and the wall time so far. A resumed run truncates ``metrics.jsonl`` to that
+length and continues; on CPU its metrics equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from specroute.data.sampler import WindowSampler
+from specroute.spec.models import OptimizerSpec, TrainSpec
+from specroute.store import atomic_write_text, temp_dir_beside
+from specroute.train.device import Device
+
+
+class Interrupted(Exception):
+    """The session's step budget ran out (a simulated crash: nothing is saved at that point)."""
+
+
+class StepBudget:
+    """Optional cap on optimiser steps in this session, across every stage (for interruption tests)."""
+
+    def __init__(self, steps: int | None = None):
+        self.left = steps
+
+    def spend(self) -> None:
+        if self.left is None:
+            return
+        self.left -= 1
+        if self.left <= 0:
+            raise Interrupted("step budget of this session used up")
+
+
+class Stage(Protocol):
+    """What the loop trains: a model, its trainable parameters (by name), a loss and an evaluation."""
+
+    model: nn.Module
+    train: TrainSpec
+
+    def trainable(self) -> dict[str, nn.Parameter]: ...
+
+    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+        """The scalar to backpropagate and the step's metrics (floats, or dicts of floats)."""
+
+    def evaluate(self) -> dict[str, Any]:
+        """Held-out metrics; must hold ``lm`` (nats/token)."""
+
+
+class MetricsSink:
+    """Append-only JSONL log of one run (one record per line, flushed as written)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._f = open(path, "ab")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._f.write((json.dumps(record, allow_nan=True) + "\n").encode())
+        self._f.flush()
+
+    def offset(self) -> int:
+        return self._f.tell()
+
+    def truncate(self, n: int) -> None:
+        self._f.truncate(n)
+        self._f.seek(n)
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def lr_at(step: int, steps: int, opt: OptimizerSpec) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warmup to ``lr_peak`` over
+    ``warmup_steps`` (step 0 gets lr_peak / warmup_steps), then cosine / linear decay to
+    ``lr_peak * min_lr_ratio`` at the last step, or constant."""
+    peak, floor = opt.lr_peak, opt.lr_peak * opt.min_lr_ratio
+    if step < opt.warmup_steps:
+        return peak * (step + 1) / opt.warmup_steps
+    if opt.schedule == "constant":
+        return peak
+    progress = min(1.0, (step - opt.warmup_steps) / max(1, steps - 1 - opt.warmup_steps))
+    if opt.schedule == "linear":
+        return peak - (peak - floor) * progress
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params: dict[str, nn.Parameter], opt: OptimizerSpec) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices (dim >= 2) only, none on biases, norms and gains (GPT-2 habit)."""
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=opt.lr_peak, betas=opt.betas,
+                             eps=opt.eps)
+
+
+class Trainer:
+    """Runs one stage for ``stage.train.steps`` steps, resumable from ``ckpt_dir``.
+
+    Args:
+        stage: what to train.
+        sampler: training windows.
+        seeds: ``data`` (window order) and ``loss`` (oracle layer / rank pair sampling) generator seeds.
+        device: where the batches go.
+        ckpt_dir: checkpoints folder (``latest`` names the newest ``step_NNNNNN``).
+        sink: the run's metrics log.
+        on_step: called after every step with (step, record) (progress display).
+        budget: this session's step cap across stages.
+    """
+
+    def __init__(self, stage: Stage, sampler: WindowSampler, seeds: dict[str, int], device: Device,
+                 ckpt_dir: Path, sink: MetricsSink, on_step: Callable[[int, dict[str, Any]], None] | None = None,
+                 budget: StepBudget | None = None):
+        self.stage, self.sampler, self.device = stage, sampler, device
+        self.spec = stage.train
+        self.params = stage.trainable()
+        self.optimizer = make_optimizer(self.params, self.spec.optimizer)
+        self.data_gen = torch.Generator().manual_seed(seeds["data"])
+        self.loss_gen = torch.Generator().manual_seed(seeds["loss"])
+        self.ckpt_dir, self.sink = ckpt_dir, sink
+        self.on_step, self.budget = on_step, budget or StepBudget()
+        self.step = 0
+        self.history: dict[str, Any] = {"initial": None, "train": [], "eval": []}
+        self.wall_before = 0.0
+        self._t0 = time.perf_counter()
+
+    # -- the loop ----------------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train to the last step (from a restored state, if any); return the history."""
+        self._t0 = time.perf_counter()
+        if self.step == 0:
+            self.sink.truncate(0)
+            self.history["initial"] = self.evaluate(log=False)
+            self.sink.write({"event": "eval_initial", **self.history["initial"]})
+        while self.step < self.spec.steps:
+            idx, targets = self.next_batch()
+            record = self.train_step(idx, targets)
+            self.step += 1
+            self.log(record)
+            if self.step % self.spec.eval_every == 0 or self.step == self.spec.steps:
+                self.evaluate()
+            if self.step % self.spec.checkpoint_every == 0 and self.step < self.spec.steps:
+                self.save()
+            self.budget.spend()
+        return self.history
+
+    def next_batch(self) -> tuple[Tensor, Tensor]:
+        idx, targets = self.sampler.sample(self.spec.batch_size, self.data_gen)
+        return idx.to(self.device.torch, non_blocking=True), targets.to(self.device.torch, non_blocking=True)
+
+    def train_step(self, idx: Tensor, targets: Tensor) -> dict[str, Any]:
+        lr = lr_at(self.step, self.spec.steps, self.spec.optimizer)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, record = self.stage.loss(idx, targets, self.loss_gen)
+        loss.backward()
+        clip = self.spec.grad_clip if self.spec.grad_clip is not None else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), clip)
+        self.optimizer.step()
+        return {**record, "grad_norm": float(grad_norm), "lr": lr}
+
+    def log(self, record: dict[str, Any]) -> None:
+        record = {"event": "train", "step": self.step, **record}
+        self.history["train"].append(record)
+        self.sink.write(record)
+        if self.on_step is not None:
+            self.on_step(self.step, record)
+
+    def evaluate(self, log: bool = True) -> dict[str, Any]:
+        self.stage.model.eval()
+        with torch.no_grad():
+            result = {"step": self.step, **self.stage.evaluate()}
+        self.stage.model.train()
+        if log:
+            self.history["eval"].append(result)
+            self.sink.write({"event": "eval", **result})
+        return result
+
+    @property
+    def wall_s(self) -> float:
+        return self.wall_before + time.perf_counter() - self._t0
+
+    # -- state -------------------------------------------------------------------------------------
+    def save(self) -> Path:
+        """Write a checkpoint of the current step (atomically) and point ``latest`` at it."""
+        name = f"step_{self.step:06d}"
+        target = self.ckpt_dir / name
+        tmp = temp_dir_beside(target)
+        save_file({k: p.detach().cpu().contiguous() for k, p in self.params.items()},
+                  str(tmp / "trainable.safetensors"))
+        torch.save({
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()},
+            "history": self.history,
+            "metrics_offset": self.sink.offset(),
+            "wall_s": self.wall_s,
+        }, tmp / "state.pt")
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
+        atomic_write_text(self.ckpt_dir / "latest", name)
+        for old in self.ckpt_dir.glob("step_*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def restore(self) -> bool:
+        """Load the newest checkpoint, if there is one; return whether one was loaded."""
+        latest = self.ckpt_dir / "latest"
+        if not latest.is_file():
+            return False
+        folder = self.ckpt_dir / latest.read_text().strip()
+        weights = load_file(str(folder / "trainable.safetensors"))
+        if set(weights) != set(self.params):
+            raise RuntimeError(f"checkpoint {folder} holds other parameters than this run trains")
+        with torch.no_grad():
+            for k, p in self.params.items():
+                p.copy_(weights[k].to(p.device))
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.data_gen.set_state(state["rng"]["data"])
+        self.loss_gen.set_state(state["rng"]["loss"])
+        self.history = state["history"]
+        self.step = state["step"]
+        self.wall_before = state["wall_s"]
+        self.sink.truncate(state["metrics_offset"])
+        return True
