@@ -245,16 +245,13 @@ def forward_step(model: nn.Module, fwd: Callable[[], torch.Tensor],
 def hf_reference(spec: RunSpec, device: Device) -> nn.Module | str:
     """transformers' GPT-2 at the dense configuration of ``spec``, or the reason it cannot be built."""
     try:
-        import transformers
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
         return HF_MISSING
     m = spec.model
     if not m.bias:
         return "not comparable: GPT-2 always has biases and this spec has model.bias=false"
-    verbosity = transformers.logging.get_verbosity()
-    transformers.logging.set_verbosity_error()
-    try:
+    with _quiet_transformers():
         cfg = GPT2Config(
             n_layer=m.n_layers, n_embd=m.d_model, n_head=m.n_heads, n_positions=m.context_length,
             vocab_size=m.vocab_size, n_inner=m.ffn_hidden, activation_function=HF_ACTIVATION,
@@ -264,9 +261,23 @@ def hf_reference(spec: RunSpec, device: Device) -> nn.Module | str:
         )
         torch.manual_seed(0)
         model = GPT2LMHeadModel(cfg)
+    return model.to(device.torch).train()
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """transformers' logging at error level for the block (its config warnings are not ours to show)."""
+    try:
+        import transformers
+    except ImportError:
+        yield
+        return
+    verbosity = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()
+    try:
+        yield
     finally:
         transformers.logging.set_verbosity(verbosity)
-    return model.to(device.torch).train()
 
 
 def hf_version() -> str | None:
@@ -421,7 +432,7 @@ class _CpuPeak:
     @contextlib.contextmanager
     def measure(self) -> Iterator[list[int]]:
         out: list[int] = []
-        gc.collect()
+        gc.collect(1)  # young generations only: a full collection costs ~0.5 s with transformers loaded
         if self._trim is not None:
             self._trim(0)
         before = _status_kb("VmRSS")
@@ -463,6 +474,7 @@ def memory_method(device: Device) -> str:
 def measure_memory(cases: list[Case], device: Device) -> None:
     """One extra step per case, measuring its peak (see the module docstring)."""
     cpu = _CpuPeak() if device.type == "cpu" else None
+    gc.collect()
     for c in cases:
         if c.step is None or c.state is None:
             continue
@@ -495,7 +507,7 @@ def machine() -> dict[str, Any]:
             m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
             cpu = m.group(1).strip() if m else None
     try:
-        load = list(os.getloadavg())
+        load = [round(x, 2) for x in os.getloadavg()]
     except OSError:  # pragma: no cover
         load = None
     return {"cpu_model": cpu or platform.processor() or platform.machine(), "machine": platform.machine(),
@@ -516,13 +528,14 @@ def run_bench(resolved: Resolved, options: BenchOptions,
     env = {**environment(device), **machine(), "transformers": hf_version()}
     start_load = env["load_avg_1_5_15"]
     say("building models")
-    cases, settings = build_cases(resolved, options, device)
-    say(f"timing {sum(c.step is not None for c in cases)} cases: {options.warmup_steps} warm-up step(s) "
-        f"each, then {options.rounds} interleaved rounds")
-    t0 = time.perf_counter()
-    time_cases(cases, options, device, say)
-    say("measuring peak memory")
-    measure_memory(cases, device)
+    with _quiet_transformers():
+        cases, settings = build_cases(resolved, options, device)
+        say(f"timing {sum(c.step is not None for c in cases)} cases: {options.warmup_steps} warm-up step(s) "
+            f"each, then {options.rounds} interleaved rounds")
+        t0 = time.perf_counter()
+        time_cases(cases, options, device, say)
+        say("measuring peak memory")
+        measure_memory(cases, device)
     env["load_avg_1_5_15_end"] = machine()["load_avg_1_5_15"]
     env["load_avg_1_5_15"] = start_load
     env["timing_wall_s"] = time.perf_counter() - t0

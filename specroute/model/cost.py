@@ -54,7 +54,7 @@ def count_params(spec: RunSpec) -> ParamCount:
         target = 0
     else:
         K, P = g.latent_dim, g.predictor_hidden
-        gate = ln + (D * K + K) + ((K + 2) * P + P) + (P * K + K) + (K + 1)
+        gate = ln + (D * K + K) + ((K + 2) * P + P) + P * K + (K + 1)  # predictor output: no bias
         target = D * K
     return ParamCount(backbone, cheap, n * gate, n * target)
 

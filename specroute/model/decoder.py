@@ -105,6 +105,9 @@ class G3Gate(nn.Module):
     latent of the outcome of each action; score = w . (P(z, full) - P(z, cheap)) + bias. The fixed target
     head T (random, seeded by ``target_seed``, never trained) maps an executed outcome's hidden state to
     the latent that P is aligned to (loss ``jepa``).
+
+    P's output layer has no bias: a bias shared by both actions cancels in P(z, full) - P(z, cheap), so the
+    LM loss could never reach it (every gate parameter must get a gradient from the LM loss alone).
     """
 
     def __init__(self, m: ModelSpec, g: G3Spec):
@@ -114,7 +117,7 @@ class G3Gate(nn.Module):
         self.predictor = nn.Sequential(
             nn.Linear(g.latent_dim + 2, g.predictor_hidden),
             nn.GELU(),
-            nn.Linear(g.predictor_hidden, g.latent_dim),
+            nn.Linear(g.predictor_hidden, g.latent_dim, bias=False),
         )
         self.score_head = nn.Linear(g.latent_dim, 1)
         self.target = nn.Linear(m.d_model, g.latent_dim, bias=False)

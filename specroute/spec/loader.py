@@ -361,6 +361,9 @@ def _validate(
             field = ".".join(loc)
             if e["type"] == "extra_forbidden":
                 reason = _extra_reason(raw, loc)
+            if e["type"] in ("float_type", "int_type") and _is_number_text(e.get("input")):
+                reason += (f" (got the text {e['input']!r}; plain YAML reads an exponent without a decimal "
+                           "point, such as 3e-4, and quoted numbers as text: write 3.0e-4)")
             where = _lookup(provenance, loc)
             if arm is not None:
                 if _sets(set_tree, loc):
@@ -374,6 +377,16 @@ def _validate(
             file, line = where if where else (str(source), None)
             problems.append((file, field, line, reason))
         raise SpecError(problems) from None
+
+
+def _is_number_text(value: Any) -> bool:
+    if not isinstance(value, str):
+        return False
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True
 
 
 def _sets(tree: Mapping[str, Any] | None, loc: Path_) -> bool:

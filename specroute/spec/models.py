@@ -28,13 +28,15 @@ DEFAULT_KINDS = {"gate": "G1", "data": "embedded"}
 
 
 class Strict(BaseModel):
-    """Base for every spec model: unknown keys are errors and instances are immutable.
+    """Base for every spec model: unknown keys are errors, instances are immutable, and values are not
+    coerced across types (``true`` is not the integer 1, ``"4"`` is not a number; an integer is a valid
+    float).
 
     Cross-field validators raise ``ValueError("field.path: reason")``; the loader turns the leading
     path (relative to the model) into the error's field path.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -287,7 +289,9 @@ class OptimizerSpec(Strict):
     """AdamW with a warmup + decay schedule."""
 
     lr_peak: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas.")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.95), strict=False, description="AdamW betas (a YAML list of two numbers)."
+    )
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     warmup_steps: int = Field(10, ge=0, description="Linear warmup from 0 to lr_peak.")

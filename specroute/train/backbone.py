@@ -100,7 +100,7 @@ def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Pa
         history = trainer.run()
     finally:
         sink.close()
-    state = {k: v.detach().cpu().clone().contiguous() for k, v in stage.model.state_dict().items()}
+    state = {k: v.detach().cpu().clone().contiguous() for k, v in stage.model.backbone_state_dict().items()}
     save_file(state, str(folder / ".backbone.safetensors.tmp"))
     (folder / ".backbone.safetensors.tmp").replace(weights)
     atomic_write_json(folder / "spec.json", dump_run(spec))
@@ -131,5 +131,5 @@ def _load_checkpoint(spec: RunSpec, spec_dir: Path | None, heldout: WindowSample
     lm = dense_heldout_lm(model, eval_batches(heldout, spec.backbone.train, device), device)
     info = {"heldout_lm": lm, "initial_lm": None, "steps": None, "cache_key": None, "wall_s": 0.0,
             "lm": [], "source": "checkpoint", "path": str(path)}
-    return Backbone({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, info)
+    return Backbone({k: v.detach().cpu().clone() for k, v in model.backbone_state_dict().items()}, info)
 
