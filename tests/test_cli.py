@@ -155,11 +155,17 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
         ("arms:\n  a:\n    overrides: {loss: {jepa: 1.0}}\n", ":3:", "arms.a.overrides.loss.jepa", "gate.kind=G3"),
         ("arms:\n  a:\n    overrides: {modle: 1}\n", ":3:", "arms.a.overrides.modle", "unknown field 'modle'"),
         ("comparisons:\n  - {id: c, better: x, worse: default}\n", ":1:", "comparisons", "names arm 'x'"),
+        ("model:\n  n_layers: true\n", ":2:", "model.n_layers", "valid integer"),
+        ("model:\n  n_layers: \"4\"\n", ":2:", "model.n_layers", "got the text '4': write the number without quotes"),
+        ("model:\n  tie_embeddings: \"yes\"\n", ":2:", "model.tie_embeddings", "valid boolean"),
+        ("gates:\n  G1: 3\n", ":2:", "gates.G1", "valid dictionary"),
+        ("arms:\n  a: {overrides: {gate: 3}}\n", ":2:", "arms.a.overrides.gate", "valid dictionary"),
     ],
     ids=["unknown-key", "unknown-nested-key", "wrong-type", "budget-above-1", "budget-below-0",
          "layer-beyond-depth", "g3-field-under-g1", "unknown-gate-kind", "unknown-enforcement",
          "tag-object-apply", "tag-python-name", "tag-object-new", "yaml-syntax", "duplicate-key",
-         "arm-jepa-under-g1", "arm-unknown-key", "comparison-unknown-arm"],
+         "arm-jepa-under-g1", "arm-unknown-key", "comparison-unknown-arm", "bool-for-int", "quoted-number",
+         "text-for-bool", "gate-preset-not-a-table", "arm-gate-not-a-table"],
 )
 def test_bad_spec_exits_2_naming_file_field_and_line(tmp_path, monkeypatch, text, where, field, words):
     monkeypatch.chdir(tmp_path)

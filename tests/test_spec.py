@@ -346,6 +346,39 @@ def test_a_key_given_twice_is_refused(tmp_path):
     assert "first on line 1" in info.value.reason
 
 
+def test_an_exponent_without_a_decimal_point_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) would read 3e-4 as text; the loader reads it as YAML 1.2 does."""
+    path = write(tmp_path, "s.yaml", "train:\n  optimizer: {lr_peak: 3e-4, eps: 1E-08}\n")
+    optimizer = load_study(path, None, ["backbone.train.optimizer.lr_peak=5e-4"]).arm_spec("default")
+    assert optimizer.train.optimizer.lr_peak == 3e-4
+    assert optimizer.train.optimizer.eps == 1e-8
+    assert optimizer.backbone.train.optimizer.lr_peak == 5e-4
+
+
+def test_values_are_not_coerced_across_types():
+    for update in ({"model": {"n_layers": True}}, {"model": {"n_layers": "4"}}, {"model": {"n_layers": 4.0}},
+                   {"model": {"tie_embeddings": "yes"}}, {"name": 3}):
+        with pytest.raises(ValidationError):
+            tiny_spec(update)
+    assert tiny_spec({"routing": {"budget": {"full_fraction": 1}}}).routing.budget.full_fraction == 1.0
+    assert tiny_spec({"train": {"optimizer": {"betas": [0.8, 0.9]}}}).train.optimizer.betas == (0.8, 0.9)
+
+
+def test_a_gate_without_kind_is_g1_and_an_arm_switching_kind_drops_its_fields(tmp_path):
+    path = write(tmp_path, "s.yaml", """
+gate: {hidden: 8}
+gates:
+  G3: {predictor_hidden: 8}
+arms:
+  plain: {}
+  g3: {overrides: {gate: {kind: G3, latent_dim: 4}}}
+""")
+    resolved = load_study(path)
+    assert (resolved.arm_spec("plain").gate.kind, resolved.arm_spec("plain").gate.hidden) == ("G1", 8)
+    g3 = resolved.arm_spec("g3").gate
+    assert (g3.kind, g3.latent_dim, g3.predictor_hidden) == ("G3", 4, 8)
+
+
 @pytest.mark.parametrize("text", ["", "# only a comment\n"])
 def test_an_empty_file_is_the_defaults(tmp_path, text):
     assert load_study(write(tmp_path, "s.yaml", text)).arm_spec("default") == RunSpec()

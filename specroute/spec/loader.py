@@ -28,6 +28,18 @@ STUDY_KEYS = ("profile", "seeds", "arms", "gates", "comparisons")
 Path_ = tuple[str, ...]
 
 
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (no tag builds a Python object), reading ``3e-4`` as a number as YAML 1.2
+    does (YAML 1.1 wants ``3.0e-4`` and would give the text "3e-4")."""
+
+
+_SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
 class SpecError(Exception):
     """A spec that cannot be loaded or validated.
 
@@ -151,7 +163,7 @@ def parse_set(assignments: Iterable[str]) -> dict[str, Any]:
         if not all(parts):
             raise SpecError([("--set", key, None, "empty component in the key path")])
         try:
-            value = yaml.safe_load(text) if text.strip() else None
+            value = yaml.load(text, Loader=_SpecLoader) if text.strip() else None  # noqa: S506 (safe)
         except yaml.YAMLError as e:
             raise SpecError([("--set", key, None, f"value is not valid YAML: {e}")]) from None
         node = tree
@@ -175,7 +187,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
         raise SpecError([(str(path), "", None, "file not found")]) from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError([(str(path), "", None, f"cannot read: {e}")]) from None
-    loader = yaml.SafeLoader(text)
+    loader = _SpecLoader(text)
     lines: dict[Path_, int] = {}
     starts: dict[tuple[int, int], Path_] = {}  # (line, column) where a value starts -> its path
     try:
@@ -354,7 +366,7 @@ def _validate(
     except ValidationError as err:
         problems = []
         for e in err.errors():
-            loc = tuple(str(x) for x in e["loc"] if str(x) not in _VARIANT_TAGS)
+            loc = _without_variant_tags(tuple(str(x) for x in e["loc"]))
             reason = e["msg"].removeprefix("Value error, ")
             if e["type"] == "value_error" and (m := _FIELD_PREFIX.match(reason)):
                 loc, reason = loc + tuple(m.group(1).split(".")), m.group(2)
@@ -362,8 +374,7 @@ def _validate(
             if e["type"] == "extra_forbidden":
                 reason = _extra_reason(raw, loc)
             if e["type"] in ("float_type", "int_type") and _is_number_text(e.get("input")):
-                reason += (f" (got the text {e['input']!r}; plain YAML reads an exponent without a decimal "
-                           "point, such as 3e-4, and quoted numbers as text: write 3.0e-4)")
+                reason += _number_text_hint(e["input"])
             where = _lookup(provenance, loc)
             if arm is not None:
                 if _sets(set_tree, loc):
@@ -379,6 +390,17 @@ def _validate(
         raise SpecError(problems) from None
 
 
+def _without_variant_tags(loc: Path_) -> Path_:
+    """Drop the union tag pydantic puts after a discriminated field (``gate.G3.latent_dim`` ->
+    ``gate.latent_dim``; ``gates.G3.G3.latent_dim`` -> ``gates.G3.latent_dim``)."""
+    out = []
+    for i, part in enumerate(loc):
+        after_union = i >= 1 and loc[i - 1] in DEFAULT_KINDS or i >= 2 and loc[i - 2] == "gates"
+        if not (after_union and part in _VARIANT_TAGS):
+            out.append(part)
+    return tuple(out)
+
+
 def _is_number_text(value: Any) -> bool:
     if not isinstance(value, str):
         return False
@@ -387,6 +409,10 @@ def _is_number_text(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _number_text_hint(text: str) -> str:
+    return f" (got the text {text!r}: write the number without quotes)"
 
 
 def _sets(tree: Mapping[str, Any] | None, loc: Path_) -> bool:
