@@ -164,8 +164,13 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a paper-profile run without a GPU.")] = False,
     device: Annotated[str, typer.Option("--device", help="auto | cpu | cuda (CUDA runs in bf16 autocast).")] = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default $SPECROUTE_CACHE or ~/.cache/specroute).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Controller runs at once (default: one per CPU core for small models on CPU, else 1).")] = None,
 ):
     """Run a study (backbone, every arm x seed) and write its report."""
+    import os
+
+    # Idle OpenMP threads sleep instead of spinning: on a busy CPU, spinning threads slow a run manyfold.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from specroute.store import UserError
     from specroute.train import Interrupted, StudyOptions, run_study
 
@@ -173,7 +178,7 @@ def run(
         fail("--resume and --overwrite exclude each other")
     resolved = load_or_exit(spec, profile, set_)
     options = StudyOptions(out=out, resume=resume, overwrite=overwrite, arms=list(arm or []),
-                           seeds=list(seed or []), device=device, cache=cache_dir, yes=yes)
+                           seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers)
     confirm = (lambda q: typer.confirm(q, default=False)) if sys.stdin.isatty() else None
     try:
         result = run_study(resolved, options, console=console, confirm=confirm)

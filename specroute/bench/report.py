@@ -134,8 +134,8 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
     entry.update(
         status=("PASS" if passed else "MISS") if scale_ok else "n/a",
         by=None if passed or eff is None else eff - GATHER_EFFICIENCY_MIN,
-        note=(f"saving over masked measured {_pct(row['measured_saving_vs_masked'])}, predicted "
-              f"{_pct(row['predicted_saving_vs_masked'])}; gather step {overhead * 1e3:+.1f} ms "
+        note=(f"saving over masked measured {_share(row['measured_saving_vs_masked'])}, predicted "
+              f"{_share(row['predicted_saving_vs_masked'])}; gather step {overhead * 1e3:+.1f} ms "
               f"({overhead / g.median_s:+.1%}) vs the MAC-proportional time (index/scatter work, smaller "
               f"GEMMs and elementwise ops are not in the MAC model); {_spread_note(m, g)}; {load}"
               + (f"; target applies at width >= {TARGET_MIN_WIDTH}, this run: {scale_why}" if not scale_ok else "")))
@@ -166,6 +166,10 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:+.1%}"
 
 
+def _share(x: float | None) -> str:
+    return "—" if x is None else f"{x:.1%}"
+
+
 def _num(x: float | None, fmt: str = ",.0f") -> str:
     return "—" if x is None else format(x, fmt)
 
@@ -179,7 +183,7 @@ def case_rows(summary: dict[str, Any]) -> list[list[str]]:
         rows.append([
             c["name"], _num(c["tokens_per_s"]) if ok else c["status"],
             _num(c["median_s"] and c["median_s"] * 1e3, ",.1f"), _num(c["spread"], ".0%"),
-            _num(c["peak_mb"], ",.0f"), _num(c["predicted_macs"] and c["predicted_macs"] / 1e9, ",.2f"),
+            _num(c["peak_mb"], ",.1f"), _num(c["predicted_macs"] and c["predicted_macs"] / 1e9, ",.2f"),
         ])
     return rows
 

@@ -62,9 +62,11 @@ PAPER_HOURS = {"utilrank": 2.87, "lm": 1.75}
 HF_ACTIVATION = "gelu_pytorch_tanh"
 #: What "not installed" says, and how to fix it.
 HF_MISSING = "not installed (pip install 'specroute[reference]')"
-#: Quick mode (the tests): shrunken sizes, 1 warm-up step and 2 timed rounds; seconds in all.
+#: Quick mode (the tests): shrunken sizes, 1 warm-up step and 2 timed rounds, one torch thread; seconds
+#: in all. Its figures check the code path, not the machine: at these sizes a step is mostly Python
+#: overhead, and one thread avoids the thread pool's contention on a loaded machine.
 QUICK = {"d_model": 64, "n_heads": 2, "seq_len": 32, "batch_size": 2, "vocab_size": 512, "cheap": 16,
-         "warmup": 1, "repeats": 2}
+         "warmup": 1, "repeats": 2, "threads": 1}
 
 
 @dataclass(frozen=True)
@@ -524,7 +526,23 @@ def run_bench(resolved: Resolved, options: BenchOptions,
     if options.rounds < 1 or options.warmup_steps < 0:
         raise UserError("--repeats must be >= 1 and warm-up >= 0")
     device = pick_device(options.device)
-    say = progress or (lambda _msg: None)
+    with _threads(QUICK["threads"] if options.quick else None):
+        return _run(resolved, options, device, progress or (lambda _msg: None))
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """torch's intra-op threads set to ``n`` for the block (None: left as they are)."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(resolved: Resolved, options: BenchOptions, device: Device, say: Callable[[str], None]) -> dict[str, Any]:
     env = {**environment(device), **machine(), "transformers": hf_version()}
     start_load = env["load_avg_1_5_15"]
     say("building models")

@@ -11,6 +11,7 @@ controller stage are not part of it.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,7 @@ def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Pa
                                                    "wall_s": 0.0, "path": str(weights)})
     stage = DenseStage(spec, BACKBONE_SEED, heldout, device)
     sink = MetricsSink(folder / "metrics.jsonl")
-    on_step = progress.step if progress else None
+    on_step = functools.partial(progress.update, "backbone") if progress else None
     trainer = Trainer(stage, WindowSampler(data.train, spec.backbone.train.seq_len, "train"),
                       {"data": derive_seed(BACKBONE_SEED, "data"), "loss": derive_seed(BACKBONE_SEED, "loss")},
                       device, folder / "ckpt", sink, on_step, budget)
@@ -100,6 +101,8 @@ def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Pa
         history = trainer.run()
     finally:
         sink.close()
+        if progress:
+            progress.end_run("backbone")
     state = {k: v.detach().cpu().clone().contiguous() for k, v in stage.model.backbone_state_dict().items()}
     save_file(state, str(folder / ".backbone.safetensors.tmp"))
     (folder / ".backbone.safetensors.tmp").replace(weights)

@@ -16,6 +16,7 @@ full fraction.
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 from pathlib import Path
@@ -25,13 +26,13 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from specroute.data.sampler import WindowSampler
-from specroute.data.shards import TokenData
+from specroute.data.shards import TokenData, load_shards
 from specroute.model.cost import flops_proxy
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
 from specroute.store import atomic_write_json
-from specroute.train.device import Device
-from specroute.train.progress import StudyProgress
+from specroute.train.device import Device, deterministic
+from specroute.train.progress import QueueProgress, StudyProgress
 from specroute.train.stages import ControllerStage, derive_seed
 from specroute.train.trainer import MetricsSink, StepBudget, Trainer
 
@@ -50,7 +51,7 @@ def run_steps_left(folder: Path, spec: RunSpec) -> int:
 
 
 def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Tensor], device: Device,
-                   folder: Path, progress: StudyProgress | None = None,
+                   folder: Path, progress: StudyProgress | QueueProgress | None = None,
                    budget: StepBudget | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse) one run; return its per-seed summary (summary.json's ``seeds`` entry)."""
     result = folder / "result.json"
@@ -59,24 +60,51 @@ def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str,
     heldout = WindowSampler(data.heldout, spec.train.seq_len, "held-out")
     stage = ControllerStage(spec, backbone, heldout, device)
     sink = MetricsSink(folder / "metrics.jsonl")
+    name = f"{arm} seed {spec.seed}"
     trainer = Trainer(stage, WindowSampler(data.train, spec.train.seq_len, "train"),
                       {"data": derive_seed(spec.seed, "data"), "loss": derive_seed(spec.seed, "loss")},
-                      device, folder / "ckpt", sink, progress.step if progress else None, budget)
+                      device, folder / "ckpt", sink, functools.partial(progress.update, name) if progress else None,
+                      budget)
     trainer.restore()
     if progress:
-        progress.start_run(f"{arm} seed {spec.seed}", spec.train.steps, trainer.step)
+        progress.start_run(name, spec.train.steps, trainer.step)
     try:
         history = trainer.run()
         summary = seed_summary(spec, history, trainer.wall_s)
         sink.write({"event": "end", **{k: v for k, v in summary.items() if k != "lm"}})
     finally:
         sink.close()
+        if progress:
+            progress.end_run(name)
     save_file({k: p.detach().cpu().contiguous() for k, p in trainer.params.items()},
               str(folder / ".controller.safetensors.tmp"))
     (folder / ".controller.safetensors.tmp").replace(folder / "controller.safetensors")
     atomic_write_json(folder / "spec.json", dump_run(spec))
     atomic_write_json(result, summary)
     return summary
+
+
+# --------------------------------------------------------------------------------------------------
+# worker processes (CPU): several runs at once, one intra-op thread each
+
+_QUEUE: Any = None
+
+
+def init_worker(q: Any, threads: int) -> None:
+    """Initialiser of a worker process: its progress queue and its intra-op thread count."""
+    global _QUEUE
+    import torch
+
+    _QUEUE = q
+    torch.set_num_threads(threads)
+
+
+def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, Tensor], folder: str) -> dict[str, Any]:
+    """:func:`run_controller` in a worker process (CPU), reporting progress through the queue."""
+    device = Device("cpu", None)
+    data = load_shards(Path(data_path))
+    with deterministic(device):
+        return run_controller(arm, spec, data, backbone, device, Path(folder), QueueProgress(_QUEUE))
 
 
 def tau_key(tau: float) -> str:

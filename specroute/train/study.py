@@ -11,10 +11,15 @@ or ``overwrite`` (delete what a previous study wrote there, then start afresh).
 
 from __future__ import annotations
 
+import itertools
 import json
+import multiprocessing
+import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +27,7 @@ from typing import Any
 from rich.console import Console
 
 from specroute.data.shards import prepare_data
+from specroute.model.cost import count_params
 from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
 from specroute.store import UserError, atomic_write_json, sha256_json
@@ -29,9 +35,11 @@ from specroute.train import estimate
 from specroute.train.backbone import Backbone, backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.progress import StudyProgress
-from specroute.train.runs import run_controller, run_dir, run_steps_left
+from specroute.train.runs import init_worker, run_controller, run_dir, run_in_worker, run_steps_left
 from specroute.train.trainer import StepBudget
 
+#: Above this many parameters controller runs go one at a time by default (memory per worker).
+PARALLEL_MAX_PARAMS = 20_000_000
 #: What a study writes into its output folder (and what ``overwrite`` deletes).
 OWNED = ("study.json", "runs", "plots", "report.md", "summary.json")
 
@@ -41,7 +49,8 @@ class StudyOptions:
     """How to run a study (the CLI's options).
 
     ``arms`` / ``seeds``: run only these (empty = all). ``cache``: cache root override. ``yes``: no
-    confirmation for a paper-profile run without a GPU. ``max_steps_this_session``: stop (as if the
+    confirmation for a paper-profile run without a GPU. ``workers``: controller runs at once
+    (None: see :func:`auto_workers`). ``max_steps_this_session``: stop (as if the
     process died) after that many optimiser steps in total; for interruption tests.
     """
 
@@ -53,6 +62,7 @@ class StudyOptions:
     device: str = "auto"
     cache: str | Path | None = None
     yes: bool = False
+    workers: int | None = None
     max_steps_this_session: int | None = None
 
 
@@ -114,6 +124,40 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> None:
         if old != sha:
             raise UserError(f"--resume: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
                             f"now {sha[:12]}); use --overwrite or another --out")
+
+
+def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
+    """Controller runs at once: on a CPU one per core (each with one intra-op thread; small models
+    use cores better this way than with intra-op threads), unless the model is large
+    (> :data:`PARALLEL_MAX_PARAMS`, where memory matters more); on CUDA one."""
+    if device.type != "cpu" or count_params(spec).total > PARALLEL_MAX_PARAMS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, pending))
+
+
+def run_parallel(jobs: list[tuple[str, int, RunSpec, dict, Path]], data_path: Path | None, workers: int,
+                 progress: StudyProgress) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """Run controller jobs in ``workers`` spawned processes (CPU); yield (arm, seed, result) in job order."""
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(q, threads)) as pool:
+        futures = [pool.submit(run_in_worker, arm, spec, str(data_path), state, str(folder))
+                   for arm, seed, spec, state, folder in jobs]
+        try:
+            for (arm, seed, *_), fut in zip(jobs, futures):
+                while True:
+                    try:
+                        res = fut.result(timeout=0.25)
+                        break
+                    except FuturesTimeout:
+                        progress.drain(q)
+                progress.drain(q)
+                yield arm, seed, res
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
 
 
 def run_study(resolved: Resolved, options: StudyOptions, console: Console | None = None,
@@ -193,13 +237,25 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                 b = backbones[k].info
                 progress.note(f"backbone ({b['source']}): held-out LM {b['heldout_lm']:.3f} nats/token vs "
                               f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
-            for arm, seed, spec, _ in run_left:
-                bb = backbones[backbone_key(spec, data)]
-                folder = run_dir(out, arm, seed)
-                res = run_controller(arm, spec, data, bb.state, device, folder, progress, budget)
+            jobs = [(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
+                    for arm, seed, spec, _ in run_left]
+            pending = sum(1 for *_, n in run_left if n)
+            workers = options.workers or auto_workers(device, first, pending)
+            if workers > 1 and pending > 1 and options.max_steps_this_session is None:
+                finished = [j for j in jobs if (j[4] / "result.json").is_file()]
+                todo = [j for j in jobs if not (j[4] / "result.json").is_file()]
+                done = itertools.chain(
+                    ((arm, seed, json.loads((folder / "result.json").read_text()))
+                     for arm, seed, _, _, folder in finished),
+                    run_parallel(todo, data.path, workers, progress))
+            else:
+                done = ((arm, seed, run_controller(arm, spec, data, state, device, folder, progress, budget))
+                        for arm, seed, spec, state, folder in jobs)
+            for arm, seed, res in done:
                 results.setdefault(arm, {})[seed] = res
                 progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
                               f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
+        results = {arm: results[arm] for arm in study.arms if arm in results}
 
     from specroute.report import build_summary, write_report
 

@@ -1,0 +1,155 @@
+"""`specroute bench --quick` end to end (issue 5): files, keys, finite figures, cost-model consistency.
+
+Quick mode shrinks the model and runs 1 warm-up step and 2 rounds per case, so the benchmark cannot rot;
+no test asserts anything about timings beyond "positive and finite".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from specroute.bench.runner import BUDGETS, HF_MISSING, full_training, realised_share, shrink
+from specroute.cli import app
+from specroute.model.cost import step_macs
+from specroute.spec import load_study
+
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+runner = CliRunner()
+FILES = ("summary.json", "report.md", "throughput_vs_budget.png")
+THREADS_BEFORE = torch.get_num_threads()
+
+
+def bench(*args: str):
+    return runner.invoke(app, ["bench", str(SPECS / "a3.yaml"), "--profile", "smoke", "--quick", *map(str, args)])
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory) -> tuple[dict, Path, str]:
+    out = tmp_path_factory.mktemp("bench") / "a3_smoke"
+    result = bench("--json", "--out", out)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), out, result.stdout
+
+
+def test_writes_every_file_and_json_matches_stdout(quick_run):
+    summary, out, _ = quick_run
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    report = (out / "report.md").read_text()
+    for section in ("## Where", "## Throughput and memory", "## Gather by budget", "## A3 vs util/rank", "## Targets"):
+        assert section in report
+    assert (out / "throughput_vs_budget.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_records_machine_and_settings(quick_run):
+    summary, _, _ = quick_run
+    env = summary["environment"]
+    for key in ("cpu_model", "threads", "torch", "dtype", "device", "git_commit", "load_avg_1_5_15",
+                "load_avg_1_5_15_end", "transformers"):
+        assert key in env, key
+    assert env["threads"] == 1  # quick mode runs on one thread (and restores the setting)
+    assert torch.get_num_threads() == THREADS_BEFORE
+    assert env["torch"] == torch.__version__
+    st = summary["settings"]
+    assert (summary["study"], summary["profile"], summary["quick"]) == ("a3", "smoke", True)
+    assert (st["repeats"], st["warmup"]) == (2, 1)
+    assert st["budgets"] == list(BUDGETS)
+
+
+def test_every_case_measured_with_finite_positive_figures(quick_run):
+    summary, _, _ = quick_run
+    names = {c["name"] for c in summary["cases"]}
+    expected = {"train/dense", "train/masked", "forward/dense", "forward/masked", "forward/gather@0.5",
+                "train/hf_gpt2", "forward/hf_gpt2", *(f"train/gather@{b:g}" for b in BUDGETS),
+                *(f"recipe/{a}" for a in ("G1_utilrank", "G3_utilrank", "G1_lm", "G3_lm"))}
+    assert names == expected
+    for c in summary["cases"]:
+        if c["status"] != "ok":
+            continue
+        assert len(c["times_s"]) == 2, c["name"]
+        for key in ("median_s", "tokens_per_s", "predicted_macs", "peak_mb"):
+            assert c[key] is not None and math.isfinite(c[key]) and c[key] > 0, (c["name"], key, c[key])
+
+
+def test_predicted_savings_come_from_the_cost_model(quick_run):
+    summary, _, _ = quick_run
+    spec = shrink(load_study(SPECS / "a3.yaml", "smoke").arm_spec("G1_utilrank"))
+    masked = step_macs(full_training(spec, "masked"))["total"]
+    for row in summary["budgets"]:
+        gather = full_training(spec, "gather", row["budget"])
+        expected = 1 - step_macs(gather, full_fraction=realised_share(gather))["total"] / masked
+        assert 0 < row["predicted_saving_vs_masked"] < 1
+        assert row["predicted_saving_vs_masked"] == pytest.approx(expected, rel=1e-12)
+        assert row["realised_full_fraction"] == realised_share(gather)
+    savings = [r["predicted_saving_vs_masked"] for r in summary["budgets"]]
+    assert savings == sorted(savings, reverse=True)  # fewer full tokens, more saved
+
+
+def test_recipes_pair_util_rank_with_lm_only_per_gate(quick_run):
+    summary, _, _ = quick_run
+    pairs = {(r["gate"], r["utilrank"], r["lm"]) for r in summary["recipes"]}
+    assert pairs == {("G1", "G1_utilrank", "G1_lm"), ("G3", "G3_utilrank", "G3_lm")}
+    for r in summary["recipes"]:
+        assert r["paper_ratio"] == pytest.approx(1.75 / 2.87)
+        assert 0 < r["predicted_ratio"] < 1  # the oracle's continuations make util/rank dearer
+        assert r["predicted_ratio"] == pytest.approx(r["flops_proxy_lm"] / r["flops_proxy_utilrank"])
+        assert r["measured_ratio"] > 0 and math.isfinite(r["measured_ratio"])
+
+
+def test_targets_listed_and_not_applicable_in_quick_mode(quick_run):
+    summary, _, _ = quick_run
+    ids = [t["id"] for t in summary["targets"]]
+    assert ids == ["dense_vs_reference", "gather_efficiency", "cuda_bf16"]
+    status = {t["id"]: t["status"] for t in summary["targets"]}
+    assert status["gather_efficiency"] == "n/a"  # quick mode: sizes too small for the width >= 512 target
+    if not torch.cuda.is_available():
+        assert status["cuda_bf16"] == "n/a"
+
+
+def test_refuses_to_overwrite_a_result(quick_run):
+    _, out, _ = quick_run
+    result = bench("--out", out)
+    assert result.exit_code == 2
+    assert "--overwrite" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_missing_transformers_is_reported_cleanly(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # any import of it now raises ImportError
+    out = tmp_path / "no_ref"
+    result = bench("--out", out, "--repeats", "1")
+    assert result.exit_code == 0, result.output
+    assert "not installed" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    hf = {c["name"]: c for c in summary["cases"] if c["variant"] == "hf_gpt2"}
+    assert {c["status"] for c in hf.values()} == {HF_MISSING}
+    assert all(c["tokens_per_s"] is None for c in hf.values())
+    assert summary["environment"]["transformers"] is None
+    target = next(t for t in summary["targets"] if t["id"] == "dense_vs_reference")
+    assert (target["status"], target["figure"]) == ("n/a", None)
+    assert "train/dense" in result.stdout  # the tables still print
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu_is_a_user_error(tmp_path):
+    result = bench("--device", "cuda", "--out", tmp_path / "x")
+    assert result.exit_code == 2
+    assert "CUDA" in result.stderr
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_quick_bench_on_cuda_in_bf16(tmp_path):
+    result = bench("--device", "cuda", "--json", "--out", tmp_path / "cuda")
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    assert summary["environment"]["device"] == "cuda"
+    assert "bfloat16" in summary["environment"]["dtype"]
+    assert next(t for t in summary["targets"] if t["id"] == "cuda_bf16")["status"] == "PASS"
