@@ -192,6 +192,203 @@ def run(
     console.print(f"wrote {result.out}/report.md, summary.json, plots/")
 
 
+@app.command()
+def verify(
+    paths: Annotated[Optional[list[Path]], typer.Argument(
+        help="Specs (YAML) to verify; default: every specs/*.yaml. With --claims, a report folder or "
+             "summary.json here is the study to judge.", show_default=False)] = None,
+    profile: ProfileOpt = None,
+    claims: Annotated[bool, typer.Option("--claims", help="Judge the paper's claims (C1-C12) against the "
+                                         "given report; without one, list them and judge C10/C11.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Only this check id (repeatable).")] = None,
+    examples: Annotated[int, typer.Option("--examples", min=1, help="Hypothesis examples per property.")] = 8,
+    regression: Annotated[Optional[Path], typer.Option("--regression", help="Compare against a committed "
+                                                       "claims reference (reports/reference/claims_reference.json).")] = None,
+):
+    """Run the verifiers (budget, causality, gradients, oracle, FLOPs, JEPA) on every arm of the specs;
+    exit 1 on any failure."""
+    from specroute.verify import Context, run_verification
+    from specroute.verify.runner import default_specs, verifier_ids
+
+    paths = list(paths or [])
+    reports_in = [p for p in paths if p.is_dir() or p.name.endswith(".json")]
+    specs = [p for p in paths if p not in reports_in] or default_specs()
+    if reports_in and not claims:
+        fail(f"{reports_in[0]} is a report, not a spec; add --claims to judge a report")
+    if len(reports_in) > 1:
+        fail("give at most one report to --claims")
+    for p in specs:
+        if not p.is_file():
+            fail(f"spec {p} not found")
+    unknown = sorted(set(only or []) - set(verifier_ids()))
+    if unknown:
+        fail(f"unknown check(s) {unknown}; known: {', '.join(verifier_ids())}")
+    ctx = Context(examples=examples)
+    if regression is not None:
+        _verify_regression(regression, specs, ctx, json_out)
+        return
+    if claims:
+        _verify_claims(reports_in[0] if reports_in else None, specs, json_out)
+        return
+    quiet = json_out or not sys.stderr.isatty()
+    try:
+        reports = run_verification(specs, profile, ctx, only,
+                                   progress=None if quiet else lambda m: err_console.print(f"[dim]{m}[/]"))
+    except SpecError as e:
+        fail("invalid spec\n" + e.render())
+    failed = [r for r in reports if r.status == "fail"]
+    if json_out:
+        typer.echo(json.dumps({"profile": profile, "specs": [str(p) for p in specs], "examples": examples,
+                               "results": [r.as_dict() for r in reports], "failed": len(failed)}, indent=2))
+    else:
+        _verify_table(reports, profile)
+    if failed:
+        raise typer.Exit(1)
+
+
+_STATUS_STYLE = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+
+
+def _verify_table(reports, profile: str | None) -> None:
+    table = Table(title=f"specroute verify (profile: {profile or 'each spec default'})", show_lines=False)
+    for col in ("check", "spec", "status", "measured", "expected"):
+        table.add_column(col, overflow="fold")
+    last = None
+    for r in reports:
+        if last is not None and r.check != last:
+            table.add_section()
+        table.add_row(r.check if r.check != last else "", r.spec, _STATUS_STYLE[r.status],
+                      r.measured if r.status != "skip" else r.detail, r.expected)
+        last = r.check
+    console.print(table)
+    counts = {s: sum(r.status == s for r in reports) for s in ("pass", "fail", "skip")}
+    console.print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
+                  f"({len({r.check for r in reports})} checks x {len({r.spec for r in reports})} specs)")
+    for r in reports:
+        if r.status == "fail":
+            console.print(f"[bold red]FAIL[/] {r.check} on {r.spec}: {r.detail}", soft_wrap=True, markup=False
+                          if "[" in r.detail else True)
+
+
+def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> None:
+    from specroute.claims import CLAIMS, evaluate_claims, load_summary, paper_proxies
+    from specroute.verify.oracle import measure_mechanism
+
+    summary: dict = {"arms": {}, "profile": None}
+    if report is not None:
+        try:
+            summary = load_summary(report)
+        except (OSError, ValueError) as e:
+            fail(f"cannot read the report {report}: {e}")
+        own = Path("specs") / f"{summary.get('study')}.yaml"
+        specs = [own] if own.is_file() else specs
+    proxies = mech = None
+    for path in specs:
+        proxies = proxies or paper_proxies(path)
+        if mech is None:
+            resolved = load_or_exit(path, None, None)
+            arms = [resolved.arm_spec(a) for a in resolved.study.arms]
+            oracle_arms = [s for s in arms if s.loss.uses_oracle]
+            if oracle_arms:
+                m = measure_mechanism(oracle_arms[0])
+                mech = {k: m[k] for k in ("spearman", "sign_flips", "full_share", "tokens")}
+    verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies)
+    if json_out:
+        typer.echo(json.dumps({"report": str(report) if report else None, "claims": [c.as_dict() for c in CLAIMS],
+                               "verdicts": verdicts}, indent=2))
+        return
+    title = f"claims (arXiv 2604.17228) against {report}" if report else "claims (no report: C10 and C11 only)"
+    table = Table(title=title)
+    for col in ("claim", "statement", "verdict", "numbers"):
+        table.add_column(col, overflow="fold")
+    style = {"reproduced": "green", "not reproduced": "red"}
+    for v in verdicts:
+        color = style.get(v["verdict"], "dim")
+        table.add_row(v["id"], v["statement"], f"[{color}]{v['verdict']}[/]", v["numbers"] + "\n[dim]" +
+                      v["explanation"] + "[/]")
+    console.print(table)
+
+
+def _verify_regression(reference: Path, specs: list[Path], ctx, json_out: bool) -> None:
+    from specroute.verify.regression import collect, compare
+
+    try:
+        ref = json.loads(reference.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        fail(f"cannot read the reference {reference}: {e}")
+    micro = ref.get("micro") or {}
+    current = collect(specs, Path(micro["summary"]) if micro.get("summary") else None,
+                      Path(micro["spec"]) if micro.get("spec") else None, ctx)
+    problems = compare(ref, current)
+    if json_out:
+        typer.echo(json.dumps({"reference": str(reference), "problems": problems}, indent=2))
+    else:
+        for p in problems:
+            console.print(f"[bold red]regression[/] {p}", markup=True, highlight=False)
+        console.print(f"claim regression: {len(problems)} problem(s) against {reference}")
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
+def flops(spec: SpecArg, profile: ProfileOpt = None,
+          json_out: Annotated[bool, typer.Option("--json", help="Print the accounting as JSON.")] = False):
+    """Parameters, training FLOPs per step by component, the proxy under every reading, and the paper's
+    1.53x / 1.07x beside ours."""
+    from specroute.accounting import COMPONENTS, EXECUTIONS, flops_report
+
+    try:
+        rep = flops_report(spec, profile)
+    except SpecError as e:
+        fail("invalid spec\n" + e.render())
+    if json_out:
+        typer.echo(json.dumps(rep, indent=2))
+        return
+    st = rep["step"]
+    console.print(f"[bold]{rep['study']}[/] (profile: [cyan]{rep['profile']}[/]): one step = {st['batch_size']} x "
+                  f"{st['seq_len']} tokens; controlled layers {st['controlled_layers']} of {st['n_layers']}, budget "
+                  f"{st['full_fraction']}; oracle labels {st['labelled_layers_per_step'] or 'all'} layer(s)/step")
+    params = Table(title="parameters")
+    for col in ("arm", "routed model", "backbone", "cheap FFNs", "gate", "target head", "controller (trained)"):
+        params.add_column(col, justify="left" if col == "arm" else "right")
+    for arm, a in rep["arms"].items():
+        p = a["params"]
+        params.add_row(arm, *(_millions(p[k]) for k in ("routed_model", "backbone", "cheap_ffn", "gate",
+                                                          "target_head", "controller")))
+    console.print(params)
+    for execution in EXECUTIONS:
+        t = Table(title=f"training GFLOPs per step, {execution} execution (FLOPs = 2 x MACs)")
+        t.add_column("arm")
+        for c in (*COMPONENTS, "total"):
+            t.add_column(c.replace("_", " "), justify="right")
+        for arm, a in rep["arms"].items():
+            f = a["flops"][execution]
+            t.add_row(arm, *(f"{f[c] / 1e9:,.1f}" for c in (*COMPONENTS, "total")))
+        dense = rep["arms"][next(iter(rep["arms"]))]["dense_flops"]
+        t.add_row("[dim]full-only: forward / controller-only / full training[/]", *([""] * len(COMPONENTS)),
+                  " / ".join(f"{dense[d] / 1e9:,.1f}" for d in ("forward_only", "controller_only", "full_training")))
+        console.print(t)
+    proxy = Table(title="FLOPs proxy = step / full-only step (denominator x execution)")
+    proxy.add_column("arm")
+    for execution in EXECUTIONS:
+        for d in ("forward_only", "controller_only", "full_training"):
+            proxy.add_column(f"{d}\n{execution}", justify="right")
+    proxy.add_column("paper", justify="right")
+    for arm, a in rep["arms"].items():
+        paper = "1.53x" if a["uses_oracle"] else "1.07x"
+        proxy.add_row(arm, *(f"{a['proxy'][e][d]:.3f}x" for e in EXECUTIONS
+                             for d in ("forward_only", "controller_only", "full_training")), paper)
+    console.print(proxy)
+    if rep.get("paper"):
+        ours = rep["paper"]["ours"]
+        shown = ", ".join(f"{'util/rank' if k == 'utilrank' else 'no util/rank'} {v:.2f}x (paper "
+                          f"{rep['paper']['paper'][k]:.2f}x)" for k, v in ours.items() if v is not None)
+        console.print(f"[bold]paper comparison[/] ({rep['paper']['reading']}): {shown}")
+        for line in rep["paper"]["explanation"]:
+            console.print(f"  - {line}", soft_wrap=True)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -109,15 +109,29 @@ def policy_equivalence(target: Target, ctx: Context) -> CheckResult:
 # the mechanism, measured
 
 
+@lru_cache(maxsize=4)
+def _backbone(model_json: str, steps: int, seed: int, seq_len: int) -> tuple[dict[str, torch.Tensor], float]:
+    """A small dense backbone pretrained on prose (shared by every arm with the same model spec)."""
+    spec = RunSpec.model_validate_json(model_json)
+    stream = prose_tokens()
+    dense = seeded_model(spec, seed, routed=False)
+    lm = train_dense(dense, steps, seed, 16, seq_len, stream=stream[: int(0.9 * len(stream))])
+    return {k: v.detach().clone() for k, v in dense.state_dict().items()}, lm
+
+
 @lru_cache(maxsize=16)
 def _mechanism(spec_json: str, backbone_steps: int, controller_steps: int, seed: int) -> dict[str, Any]:
     spec = RunSpec.model_validate_json(spec_json)
     stream = prose_tokens()
     held = stream[int(0.9 * len(stream)):]
     train = stream[: int(0.9 * len(stream))]
+    dense_spec = RunSpec.model_validate({"model": spec.model.model_dump(exclude_computed_fields=True),
+                                         "train": {"seq_len": spec.train.seq_len},
+                                         "backbone": {"train": {"seq_len": spec.train.seq_len}}})
+    state, lm = _backbone(dense_spec.model_dump_json(exclude_computed_fields=True), backbone_steps, seed,
+                          spec.train.seq_len)
     model = seeded_model(spec, seed)
-    lm = train_dense(model, backbone_steps, seed, 16, spec.train.seq_len, stream=train)
-    model.set_trainable(list(spec.train.trainable))
+    model.load_backbone({k: v for k, v in state.items() if k in model.backbone_state_dict()})
     train_controller(model, spec, controller_steps, seed, stream=train)
     g = torch.Generator().manual_seed(seed + 7)
     off_all, on_all, per_layer = [], [], {}

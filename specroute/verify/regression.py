@@ -1,0 +1,137 @@
+"""Claim regression: the deterministic values and verdicts behind the claims, against committed ones.
+
+``reports/reference/claims_reference.json`` holds, each with its tolerance:
+
+- analytic values: the paper-profile parameter count and FLOP proxies (every arm, execution and
+  denominator) of every shipped spec (C11, S1);
+- measured-vs-analytic agreement of the FLOP counters and the oracle label equivalences (max errors);
+- the status of every verifier on every shipped spec (a pass that turns into a fail is a regression);
+- the claim verdicts of a micro study (``reports/reference/micro/summary.json``, committed) together with
+  the mechanism measurement (C10) and the paper-profile proxies (C11).
+
+:func:`collect` recomputes all of it; :func:`compare` lists what flipped or drifted beyond its tolerance.
+``write_reference`` refreshes the file (after a deliberate change, reviewed like code).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from specroute.accounting import flops_report
+from specroute.claims import evaluate_claims, load_summary, paper_proxies
+from specroute.verify.common import Context
+from specroute.verify.oracle import measure_mechanism
+from specroute.verify.runner import default_specs, run_verification
+
+FORMAT = 1
+#: Numbers taken from each verifier's values for the regression (check id -> value keys).
+CHECK_VALUES = {
+    "flops.fvcore_dense": ("rel_err",), "flops.counters_agree": ("rel_err",), "flops.routed_forward": ("rel_err",),
+    "flops.training_step": ("rel_err",), "oracle.brute_force": ("max_err",),
+    "oracle.policy_equivalence": ("equal_err",), "execution.parity": ("max_diff",),
+}
+#: Absolute tolerances of those numbers (errors: any value up to the tolerance is fine).
+ERROR_TOLERANCE = {"rel_err": 0.01, "max_err": 1e-5, "equal_err": 1e-5, "max_diff": 1e-5}
+ANALYTIC_RTOL = 1e-9
+MECHANISM_ATOL = 0.05
+
+
+#: Verdicts that rest on wall-clock time: recorded, never compared.
+NONDETERMINISTIC = frozenset({"C12"})
+
+
+def collect(specs: list[Path] | None = None, micro_summary: Path | None = None, micro_spec: Path | None = None,
+            ctx: Context | None = None, reports: list | None = None) -> dict[str, Any]:
+    """Recompute every value the reference holds (see the module docstring). ``reports``: verifier
+    results already computed for ``specs`` (:func:`run_verification`), to avoid running them twice."""
+    specs = specs or default_specs()
+    values: dict[str, dict[str, Any]] = {}
+    for path in specs:
+        try:
+            rep = flops_report(path, "paper")
+        except Exception:  # noqa: BLE001 - a spec without a paper profile has no paper-scale figures
+            continue
+        for arm, acc in rep["arms"].items():
+            values[f"params.paper.{path.name}:{arm}"] = {"value": acc["params"]["routed_model"], "rtol": ANALYTIC_RTOL}
+            for execution, proxies in acc["proxy"].items():
+                for den, v in proxies.items():
+                    values[f"proxy.paper.{path.name}:{arm}.{execution}.{den}"] = {"value": v, "rtol": ANALYTIC_RTOL}
+    statuses: dict[str, str] = {}
+    for report in reports if reports is not None else run_verification(specs, ctx=ctx or Context()):
+        statuses[f"{report.check}@{report.spec}"] = report.status
+        for arm in report.arms:
+            for key in CHECK_VALUES.get(report.check, ()):
+                v = arm.values.get(key)
+                if v is not None:
+                    name = f"{report.check}.{key}@{arm.spec}"
+                    values[name] = {"value": v, "max": ERROR_TOLERANCE[key]}
+    out: dict[str, Any] = {"format": FORMAT, "values": values, "checks": statuses}
+    if micro_summary is not None:
+        out["micro"] = micro_verdicts(micro_summary, micro_spec)
+    return out
+
+
+def micro_verdicts(summary_path: Path, spec_path: Path | None = None) -> dict[str, Any]:
+    """The claim verdicts of the micro study's summary, with C10 measured on the study's spec and C11
+    at its paper profile."""
+    summary = load_summary(summary_path)
+    spec_path = spec_path or Path("specs") / f"{summary['study']}.yaml"
+    mech = None
+    proxies = None
+    if spec_path.is_file():
+        from specroute.spec import load_study
+
+        resolved = load_study(spec_path)
+        oracle_arms = [resolved.arm_spec(a) for a in resolved.study.arms if resolved.arm_spec(a).loss.uses_oracle]
+        if oracle_arms:
+            m = measure_mechanism(oracle_arms[0])
+            mech = {k: m[k] for k in ("spearman", "sign_flips", "full_share", "tokens")}
+        proxies = paper_proxies(spec_path)
+    verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies)
+    return {"summary": str(summary_path), "spec": str(spec_path),
+            "verdicts": {v["id"]: v["verdict"] for v in verdicts},
+            "numbers": {v["id"]: v["numbers"] for v in verdicts}, "mechanism": mech, "paper_proxies": proxies}
+
+
+def compare(reference: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What regressed: a verdict or check status that flipped, a value beyond its tolerance, something
+    the reference has that the current run lacks. Empty when all is well."""
+    problems = []
+    for key, ref in reference.get("values", {}).items():
+        cur = current.get("values", {}).get(key)
+        if cur is None:
+            problems.append(f"{key}: missing (reference {ref['value']})")
+            continue
+        v = cur["value"]
+        if "max" in ref:
+            if v > ref["max"]:
+                problems.append(f"{key}: {v:.3g} exceeds {ref['max']:.3g}")
+        elif abs(v - ref["value"]) > ref.get("rtol", 0) * abs(ref["value"]) + ref.get("atol", 0):
+            problems.append(f"{key}: {v!r} drifted from {ref['value']!r} (rtol {ref.get('rtol', 0):g})")
+    for key, status in reference.get("checks", {}).items():
+        cur = current.get("checks", {}).get(key)
+        if cur != status:
+            problems.append(f"check {key}: {status} -> {cur}")
+    ref_micro, cur_micro = reference.get("micro"), current.get("micro")
+    if ref_micro and cur_micro:
+        for cid, verdict in ref_micro["verdicts"].items():
+            if cid in NONDETERMINISTIC:
+                continue
+            now = cur_micro["verdicts"].get(cid)
+            if now != verdict:
+                problems.append(f"claim {cid}: verdict {verdict!r} -> {now!r} "
+                                f"({cur_micro.get('numbers', {}).get(cid, '')})")
+        for key in ("spearman", "sign_flips"):
+            a, b = (ref_micro.get("mechanism") or {}).get(key), (cur_micro.get("mechanism") or {}).get(key)
+            if a is not None and (b is None or abs(a - b) > MECHANISM_ATOL):
+                problems.append(f"mechanism {key}: {b} drifted from {a} (atol {MECHANISM_ATOL})")
+    return problems
+
+
+def write_reference(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
