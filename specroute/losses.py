@@ -145,26 +145,29 @@ def jepa_loss(model: Decoder, routing: list[LayerRouting]) -> Tensor:
     return torch.stack(terms).mean()
 
 
-#: Temperature of the smoothed full share in BUDGET, as a fraction of the layer's score scale.
-BUDGET_TEMPERATURE = 0.25
+#: Temperature of the smoothed full share in BUDGET: a fraction of the layer's score spread (std) ...
+BUDGET_TEMPERATURE = 0.1
+#: ... plus a fraction of the distance from the threshold to the nearest score (0 once scores straddle it).
+BUDGET_REACH = 0.25
 
 
 def budget_loss(routing: list[LayerRouting], full_fraction: float) -> Tensor:
     """BUDGET: mean over controlled layers of (smoothed full share - b)^2 (threshold mode).
 
     The full share of a threshold layer is mean_t 1[score > 0]; its smooth stand-in is
-    mean_t sigmoid(score / tau), tau = BUDGET_TEMPERATURE * (std(score) + min_t |score|) (no gradient
-    through tau), so the loss steers the *realised* share toward b whatever the scale of the scores. The
-    second part of tau keeps the gradient alive when every token sits on one side of the threshold
-    (then the spread says nothing about the distance to it); it is ~0 once the scores straddle 0. (The
-    mean of sigmoid(score) is a different quantity: it can sit at b while the realised share is far off.)
+    mean_t sigmoid(score / tau), tau = BUDGET_TEMPERATURE * std(score) + BUDGET_REACH * min_t |score|
+    (no gradient through tau), so the loss steers the *realised* share toward b whatever the scale of the
+    scores. The second part of tau keeps the gradient alive when every token sits on one side of the
+    threshold (then the spread says nothing about the distance to it); it is ~0 once the scores straddle
+    0. (The mean of sigmoid(score) is a different quantity: it can sit at b while the realised share is
+    far off.)
     """
     terms = []
     for r in routing:
         if r.score_BT is None:
             continue
         s = r.score_BT.detach().float()
-        tau = (BUDGET_TEMPERATURE * (s.std(unbiased=False) + s.abs().min())).clamp_min(1e-6)
+        tau = (BUDGET_TEMPERATURE * s.std(unbiased=False) + BUDGET_REACH * s.abs().min()).clamp_min(1e-6)
         terms.append((torch.sigmoid(r.score_BT / tau).mean() - full_fraction) ** 2)
     return torch.stack(terms).mean()
 

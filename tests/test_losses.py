@@ -285,8 +285,8 @@ def test_budget_loss_value():
     _, model = built({"routing": {"budget": {"enforcement": "threshold"}}, "gate": {"init_bias": 2.0}})
     with torch.no_grad():
         out = model(tokens(2, 6))
-    # the smoothed realised share: sigmoid(score / tau), tau = 0.25 * (std(score) + min |score|)
-    tau = [0.25 * (r.score_BT.std(unbiased=False) + r.score_BT.abs().min()) for r in out.routing]
+    # the smoothed realised share: sigmoid(score / tau), tau = 0.1 * std(score) + 0.25 * min |score|
+    tau = [0.1 * r.score_BT.std(unbiased=False) + 0.25 * r.score_BT.abs().min() for r in out.routing]
     expected = sum((torch.sigmoid(r.score_BT / t).mean() - 0.5) ** 2
                    for r, t in zip(out.routing, tau)) / len(out.routing)
     assert_close(budget_loss(out.routing, 0.5), expected)

@@ -17,7 +17,7 @@ from specroute.spec.models import RunSpec
 from specroute.verify import budget, causality, flops, gradients, jepa, oracle
 from specroute.verify.common import Context, Target
 
-CTX = Context(examples=6, train_steps=40)
+CTX = Context(examples=4, train_steps=20)
 
 
 def target(update: dict | None = None) -> Target:
@@ -205,7 +205,7 @@ def test_nan_under_extreme_hidden_states_is_caught(monkeypatch):
 
 
 def test_threshold_budget_verifier_passes_with_the_budget_loss_and_bites_without_it(monkeypatch):
-    t = target({"routing": {"budget": {"enforcement": "threshold", "full_fraction": 0.2}},
+    t = target({"routing": {"budget": {"enforcement": "threshold", "full_fraction": 0.3}},
                 "loss": {"budget": 1.0, "util": 0.0, "rank": 0.0}})
     ctx = Context(examples=1, train_steps=50)
     ok = budget.threshold_trained(t, ctx)

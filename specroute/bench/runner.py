@@ -11,6 +11,9 @@ Three families of cases, all on the same batch (B sequences of T random token id
 * ``forward``: one no-grad forward (logits only) of dense, masked, gather at the spec's budget, GPT-2.
 * ``recipe``: the study's own step — controller-only training (``compute_losses`` of the arm's recipe,
   backward, clip, AdamW on the trainable set) — for each arm, used to compare A3 (LM only) with util/rank.
+  A util/rank step's cost depends on which controlled layer it labels (``oracle.layers_per_step``
+  drawn at random), so these are compared by their *mean* step time, which is what a run's wall time
+  adds up; the other families by their median.
 
 Every case is warmed up, then the cases are run round-robin (one step each, in a fixed order) for
 ``repeats`` rounds and each case's median is reported, so slow drifts of machine load hit every case
@@ -100,6 +103,7 @@ class Case:
     step: Callable[[], None] | None
     state: Callable[[], int] | None = None  # bytes of parameters + buffers + optimiser state
     times_s: list[float] = field(default_factory=list)
+    cpu_s: list[float] = field(default_factory=list)  # process CPU time of each timed step (all threads)
     status: str = "ok"
     peak_mb: float | None = None
     state_mb: float | None = None
@@ -115,7 +119,9 @@ class Case:
         q = _quartile_spread(self.times_s)
         return {
             "name": self.name, "kind": self.kind, "variant": self.variant, "budget": self.budget,
-            "status": self.status, "median_s": med, "times_s": self.times_s,
+            "status": self.status, "median_s": med, "mean_s": statistics.mean(self.times_s) if self.times_s else None,
+            "times_s": self.times_s,
+            "cpu_median_s": statistics.median(self.cpu_s) if self.cpu_s else None,
             "spread": q, "tokens_per_s": tokens / med if med else None,
             "predicted_macs": self.macs, "peak_mb": self.peak_mb, "state_mb": self.state_mb,
             "step_mb": self.step_mb, **self.extra,
@@ -147,10 +153,12 @@ def shrink(spec: RunSpec) -> RunSpec:
 
 
 def full_training(spec: RunSpec, execution: str, budget: float | None = None) -> RunSpec:
-    """The routed model trained on every parameter, with a known realised share (top-k per sequence)."""
+    """The routed model trained on every parameter with the LM loss alone (as the dense model and the
+    reference are), with a known realised share (top-k per sequence)."""
     b = spec.routing.budget.full_fraction if budget is None else budget
     return rebuild(spec, {
         "train": {"trainable": ["gate", "cheap_ffn", "backbone"]},
+        "loss": {"lm": 1.0, "util": 0.0, "rank": 0.0, "jepa": 0.0, "budget": 0.0},
         "routing": {"execution": execution, "estimator": "score_scaling",
                     "budget": {"full_fraction": b, "enforcement": "topk_sequence"}},
     })
@@ -356,14 +364,16 @@ def build_cases(resolved: Resolved, options: BenchOptions, device: Device) -> tu
             lambda: hf(input_ids=idx, labels=idx).loss, lambda: hf(input_ids=idx).logits, True)
 
     arms, pairs = recipe_pairs(resolved, options.quick)
-    gen = torch.Generator().manual_seed(0)
     for name, s in arms.items():
         s = rebuild(s, {"train": {"batch_size": B, "seq_len": T}})
         arms[name] = s
         torch.manual_seed(0)
         model = build_model(s).to(device.torch)
+        # each arm draws its labelled layers and rank pairs from its own generator with the same seed,
+        # so the util/rank arms label the same layer at the same step
+        gen = torch.Generator().manual_seed(0)
         step, state = train_step(
-            model, (lambda mod, sp: lambda: compute_losses(mod, idx, tgt, sp, gen).total)(model, s), s, device)
+            model, (lambda mod, sp, g: lambda: compute_losses(mod, idx, tgt, sp, g).total)(model, s, gen), s, device)
         cases.append(Case(f"recipe/{name}", "recipe", name, s.routing.budget.full_fraction,
                           step_macs(s)["total"], step, state,
                           extra={"gate": s.gate.kind, "uses_oracle": s.loss.uses_oracle,
@@ -404,8 +414,12 @@ def _sync(device: Device) -> None:
 
 def time_cases(cases: list[Case], options: BenchOptions, device: Device,
                progress: Callable[[str], None] | None = None) -> None:
-    """Warm every case up, then ``rounds`` round-robin rounds of one timed step per case."""
-    live = [c for c in cases if c.step is not None]
+    """Warm every case up, then ``rounds`` round-robin rounds of one timed step per case.
+
+    Within a round, the cases that a target compares run back to back (dense, GPT-2; masked, gather at
+    each budget), so a change of machine load between them is as small as it can be.
+    """
+    live = sorted((c for c in cases if c.step is not None), key=_timing_order)
     for c in live:
         for _ in range(options.warmup_steps):
             c.step()
@@ -415,10 +429,18 @@ def time_cases(cases: list[Case], options: BenchOptions, device: Device,
             progress(f"round {r + 1}/{options.rounds}")
         for c in live:
             _sync(device)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             c.step()
             _sync(device)
             c.times_s.append(time.perf_counter() - t0)
+            c.cpu_s.append(time.process_time() - c0)
+
+
+def _timing_order(c: Case) -> tuple[int, int, tuple[int, float]]:
+    family = ("train", "forward", "recipe").index(c.kind)
+    variant = {"dense": 0, "hf_gpt2": 1, "masked": 2, "gather": 3}.get(c.variant, 4)
+    first = c.budget == 0.5  # the target's budget right after masked
+    return family, variant, (0 if first else 1, c.budget or 0.0)
 
 
 class _CpuPeak:

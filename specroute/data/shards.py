@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from specroute.data.embedded import embedded_documents
+from specroute.data.embedded import cached_embedded_documents
 from specroute.data.sources import fineweb_documents, local_documents
 from specroute.data.tokenizer import DataUnavailable, Tokenizer, load_tokenizer
 from specroute.spec.models import EmbeddedData, FinewebEduData, LocalData
@@ -81,7 +81,7 @@ def prepare_data(
     docs: Iterable[str]
     max_tokens: int | None = getattr(data, "max_tokens", None)
     if isinstance(data, EmbeddedData):
-        texts = [t for _, t in embedded_documents()]
+        texts = [t for _, t in cached_embedded_documents(cache_dir(cache))]
         source = {"kind": "embedded", "corpus_sha256": corpus_hash(texts)}
         docs = texts
     elif isinstance(data, LocalData):

@@ -121,7 +121,7 @@ def find_gpt2_tokenizer(cache: str | Path | None = None) -> Path:
         from huggingface_hub import try_to_load_from_cache
 
         for repo in GPT2_REPOS:
-            hit = try_to_load_from_cache(repo, "tokenizer.json")
+            hit = try_to_load_from_cache(repo, "tokenizer.json", cache_dir=hub_cache_dir())
             if isinstance(hit, str) and Path(hit).is_file():
                 return Path(hit)
     except ImportError:  # pragma: no cover - huggingface_hub comes with datasets
@@ -136,12 +136,22 @@ def find_gpt2_tokenizer(cache: str | Path | None = None) -> Path:
     from huggingface_hub import hf_hub_download
 
     try:
-        got = hf_hub_download(GPT2_REPOS[0], "tokenizer.json")
+        got = hf_hub_download(GPT2_REPOS[0], "tokenizer.json", cache_dir=hub_cache_dir())
     except Exception as e:  # noqa: BLE001 - any download failure is the same user-facing problem
         raise DataUnavailable(f"downloading GPT-2's tokenizer failed: {e}\n" + ALTERNATIVES) from None
     local.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(got, local)
     return local
+
+
+def hub_cache_dir() -> str | None:
+    """The Hugging Face hub cache as the environment says now (``HF_HUB_CACHE``, ``HF_HOME``), or None
+    for huggingface_hub's default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return str(Path(os.environ["HF_HOME"]) / "hub")
+    return None
 
 
 def hub_reachable(timeout_s: float = 5.0) -> tuple[bool, str]:

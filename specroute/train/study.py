@@ -190,19 +190,18 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
          f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
          f"({device.dtype_name}); output {out}")
 
+    needs_confirm = study.profile == "paper" and device.type != "cuda" and not options.yes
+    if needs_confirm and confirm is None:
+        raise UserError(f"the paper profile on {device.type} (no GPU) takes days; nobody can confirm here "
+                        "(no terminal). Pass --yes to run it anyway, or run on a CUDA machine.")
     with deterministic(device):
         rate = estimate.probe(first, estimate.heaviest([s for _, _, s in runs]), device)
-        needs_confirm = study.profile == "paper" and device.type != "cuda" and not options.yes
         if needs_confirm:
             rough = (estimate.backbone_seconds(first, first.backbone.train.steps, rate)
                      + sum(estimate.run_seconds(s, s.train.steps, rate) for _, _, s in runs))
-            question = (f"the paper profile on {device.type} (no GPU) needs about {estimate.human(rough)} "
-                        "(backbone included unless cached). Continue?")
-            if confirm is None:
-                raise UserError(question.replace("Continue?", "Refusing without confirmation; pass --yes "
-                                                  "to run it anyway, or run on a CUDA machine."))
-            if not confirm(question):
-                raise UserError("cancelled")
+            if not confirm(f"the paper profile on {device.type} (no GPU) needs about {estimate.human(rough)} "
+                           "(backbone included unless cached). Continue?"):
+                raise UserError("cancelled: the paper profile needs a GPU to finish in reasonable time")
 
         note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
         data = prepare_data(first.data, spec_dir, options.cache)

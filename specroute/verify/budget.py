@@ -17,6 +17,10 @@ from specroute.spec.models import ceil_budget
 from specroute.verify.common import (CheckResult, Context, Target, fmt, prose_tokens, result, run_property, seeded_model,
                                      shrink, skipped, tokens, train_controller, batch)
 
+#: Peak learning rate of the threshold-adherence training (controller only, a few dozen steps, decaying
+#: linearly to a tenth so that the realised share settles).
+THRESHOLD_LR = 1e-2
+
 BUDGETS = st.one_of(st.sampled_from([0.0, 1e-3, 0.5, 1.0]), st.floats(0.0, 1.0, allow_nan=False))
 
 
@@ -83,7 +87,7 @@ def threshold_trained(target: Target, ctx: Context) -> CheckResult:
 
     def body(seed):
         model = seeded_model(spec, seed)
-        train_controller(model, spec, ctx.train_steps * 2, seed, stream=stream)
+        train_controller(model, spec, ctx.train_steps * 2, seed, lr=THRESHOLD_LR, stream=stream, decay=True)
         g = torch.Generator().manual_seed(seed + 1)
         x, _ = batch(stream, 32, spec.train.seq_len, g)
         with torch.no_grad():

@@ -181,9 +181,9 @@ def trainable_params(model: Decoder) -> dict[str, torch.nn.Parameter]:
 
 
 def train_controller(model: Decoder, spec: RunSpec, steps: int, seed: int, lr: float = 3e-3,
-                     stream: Tensor | None = None) -> list[dict[str, float]]:
-    """``steps`` AdamW steps of the spec's recipe (``compute_losses``) on prose windows. Returns the
-    per-step loss parts."""
+                     stream: Tensor | None = None, decay: bool = False) -> list[dict[str, float]]:
+    """``steps`` AdamW steps of the spec's recipe (``compute_losses``) on prose windows (learning rate
+    constant, or with ``decay`` falling linearly to a tenth). Returns the per-step loss parts."""
     from specroute.losses import compute_losses
 
     stream = prose_tokens() if stream is None else stream
@@ -191,7 +191,10 @@ def train_controller(model: Decoder, spec: RunSpec, steps: int, seed: int, lr: f
     opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(seed)
     history = []
-    for _ in range(steps):
+    for step in range(steps):
+        if decay:
+            for group in opt.param_groups:
+                group["lr"] = lr * (1 - 0.9 * step / max(1, steps - 1))
         x, y = batch(stream, spec.train.batch_size, spec.train.seq_len, g)
         terms = compute_losses(model, x, y, spec, g)
         opt.zero_grad(set_to_none=True)
