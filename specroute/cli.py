@@ -205,6 +205,8 @@ def verify(
     examples: Annotated[int, typer.Option("--examples", min=1, help="Hypothesis examples per property.")] = 8,
     regression: Annotated[Optional[Path], typer.Option("--regression", help="Compare against a committed "
                                                        "claims reference (reports/reference/claims_reference.json).")] = None,
+    update_reference: Annotated[bool, typer.Option("--update-reference", help="With --regression: rewrite "
+                                                   "the reference from the current values instead.")] = False,
 ):
     """Run the verifiers (budget, causality, gradients, oracle, FLOPs, JEPA) on every arm of the specs;
     exit 1 on any failure."""
@@ -226,8 +228,10 @@ def verify(
         fail(f"unknown check(s) {unknown}; known: {', '.join(verifier_ids())}")
     ctx = Context(examples=examples)
     if regression is not None:
-        _verify_regression(regression, specs, ctx, json_out)
+        _verify_regression(regression, specs, ctx, json_out, update_reference)
         return
+    if update_reference:
+        fail("--update-reference needs --regression FILE")
     if claims:
         _verify_claims(reports_in[0] if reports_in else None, specs, json_out)
         return
@@ -310,16 +314,24 @@ def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> No
     console.print(table)
 
 
-def _verify_regression(reference: Path, specs: list[Path], ctx, json_out: bool) -> None:
-    from specroute.verify.regression import collect, compare
+def _verify_regression(reference: Path, specs: list[Path], ctx, json_out: bool, update: bool = False) -> None:
+    from specroute.verify.regression import MICRO_SPEC, MICRO_SUMMARY, collect, compare, write_reference
 
     try:
         ref = json.loads(reference.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if not update:
+            fail(f"no reference at {reference}; create one with --update-reference")
+        ref = {"micro": {"summary": MICRO_SUMMARY, "spec": MICRO_SPEC}}
     except (OSError, ValueError) as e:
         fail(f"cannot read the reference {reference}: {e}")
     micro = ref.get("micro") or {}
     current = collect(specs, Path(micro["summary"]) if micro.get("summary") else None,
                       Path(micro["spec"]) if micro.get("spec") else None, ctx)
+    if update:
+        write_reference(reference, current)
+        console.print(f"wrote {reference}")
+        return
     problems = compare(ref, current)
     if json_out:
         typer.echo(json.dumps({"reference": str(reference), "problems": problems}, indent=2))

@@ -24,18 +24,16 @@ def embedded(tmp_path_factory):
     return prepare_data(EmbeddedData(), cache=tmp_path_factory.mktemp("cache"))
 
 
-def test_embedded_corpus_is_real_deterministic_prose(monkeypatch):
-    a = embedded_documents()
+def test_embedded_corpus_is_real_deterministic_prose(embedded, monkeypatch):
     # read from source files, not live objects: what a process patches does not change the corpus
     monkeypatch.setattr(json, "loads", lambda *args, **kwargs: None)
     monkeypatch.setattr("sys.excepthook", lambda *args: None)
-    b = embedded_documents.__wrapped__()  # extracted again, not the in-process memo
-    assert corpus_hash(t for _, t in a) == corpus_hash(t for _, t in b)
-    total = sum(len(t) for _, t in a)
-    assert total >= 1_000_000
-    titles = [t for t, _ in a]
+    docs = embedded_documents.__wrapped__()  # extracted again, not the in-process memo
+    assert corpus_hash(t for _, t in docs) == embedded.meta["corpus_sha256"]
+    assert sum(len(t) for _, t in docs) >= 1_000_000
+    titles = [t for t, _ in docs]
     assert "topic:assert" in titles and "module:json" in titles
-    assert "JSON" in dict(a)["module:json"]
+    assert "JSON" in dict(docs)["module:json"]
 
 
 def test_embedded_shards_meta_and_split(embedded):

@@ -30,7 +30,7 @@ def test_verify_json_and_failure_exit_code(monkeypatch):
     assert payload["failed"] == 0 and payload["results"][0]["check"] == "budget.topk_exact"
     real = decoder.ceil_budget
     monkeypatch.setattr(decoder, "ceil_budget", lambda b, n: max(0, real(b, n) - 1))
-    bad = runner.invoke(app, ["verify", A3, "--only", "budget.topk_exact", "--examples", "2"])
+    bad = runner.invoke(app, ["verify", A3, "--only", "budget.topk_exact", "--examples", "6"])
     assert bad.exit_code == 1
     assert "FAIL" in bad.output
 

@@ -182,6 +182,15 @@ def write_shards(
 
     def consume(batch: list[str]) -> bool:
         nonlocal n_docs
+        train_ids: list[np.ndarray] = []
+        try:
+            return consume_docs(batch, train_ids)
+        finally:  # one bincount per batch, not per document (the vocabulary can be 50k wide)
+            if train_ids:
+                counts[:] += np.bincount(np.concatenate(train_ids), minlength=tokenizer.vocab_size)
+
+    def consume_docs(batch: list[str], train_ids: list[np.ndarray]) -> bool:
+        nonlocal n_docs
         for text, ids in zip(batch, tokenizer.encode_batch(batch)):
             h.update(text.encode("utf-8"))
             h.update(b"\x00")
@@ -194,7 +203,7 @@ def write_shards(
                 heldout.add(ids)
             else:
                 train.add(ids)
-                counts[:] += np.bincount(ids, minlength=tokenizer.vocab_size)
+                train_ids.append(ids)
             if progress is not None:
                 progress(train.total + heldout.total, max_tokens)
             if max_tokens is not None and train.total + heldout.total >= max_tokens:

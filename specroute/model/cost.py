@@ -172,7 +172,8 @@ def step_macs(
         backward_weight += gate
     if cheap_on:
         backward_weight += n_ctrl * cheap_run
-    if w.lm > 0 and (controlled or backbone_on):
+    # compute_losses keeps the LM term in the graph even at weight 0, so its backward always runs
+    if controlled or backbone_on:
         lowest = 0 if backbone_on else min(controlled)
         backward_act += head
         for i in range(lowest, L):
@@ -186,13 +187,6 @@ def step_macs(
         if backbone_on:
             backward_weight += head + sum(attn_proj + (full_run if i in controlled else ffn_full)
                                           for i in range(L))
-    elif gate_on and controlled:
-        # no LM term: only the auxiliary losses reach the gates (util/rank on the labelled layers,
-        # jepa/budget on every controlled layer); nothing else needs a gradient
-        k = min(w.oracle.layers_per_step or n_ctrl, n_ctrl) if w.uses_oracle else 0
-        layers = n_ctrl if (w.jepa > 0 or w.budget > 0) else k
-        backward_act += layers * gate_N
-        backward_weight = layers * gate_N  # the cheap FFN gets no gradient without the LM term
     parts = {
         "routed_forward": routed_forward, "gate": gate, "jepa_target": jepa_target, "oracle": oracle,
         "backward_act": backward_act, "backward_weight": backward_weight,

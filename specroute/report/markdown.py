@@ -92,7 +92,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
               "| arm | gate | util/rank | initial_lm | best_lm | avg_lm | final_lm | grad_norm (mean) "
               "| flops_proxy | wall_s | full (train) | full (eval) |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, a in arms.items():
+    for a in arms.values():
         ur = "on" if a["loss"]["util"] > 0 or a["loss"]["rank"] > 0 else "off"
         lines.append(
             f"| {a['label']} | {a['gate']} | {ur} | {pm(a, 'initial_lm')} | {pm(a, 'best_lm')} | {pm(a, 'avg_lm')} "

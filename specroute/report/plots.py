@@ -52,7 +52,7 @@ def read_train_records(path: Path) -> list[dict[str, Any]]:
 def plot_lm(summary: dict[str, Any], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for arm, a in summary["arms"].items():
+    for a in summary["arms"].values():
         curves = [np.array(s["lm"], dtype=float) for s in a["seeds"].values()]
         n = min(len(c) for c in curves)
         _band(ax, curves[0][:n, 0], np.stack([c[:n, 1] for c in curves]), a["label"])
@@ -99,7 +99,7 @@ def plot_full_fraction(summary: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.2))
     width = 0.8 / max(1, 2 * len(arms))
     x = np.arange(len(layers))
-    for i, (arm, a) in enumerate(arms):
+    for i, (_, a) in enumerate(arms):
         for j, split in enumerate(("train", "eval")):
             vals = [np.mean([s["full_fraction"][split].get(l, np.nan) for s in a["seeds"].values()]) for l in layers]
             ax.bar(x + (2 * i + j) * width - 0.4 + width / 2, vals, width,

@@ -54,41 +54,40 @@ def probe(dense_spec: RunSpec, controller_spec: RunSpec, device: Device) -> Thro
     """Time a few steps of each stage on random data; see the module docstring."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        bt = dense_spec.backbone.train
-        B, T = _probe_shape(dense_spec, bt.batch_size, bt.seq_len, device)
-        dense = build_seeded(dense_spec, 0, routed=False).to(device.torch)
-        idx = torch.randint(0, dense_spec.model.vocab_size, (B, T), device=device.torch)
-        opt = torch.optim.AdamW(dense.parameters(), lr=1e-9)
+        return Throughput(_dense_rate(dense_spec, device), _controller_rate(controller_spec, device))
 
-        def dense_step() -> None:
-            opt.zero_grad(set_to_none=True)
-            with device.autocast():
-                loss = lm_loss(dense(idx).logits_BTV, idx)
-            loss.backward()
-            opt.step()
 
-        dense_s = _time_steps(dense_step, device)
-        dense_rate = dense_step_macs(dense_spec, "full_training", B, T) / dense_s
-        del dense, opt
+def _dense_rate(spec: RunSpec, device: Device) -> float:
+    B, T = _probe_shape(spec, spec.backbone.train.batch_size, spec.backbone.train.seq_len, device)
+    model = build_seeded(spec, 0, routed=False).to(device.torch)
+    idx = torch.randint(0, spec.model.vocab_size, (B, T), device=device.torch)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
 
-        ct = controller_spec.train
-        Bc, Tc = _probe_shape(controller_spec, ct.batch_size, ct.seq_len, device)
-        model = build_seeded(controller_spec, 0, routed=True).to(device.torch)
-        params = [p for p in model.parameters() if p.requires_grad]
-        copt = torch.optim.AdamW(params, lr=1e-9)
-        cidx = torch.randint(0, controller_spec.model.vocab_size, (Bc, Tc), device=device.torch)
-        gen = torch.Generator().manual_seed(0)
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with device.autocast():
+            loss = lm_loss(model(idx).logits_BTV, idx)
+        loss.backward()
+        opt.step()
 
-        def controller_step() -> None:
-            copt.zero_grad(set_to_none=True)
-            with device.autocast():
-                terms = compute_losses(model, cidx, cidx, controller_spec, gen)
-            terms.total.backward()
-            copt.step()
+    return dense_step_macs(spec, "full_training", B, T) / _time_steps(step, device)
 
-        ctrl_s = _time_steps(controller_step, device)
-        ctrl_rate = step_macs(controller_spec, batch_size=Bc, seq_len=Tc)["total"] / ctrl_s
-    return Throughput(dense_rate, ctrl_rate)
+
+def _controller_rate(spec: RunSpec, device: Device) -> float:
+    B, T = _probe_shape(spec, spec.train.batch_size, spec.train.seq_len, device)
+    model = build_seeded(spec, 0, routed=True).to(device.torch)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+    idx = torch.randint(0, spec.model.vocab_size, (B, T), device=device.torch)
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        opt.zero_grad(set_to_none=True)
+        with device.autocast():
+            terms = compute_losses(model, idx, idx, spec, gen)
+        terms.total.backward()
+        opt.step()
+
+    return step_macs(spec, batch_size=B, seq_len=T)["total"] / _time_steps(step, device)
 
 
 def heaviest(specs: list[RunSpec]) -> RunSpec:

@@ -32,7 +32,7 @@ from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
 from specroute.store import UserError, atomic_write_json, sha256_json
 from specroute.train import estimate
-from specroute.train.backbone import Backbone, backbone_key, backbone_steps_left, get_backbone
+from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.progress import StudyProgress
 from specroute.train.runs import init_worker, run_controller, run_dir, run_in_worker, run_steps_left
@@ -185,83 +185,107 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     device = pick_device(options.device)
     note = console.print if console else (lambda *a, **k: None)
     first = runs[0][2]
-    spec_dir = resolved.source.parent
     note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {len(runs)} runs "
          f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
          f"({device.dtype_name}); output {out}")
-
-    needs_confirm = study.profile == "paper" and device.type != "cuda" and not options.yes
-    if needs_confirm and confirm is None:
-        raise UserError(f"the paper profile on {device.type} (no GPU) takes days; nobody can confirm here "
-                        "(no terminal). Pass --yes to run it anyway, or run on a CUDA machine.")
     with deterministic(device):
-        rate = estimate.probe(first, estimate.heaviest([s for _, _, s in runs]), device)
-        if needs_confirm:
-            rough = (estimate.backbone_seconds(first, first.backbone.train.steps, rate)
-                     + sum(estimate.run_seconds(s, s.train.steps, rate) for _, _, s in runs))
-            if not confirm(f"the paper profile on {device.type} (no GPU) needs about {estimate.human(rough)} "
-                           "(backbone included unless cached). Continue?"):
-                raise UserError("cancelled: the paper profile needs a GPU to finish in reasonable time")
-
+        rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
         note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
-        data = prepare_data(first.data, spec_dir, options.cache)
-        for _, _, s in runs:
-            if s.data != first.data:
-                raise UserError("arms with different data are not supported in one study")
+        if any(s.data != first.data for _, _, s in runs):
+            raise UserError("arms with different data are not supported in one study")
+        data = prepare_data(first.data, resolved.source.parent, options.cache)
         note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
              f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {data.path}")
-
-        keys = {backbone_key(s, data): s for _, _, s in runs}
-        bb_left = {k: backbone_steps_left(s, data, options.cache) for k, s in keys.items()}
-        run_left = [(a, s, spec, run_steps_left(run_dir(out, a, s), spec)) for a, s, spec in runs]
-        secs_bb = sum(estimate.backbone_seconds(keys[k], n, rate) for k, n in bb_left.items())
-        secs_runs = sum(estimate.run_seconds(spec, n, rate) for _, _, spec, n in run_left)
-        note(f"estimated time: {estimate.human(secs_bb + secs_runs)} (backbone {estimate.human(secs_bb)}, "
-             f"{sum(1 for *_, n in run_left if n)} runs {estimate.human(secs_runs)}; throughput probe "
-             f"{rate.dense_macs_per_s / 1e9:.1f} GMAC/s dense, {rate.controller_macs_per_s / 1e9:.1f} GMAC/s "
-             "controller)")
-
+        backbone_specs = {backbone_key(s, data): s for _, _, s in runs}
+        steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
+        runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
+        note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate))
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "study.json", {
             "study": study.name, "profile": study.profile, "spec_sha256": sha, "source": str(resolved.source),
             "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms}, "seeds": study.seeds,
         })
         budget = StepBudget(options.max_steps_this_session)
-        total = sum(bb_left.values()) + sum(n for *_, n in run_left)
-        results: dict[str, dict[int, dict[str, Any]]] = {}
-        with StudyProgress(console, total) as progress:
-            backbones: dict[str, Backbone] = {}
-            for k, s in keys.items():
-                backbones[k] = get_backbone(s, data, device, options.cache, spec_dir, progress, budget)
-                b = backbones[k].info
-                progress.note(f"backbone ({b['source']}): held-out LM {b['heldout_lm']:.3f} nats/token vs "
+        with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress:
+            backbones = {}
+            for key, spec in backbone_specs.items():
+                backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
+                                              progress, budget)
+                info = backbones[key].info
+                progress.note(f"backbone ({info['source']}): held-out LM {info['heldout_lm']:.3f} nats/token vs "
                               f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
             jobs = [(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
-                    for arm, seed, spec, _ in run_left]
-            pending = sum(1 for *_, n in run_left if n)
-            workers = options.workers or auto_workers(device, first, pending)
-            if workers > 1 and pending > 1 and options.max_steps_this_session is None:
-                finished = [j for j in jobs if (j[4] / "result.json").is_file()]
-                todo = [j for j in jobs if not (j[4] / "result.json").is_file()]
-                done = itertools.chain(
-                    ((arm, seed, json.loads((folder / "result.json").read_text()))
-                     for arm, seed, _, _, folder in finished),
-                    run_parallel(todo, data.path, workers, progress))
-            else:
-                done = ((arm, seed, run_controller(arm, spec, data, state, device, folder, progress, budget))
-                        for arm, seed, spec, state, folder in jobs)
-            for arm, seed, res in done:
-                results.setdefault(arm, {})[seed] = res
-                progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
-                              f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
-        results = {arm: results[arm] for arm in study.arms if arm in results}
+                    for arm, seed, spec in runs]
+            results = run_controllers(jobs, data, device, options, progress, budget)
+    results = with_earlier_runs(results, resolved, out)
 
     from specroute.report import build_summary, write_report
 
-    backbone = next(iter(backbones.values()))
-    summary = build_summary(resolved, sha, runs, results, data, backbone, environment(device),
-                            time.perf_counter() - t_start)
+    summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
+                            environment(device), time.perf_counter() - t_start)
     write_report(out, summary, resolved)
     note(f"report: {out / 'report.md'}")
     return StudyResult(out, summary)
 
+
+def probe_and_confirm(profile: str, runs: list[tuple[str, int, RunSpec]], device: Device, yes: bool,
+                      confirm: Callable[[str], bool] | None) -> estimate.Throughput:
+    """Measure throughput; for the paper profile without a GPU ask first (refuse when nobody can answer)."""
+    needs_confirm = profile == "paper" and device.type != "cuda" and not yes
+    if needs_confirm and confirm is None:
+        raise UserError(f"the paper profile on {device.type} (no GPU) takes days; nobody can confirm here "
+                        "(no terminal). Pass --yes to run it anyway, or run on a CUDA machine.")
+    first = runs[0][2]
+    rate = estimate.probe(first, estimate.heaviest([s for _, _, s in runs]), device)
+    if needs_confirm:
+        rough = (estimate.backbone_seconds(first, first.backbone.train.steps, rate)
+                 + sum(estimate.run_seconds(s, s.train.steps, rate) for _, _, s in runs))
+        if not confirm(f"the paper profile on {device.type} (no GPU) needs about {estimate.human(rough)} "
+                       "(backbone included unless cached). Continue?"):
+            raise UserError("cancelled: the paper profile needs a GPU to finish in reasonable time")
+    return rate
+
+
+def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, int],
+                      runs: list[tuple[str, int, RunSpec]], runs_left: dict[tuple[str, int], int],
+                      rate: estimate.Throughput) -> str:
+    secs_bb = sum(estimate.backbone_seconds(backbone_specs[k], n, rate) for k, n in steps_left.items())
+    secs_runs = sum(estimate.run_seconds(spec, runs_left[(a, s)], rate) for a, s, spec in runs)
+    return (f"estimated time: {estimate.human(secs_bb + secs_runs)} (backbone {estimate.human(secs_bb)}, "
+            f"{sum(1 for n in runs_left.values() if n)} runs {estimate.human(secs_runs)} if run one at a time; "
+            f"throughput probe {rate.dense_macs_per_s / 1e9:.1f} GMAC/s dense, "
+            f"{rate.controller_macs_per_s / 1e9:.1f} GMAC/s controller)")
+
+
+def run_controllers(jobs: list[tuple[str, int, RunSpec, dict, Path]], data: Any, device: Device,
+                    options: StudyOptions, progress: StudyProgress,
+                    budget: StepBudget) -> dict[str, dict[int, dict[str, Any]]]:
+    """Every controller run, in this process or (CPU, several pending) in worker processes."""
+    finished = [j for j in jobs if (j[4] / "result.json").is_file()]
+    todo = [j for j in jobs if j not in finished]
+    workers = options.workers or auto_workers(device, jobs[0][2], len(todo))
+    if workers > 1 and len(todo) > 1 and options.max_steps_this_session is None:
+        done = itertools.chain(
+            ((arm, seed, json.loads((folder / "result.json").read_text())) for arm, seed, *_, folder in finished),
+            run_parallel(todo, data.path, workers, progress))
+    else:
+        done = ((arm, seed, run_controller(arm, spec, data, state, device, folder, progress, budget))
+                for arm, seed, spec, state, folder in jobs)
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    for arm, seed, res in done:
+        results.setdefault(arm, {})[seed] = res
+        progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
+                      f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
+    return results
+
+
+def with_earlier_runs(results: dict[str, dict[int, dict[str, Any]]], resolved: Resolved,
+                      out: Path) -> dict[str, dict[int, dict[str, Any]]]:
+    """Add the runs of this study that earlier invocations (other --arm / --seed) finished in ``out``;
+    arms in spec order."""
+    for arm in resolved.study.arms:
+        for seed in resolved.study.seeds:
+            done = run_dir(out, arm, seed) / "result.json"
+            if seed not in results.get(arm, {}) and done.is_file():
+                results.setdefault(arm, {})[seed] = json.loads(done.read_text())
+    return {arm: results[arm] for arm in resolved.study.arms if arm in results}

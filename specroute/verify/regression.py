@@ -26,6 +26,9 @@ from specroute.verify.oracle import measure_mechanism
 from specroute.verify.runner import default_specs, run_verification
 
 FORMAT = 1
+#: The committed micro study: its spec and its summary (paths relative to the repository root).
+MICRO_SPEC = "reports/reference/micro.yaml"
+MICRO_SUMMARY = "reports/reference/micro/summary.json"
 #: Numbers taken from each verifier's values for the regression (check id -> value keys).
 CHECK_VALUES = {
     "flops.fvcore_dense": ("rel_err",), "flops.counters_agree": ("rel_err",), "flops.routed_forward": ("rel_err",),
@@ -90,9 +93,17 @@ def micro_verdicts(summary_path: Path, spec_path: Path | None = None) -> dict[st
             mech = {k: m[k] for k in ("spearman", "sign_flips", "full_share", "tokens")}
         proxies = paper_proxies(spec_path)
     verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies)
-    return {"summary": str(summary_path), "spec": str(spec_path),
+    return {"summary": _relative(summary_path), "spec": _relative(spec_path),
             "verdicts": {v["id"]: v["verdict"] for v in verdicts},
             "numbers": {v["id"]: v["numbers"] for v in verdicts}, "mechanism": mech, "paper_proxies": proxies}
+
+
+def _relative(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it (the reference is portable)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def compare(reference: dict[str, Any], current: dict[str, Any]) -> list[str]:
