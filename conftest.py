@@ -6,7 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Idle OpenMP threads sleep instead of spinning (set before torch starts OpenMP): on a busy CPU, spinning
+# threads slow the suite manyfold.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(

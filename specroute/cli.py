@@ -148,6 +148,8 @@ def bench(
         return
     for table in rich_tables(summary):
         console.print(table)
+    for warning in summary["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"wrote {out}/summary.json, report.md, throughput_vs_budget.png")
 
 
@@ -210,6 +212,9 @@ def verify(
 ):
     """Run the verifiers (budget, causality, gradients, oracle, FLOPs, JEPA) on every arm of the specs;
     exit 1 on any failure."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in `run`: no spinning threads on a busy CPU
     from specroute.verify import Context, run_verification
     from specroute.verify.runner import default_specs, verifier_ids
 

@@ -61,6 +61,7 @@ def test_records_machine_and_settings(quick_run):
     assert (summary["study"], summary["profile"], summary["quick"]) == ("a3", "smoke", True)
     assert (st["repeats"], st["warmup"]) == (2, 1)
     assert st["budgets"] == list(BUDGETS)
+    assert any("fewer than 5" in w for w in summary["warnings"])
 
 
 def test_every_case_measured_with_finite_positive_figures(quick_run):

@@ -21,7 +21,7 @@ from typing import Any
 
 from rich.table import Table
 
-from specroute.bench.runner import BUDGETS, PAPER_HOURS, BenchOptions, Case, _quartile_spread
+from specroute.bench.runner import PAPER_HOURS, BenchOptions, Case, quartile_spread
 from specroute.spec.loader import Resolved
 from specroute.store import UserError, atomic_write_json, atomic_write_text, temp_dir_beside
 from specroute.train.device import Device
@@ -31,6 +31,8 @@ DENSE_VS_REFERENCE_MAX = 0.05      # our dense step at most 5% slower than the r
 GATHER_EFFICIENCY_MIN = 0.80       # realised / predicted saving of gather over masked at b = 0.5
 TARGET_BUDGET = 0.5
 TARGET_MIN_WIDTH = 512
+#: 1-minute load average per CPU above which a run is flagged as disturbed by other processes.
+BUSY_LOAD_PER_CPU = 0.5
 PLOT = "throughput_vs_budget.png"
 
 
@@ -104,7 +106,22 @@ def summarise(resolved: Resolved, options: BenchOptions, device: Device, env: di
         "budgets": budgets, "recipes": recipes,
     }
     summary["targets"] = targets(summary, by)
+    summary["warnings"] = warnings(summary)
     return summary
+
+
+def warnings(summary: dict[str, Any]) -> list[str]:
+    """Conditions that make this run's timings less trustworthy (shown above the tables)."""
+    env, out = summary["environment"], []
+    cpus = env.get("cpu_count") or 1
+    loads = [l for l in (env.get("load_avg_1_5_15"), env.get("load_avg_1_5_15_end")) if l]
+    busiest = max((l[0] for l in loads), default=0.0)
+    if busiest > BUSY_LOAD_PER_CPU * cpus:
+        out.append(f"the machine was busy: 1-minute load average up to {busiest:.1f} on {cpus} CPUs, so other "
+                   "processes competed for the cores and the timings are disturbed; rerun on a quiet machine")
+    if summary["settings"]["repeats"] < 5:
+        out.append(f"median of {summary['settings']['repeats']} rounds (fewer than 5)")
+    return out
 
 
 def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]]:
@@ -175,7 +192,7 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
 
 def _spread_note(*cases: Case) -> str:
     parts = [f"{c.variant}{'@' + format(c.budget, 'g') if c.variant == 'gather' else ''} "
-             f"{_quartile_spread(c.times_s):.0%}" for c in cases if _quartile_spread(c.times_s) is not None]
+             f"{quartile_spread(c.times_s):.0%}" for c in cases if quartile_spread(c.times_s) is not None]
     return "repetition spread (IQR/median): " + ", ".join(parts) if parts else "single repetition"
 
 
@@ -315,6 +332,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- Peak memory: {st['memory_method']}.",
         "- Predicted figures: analytic multiply-adds of `specroute.model.cost` (matmuls only).",
         "",
+        *(f"> **Warning:** {w}.\n" for w in summary["warnings"]),
         "## Throughput and memory",
         "",
         _md_table(CASE_COLS, case_rows(summary)),
@@ -346,8 +364,8 @@ def markdown(summary: dict[str, Any]) -> str:
 
 
 def plot(summary: dict[str, Any], path: Path) -> None:
-    """Training tokens/s against budget: gather measured, gather predicted from MACs (anchored at the
-    measured masked step), dense / masked / GPT-2 as horizontal lines."""
+    """Training tokens/s against budget: gather measured; gather predicted over b in [0, 1] (the measured
+    masked throughput times masked's MACs over gather's); dense / masked / GPT-2 as horizontal lines."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -359,9 +377,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     xs = [r["budget"] for r in rows]
     ax.plot(xs, [r["train_tokens_per_s"] for r in rows], "o-", color="C0", label="gather (measured)")
     masked = cases["train/masked"]
-    pred = [masked["tokens_per_s"] * masked["predicted_macs"] / cases[f"train/gather@{b:g}"]["predicted_macs"]
-            for b in xs]
-    ax.plot(xs, pred, "x--", color="C0", alpha=0.6, label="gather (predicted from MACs, vs masked)")
+    curve = summary["settings"]["predicted_gather_macs"]
+    ax.plot([b for b, _ in curve], [masked["tokens_per_s"] * masked["predicted_macs"] / m for _, m in curve],
+            "--", color="C0", alpha=0.6, label="gather predicted (masked measured x MACs ratio)")
     for name, style, color in (("train/dense", "-", "k"), ("train/masked", "--", "C3"), ("train/hf_gpt2", ":", "C2")):
         c = cases[name]
         if c["tokens_per_s"]:
@@ -370,8 +388,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("training tokens / s")
     env = summary["environment"]
     ax.set_title(f"{summary['study']}/{summary['profile']}: {env['device']} {env['dtype']}, "
-                 f"{env['threads']} threads", fontsize=10)
-    ax.set_xticks(list(BUDGETS) if set(BUDGETS) == set(xs) else xs)
+                 f"torch threads: {env['threads']}", fontsize=10)
+    ax.set_xticks([0, *xs, 1])
+    ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

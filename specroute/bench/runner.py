@@ -59,9 +59,9 @@ from specroute.train.device import Device, environment, pick_device
 BUDGETS: tuple[float, ...] = (0.25, 0.5, 0.75)
 #: The paper's wall time with and without util/rank, hours on one V100-32GB (CLAIMS.md C12).
 PAPER_HOURS = {"utilrank": 2.87, "lm": 1.75}
-#: GPT-2's activation is the tanh GELU. transformers' "gelu_new" computes it with eight Python-level
-#: elementwise ops; "gelu_pytorch_tanh" is the same function through PyTorch's fused kernel, the faster
-#: of the two, so the reference is not slowed down by its activation.
+#: GPT-2's activation is the tanh GELU. transformers' "gelu_new" computes it as a chain of Python-level
+#: elementwise ops; "gelu_pytorch_tanh" is the same function through PyTorch's fused kernel (as ours),
+#: the faster of the two, so the reference is not slowed down by its activation.
 HF_ACTIVATION = "gelu_pytorch_tanh"
 #: What "not installed" says, and how to fix it.
 HF_MISSING = "not installed (pip install 'specroute[reference]')"
@@ -99,7 +99,7 @@ class Case:
     kind: str                  # "train" | "forward" | "recipe"
     variant: str               # "dense" | "masked" | "gather" | "hf_gpt2" | an arm name
     budget: float | None       # full_fraction of routed cases
-    macs: float | None         # analytic MACs of the step (cost.py); None for the reference's
+    macs: float | None         # analytic MACs of the step (cost.py; GPT-2 gets the dense model's)
     step: Callable[[], None] | None
     state: Callable[[], int] | None = None  # bytes of parameters + buffers + optimiser state
     times_s: list[float] = field(default_factory=list)
@@ -116,7 +116,7 @@ class Case:
 
     def as_dict(self, tokens: int) -> dict[str, Any]:
         med = self.median_s
-        q = _quartile_spread(self.times_s)
+        q = quartile_spread(self.times_s)
         return {
             "name": self.name, "kind": self.kind, "variant": self.variant, "budget": self.budget,
             "status": self.status, "median_s": med, "mean_s": statistics.mean(self.times_s) if self.times_s else None,
@@ -128,7 +128,7 @@ class Case:
         }
 
 
-def _quartile_spread(xs: list[float]) -> float | None:
+def quartile_spread(xs: list[float]) -> float | None:
     """(Q3 - Q1) / median: the relative spread of the repetitions (None under 2 samples)."""
     if len(xs) < 2:
         return None
@@ -312,7 +312,7 @@ def build_cases(resolved: Resolved, options: BenchOptions, device: Device) -> tu
     V = base.model.vocab_size
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, V, (B, T + 1), generator=g).to(device.torch)
-    idx, tgt = data[:, :-1], data[:, 1:]
+    idx, tgt = data[:, :-1].contiguous(), data[:, 1:].contiguous()
 
     spec_budget = base.routing.budget.full_fraction
     budgets = sorted(set(BUDGETS) | {spec_budget})
@@ -390,6 +390,10 @@ def build_cases(resolved: Resolved, options: BenchOptions, device: Device) -> tu
         "optimizer": f"AdamW ({'fused' if _fused_ok(device) else 'foreach'}), lr {base.train.optimizer.lr_peak:g}",
         "grad_clip": base.train.grad_clip,
         "reference_activation": HF_ACTIVATION,
+        # gather's MACs over the whole budget range (share = b exactly), for the plot's predicted curve
+        "predicted_gather_macs": [
+            [i / 20, step_macs(full_training(base, "gather", i / 20), full_fraction=i / 20)["total"]]
+            for i in range(21)],
         "quick_sizes": QUICK if options.quick else None,
     }
     return cases, settings

@@ -21,6 +21,7 @@ Shape legend: B batch, T tokens, H heads, E head width.
 from __future__ import annotations
 
 import re
+import warnings
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -125,7 +126,8 @@ def fvcore_forward_macs(model: nn.Module, idx_BT: Tensor, force: dict | None = N
     # set_op_handle(name, None) does not remove a default handle (fvcore 0.1.5): count it as zero instead
     analysis.set_op_handle("aten::layer_norm", _left_out)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fvcore traces with torch.jit
         total = int(analysis.total())
     by_module = {k.removeprefix("model.").removeprefix("model"): int(v)
                  for k, v in analysis.by_module().items()}

@@ -53,7 +53,8 @@ def plot_lm(summary: dict[str, Any], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for a in summary["arms"].values():
-        curves = [np.array(s["lm"], dtype=float) for s in a["seeds"].values()]
+        curves = [np.array(([[0, s["initial_lm"]]] if s.get("initial_lm") is not None else []) + s["lm"], dtype=float)
+                  for s in a["seeds"].values()]
         n = min(len(c) for c in curves)
         _band(ax, curves[0][:n, 0], np.stack([c[:n, 1] for c in curves]), a["label"])
     ax.axhline(summary["backbone"]["heldout_lm"], color="k", ls="--", lw=1, label="dense backbone")

@@ -86,3 +86,31 @@ class QueueProgress:
 
     def note(self, message: str) -> None:
         self.q.put(("note", (message,)))
+
+
+class TokenisingProgress:
+    """A bar for tokenising a corpus into shards (tokens so far of the target, when there is one);
+    shown only once tokenising has begun (nothing when the shards are cached)."""
+
+    def __init__(self, console: Console | None):
+        self.console = console
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> TokenisingProgress:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def update(self, tokens: int, target: int | None) -> None:
+        if self.console is None:
+            return
+        if self._progress is None:
+            self._progress = Progress(TextColumn("[bold]tokenising"), BarColumn(), MofNCompleteColumn(),
+                                      TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                                      console=self.console, refresh_per_second=2)
+            self._task = self._progress.add_task("tokenising", total=target)
+            self._progress.start()
+        self._progress.update(self._task, completed=tokens)

@@ -34,7 +34,7 @@ from specroute.store import UserError, atomic_write_json, sha256_json
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
-from specroute.train.progress import StudyProgress
+from specroute.train.progress import StudyProgress, TokenisingProgress
 from specroute.train.runs import init_worker, run_controller, run_dir, run_in_worker, run_steps_left
 from specroute.train.trainer import StepBudget
 
@@ -193,7 +193,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
         if any(s.data != first.data for _, _, s in runs):
             raise UserError("arms with different data are not supported in one study")
-        data = prepare_data(first.data, resolved.source.parent, options.cache)
+        with TokenisingProgress(console) as tokenising:
+            data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update)
         note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
              f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {data.path}")
         backbone_specs = {backbone_key(s, data): s for _, _, s in runs}

@@ -59,8 +59,10 @@ def topk_exact(target: Target, ctx: Context) -> CheckResult:
             assert gap == 0, (f"layer {rec.layer}: {enforcement} routed {got.tolist()} full tokens, "
                               f"expected {want.tolist()} (b={b}, B={B}, T={T})")
 
+    typical = [dict(enforcement=e, B=3, T=7, b=0.5, tied=tied, execution=x, seed=1)
+               for e in enforcements for tied, x in ((False, "gather"), (True, "masked"))]
     failure = run_property(
-        body, ctx.examples,
+        body, ctx.examples, typical,
         enforcement=st.sampled_from(enforcements), B=st.integers(1, 4),
         T=st.one_of(st.sampled_from([1, 2, 3, 7]), st.integers(1, base.model.context_length)),
         b=BUDGETS, tied=st.booleans(), execution=st.sampled_from(["masked", "gather"]),

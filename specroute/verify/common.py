@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
@@ -134,17 +134,22 @@ def tokens(B: int, T: int, seed: int, vocab: int = SHRUNK_VOCAB) -> Tensor:
 # hypothesis
 
 
-def run_property(body: Callable[..., None], examples: int, **strategies: st.SearchStrategy) -> str | None:
+def run_property(body: Callable[..., None], examples: int, typical: list[dict[str, Any]] | None = None,
+                 **strategies: st.SearchStrategy) -> str | None:
     """Run ``body(**drawn)`` over ``examples`` hypothesis examples (deterministic, no database, no
-    shrinking: verifiers report the first failure fast). Returns None if every example passed, else the
-    failure and its falsifying example as text."""
+    shrinking: verifiers report the first failure fast), after the ``typical`` cases given explicitly
+    (hypothesis starts from minimal inputs, which can be too small to show a fault). Returns None if every
+    example passed, else the failure and its falsifying example as text."""
 
-    @settings(max_examples=max(1, examples), deadline=None, database=None, derandomize=True,
-              phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
-              print_blob=False, report_multiple_bugs=False)
-    @given(**strategies)
     def prop(**kwargs: Any) -> None:
         body(**kwargs)
+
+    for case in reversed(typical or []):
+        prop = example(**case)(prop)
+    prop = given(**strategies)(prop)
+    prop = settings(max_examples=max(1, examples), deadline=None, database=None, derandomize=True,
+                    phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+                    print_blob=False, report_multiple_bugs=False)(prop)
 
     try:
         prop()
