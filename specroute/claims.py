@@ -299,7 +299,8 @@ def _ablation(c: Claim, s: dict[str, Any], metrics: tuple[str, ...]) -> Verdict:
             ok &= n > 0 and wins == n
             parts.append(f"{gate} {metric} {wins}/{n}")
             values[f"{gate}.{metric}"] = [wins, n]
-    return _verdict(c, REPRODUCED if ok else NOT_REPRODUCED, ", ".join(parts) + f"; {_scale(s, *find_arms(s, 'G1', False))}",
+    scale = _scale(s, *find_arms(s, "G1", False))
+    return _verdict(c, REPRODUCED if ok else NOT_REPRODUCED, ", ".join(parts) + f"; {scale}",
                     "seeds where the no-util/rank arm wins", **values)
 
 

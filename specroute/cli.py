@@ -13,6 +13,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from specroute.spec import SpecError, load_study
 
@@ -205,8 +206,9 @@ def verify(
     json_out: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
     only: Annotated[Optional[list[str]], typer.Option("--only", help="Only this check id (repeatable).")] = None,
     examples: Annotated[int, typer.Option("--examples", min=1, help="Hypothesis examples per property.")] = 8,
-    regression: Annotated[Optional[Path], typer.Option("--regression", help="Compare against a committed "
-                                                       "claims reference (reports/reference/claims_reference.json).")] = None,
+    regression: Annotated[Optional[Path], typer.Option(
+        "--regression", help="Compare against a committed claims reference "
+                             "(reports/reference/claims_reference.json).")] = None,
     update_reference: Annotated[bool, typer.Option("--update-reference", help="With --regression: rewrite "
                                                    "the reference from the current values instead.")] = False,
 ):
@@ -263,6 +265,8 @@ def _verify_table(reports, profile: str | None) -> None:
     table = Table(title=f"specroute verify (profile: {profile or 'each spec default'})", show_lines=False)
     for col in ("check", "spec", "status", "measured", "expected"):
         table.add_column(col, overflow="fold")
+    order = {c: i for i, c in enumerate(dict.fromkeys(r.check for r in reports))}
+    reports = sorted(reports, key=lambda r: order[r.check])  # check-major, specs in the given order
     last = None
     for r in reports:
         if last is not None and r.check != last:
@@ -276,8 +280,7 @@ def _verify_table(reports, profile: str | None) -> None:
                   f"({len({r.check for r in reports})} checks x {len({r.spec for r in reports})} specs)")
     for r in reports:
         if r.status == "fail":
-            console.print(f"[bold red]FAIL[/] {r.check} on {r.spec}: {r.detail}", soft_wrap=True, markup=False
-                          if "[" in r.detail else True)
+            console.print(Text.assemble(("FAIL", "bold red"), f" {r.check} on {r.spec}: {r.detail}"), soft_wrap=True)
 
 
 def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> None:

@@ -51,7 +51,8 @@ ALLOWED_UNCOUNTED: frozenset[str] = frozenset({
     "amax", "amin", "gt", "lt", "ge", "le", "eq", "ne", "any", "all", "logical_not", "logical_and",
     "bitwise_not", "bitwise_and", "topk", "sort", "argsort", "argmax", "cumsum",
     # indexing, shapes, copies, creation
-    "embedding", "embedding_dense_backward", "index", "index_fill", "index_fill_", "index_select", "index_copy", "index_copy_",
+    "embedding", "embedding_dense_backward", "index", "index_fill", "index_fill_", "index_select",
+    "index_copy", "index_copy_",
     "index_add", "index_add_", "index_put", "index_put_", "scatter", "scatter_", "scatter_add",
     "scatter_add_", "gather", "nonzero", "masked_select", "select", "slice", "unsqueeze", "squeeze",
     "view", "_unsafe_view", "reshape", "expand", "permute", "transpose", "t", "contiguous", "clone",
@@ -120,6 +121,7 @@ def fvcore_forward_macs(model: nn.Module, idx_BT: Tensor, force: dict | None = N
     """Count one forward of ``model`` on ``idx_BT`` with fvcore, conventions aligned (module docstring)."""
     from fvcore.nn import FlopCountAnalysis
 
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
     wrapper = _Logits(model, force).eval()
     analysis = FlopCountAnalysis(wrapper, (idx_BT,))
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs_jit)

@@ -33,7 +33,7 @@ from specroute.losses import compute_losses
 from specroute.model.cost import DENOMINATORS, count_params, dense_step_macs, step_macs
 from specroute.model.decoder import Decoder
 from specroute.model.flop_count import CountMACs, forward_macs_mode, fvcore_forward_macs
-from specroute.spec.models import RunSpec, ceil_budget
+from specroute.spec.models import RunSpec
 from specroute.verify.common import (CheckResult, Context, Target, result, run_property, seeded_model, shrink,
                                      skipped, tokens, variant)
 
@@ -53,16 +53,6 @@ def _configs(spec: RunSpec) -> list[tuple[str, RunSpec]]:
 
 def _rel(a: float, b: float) -> float:
     return abs(a - b) / max(abs(b), 1e-30)
-
-
-def _realised(spec: RunSpec) -> float:
-    """The full share top-k realises on one batch (exact); threshold: the budget, a nominal figure."""
-    b, T, B = spec.routing.budget.full_fraction, spec.train.seq_len, spec.train.batch_size
-    if spec.routing.budget.enforcement == "topk_sequence":
-        return ceil_budget(b, T) / T
-    if spec.routing.budget.enforcement == "topk_batch":
-        return ceil_budget(b, B * T) / (B * T)
-    return b
 
 
 # --------------------------------------------------------------------------------------------------
@@ -161,7 +151,8 @@ def routed_forward(target: Target, ctx: Context) -> CheckResult:
                 if uncounted:
                     problems.append(f"{name}/{execution}: {counter} skipped {uncounted}")
             for layer, share in zip(s.routing.controlled_layers, shares):
-                need = ["gate"] + (["ffn"] if share > 0 else []) + (["cheap"] if share < 1 and s.routing.cheap_ffn_hidden else [])
+                need = ["gate"] + (["ffn"] if share > 0 else [])
+                need += ["cheap"] if share < 1 and s.routing.cheap_ffn_hidden else []
                 for part in need:
                     key = f"blocks.{layer}.{part}"
                     for counter, counts in (("fvcore", fv.by_module), ("FlopCounterMode", mo.by_module)):
