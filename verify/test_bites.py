@@ -6,6 +6,7 @@ Each test first runs the verifier on the healthy model (it passes), then on a de
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -143,6 +144,7 @@ def test_wrong_batched_oracle_labels_are_caught(monkeypatch):
     assert "on_policy" in r.detail
 
 
+@pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")  # fvcore traces the patched FFN
 def test_routed_matmul_counted_as_zero_is_caught(monkeypatch):
     """A full FFN computed by an op no counter knows (broadcast multiply + sum) counts as zero."""
     t = target()
