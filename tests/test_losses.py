@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import G3, one_thread, tiny_spec, tokens  # noqa: F401 (one_thread: fixture)
+from tiny import G3, tiny_spec, tokens
 from torch.testing import assert_close
 
 from specroute.losses import (
@@ -26,7 +26,6 @@ from specroute.model.decoder import build_model
 from specroute.spec.loader import deep_merge
 from specroute.spec.models import OracleSpec
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 #: 5 blocks, controlled 0, 2, 3: each labelled layer has later plain and later controlled layers.
 DEEP = {"model": {"n_layers": 5}, "routing": {"controlled_layers": [0, 2, 3]}}

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import G3, one_thread, tiny_spec, tokens  # noqa: F401 (one_thread: fixture)
+from tiny import G3, tiny_spec, tokens
 from torch.testing import assert_close
 
 from specroute.losses import lm_loss
@@ -16,7 +16,6 @@ from specroute.model.decoder import Decoder, NonCausalRoutingError, build_model,
 from specroute.spec.loader import rebuild
 from specroute.spec.models import BudgetSpec, ceil_budget
 
-pytestmark = pytest.mark.usefixtures("one_thread")
 
 ENFORCEMENTS = ["topk_sequence", "topk_batch", "threshold"]
 budgets = st.sampled_from([0.0, 1e-3, 0.5, 1.0]) | st.floats(0.0, 1.0)

@@ -19,23 +19,12 @@ SEED_KEYS = {"lm", "best_lm", "avg_lm", "final_lm", "threshold_hits", "grad_norm
              "wall_s", "latent"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     args = ["run", str(SPECS / "a3.yaml"), "--profile", "smoke", *[x for s in MICRO for x in ("--set", s)],
             "--out", str(tmp / "out"), "--cache-dir", str(tmp / "cache"), "--workers", "1"]
     result = CliRunner().invoke(app, args)
-    torch.set_num_threads(n)
     assert result.exit_code == 0, result.output
     return tmp / "out", result.output
 

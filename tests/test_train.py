@@ -8,7 +8,6 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from specroute.cli import app
@@ -29,15 +28,6 @@ MICRO = [
     "train.steps=12", "train.batch_size=4", "train.seq_len=32", "train.eval_every=4", "train.eval_batches=2",
     "train.checkpoint_every=5", "train.lm_thresholds=[4.5, 3.5]", "seeds=[0, 1]",
 ]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Micro models run fastest on one intra-op thread (and do not stall when tests share the CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def micro(*extra: str):

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 from specroute.spec.loader import deep_merge
@@ -37,12 +36,3 @@ def tokens(B: int, T: int, seed: int = 0, vocab: int = 256) -> torch.Tensor:
     return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
 
 SPECS_DIR = Path(__file__).resolve().parent.parent / "specs"
-
-
-@pytest.fixture(scope="module", autouse=False)
-def one_thread():
-    """Tiny models run faster on one intra-op thread (and are not slowed by other processes' load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -181,7 +181,6 @@ def write_shards(
     batch: list[str] = []
 
     def consume(batch: list[str]) -> bool:
-        nonlocal n_docs
         train_ids: list[np.ndarray] = []
         try:
             return consume_docs(batch, train_ids)
