@@ -283,6 +283,18 @@ def test_set_overrides_an_arm(tmp_path):
     assert load_study(path, None, ["routing.cheap_ffn_hidden=0"]).arm_spec("a").routing.cheap_ffn_hidden == 0
 
 
+def test_an_unknown_kind_is_blamed_on_the_kind_that_set_it(tmp_path):
+    path = write(tmp_path, "s.yaml", "gate:\n  hidden: 3\n  kind: G9\narms:\n  a: {overrides: {gate: {kind: G1}}}\n")
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert (info.value.file, info.value.field, info.value.line) == (str(path), "gate.kind", 3)
+    ok = write(tmp_path, "ok.yaml", "gate: {kind: G1}\ndata: {kind: embedded}\narms:\n  a: {overrides: {gate: {kind: G1}}}\n")
+    for item in ["gate.kind=G9", "data.kind=foo", "arms.a.overrides.gate.kind=G9"]:
+        with pytest.raises(SpecError) as info:
+            load_study(ok, None, [item])
+        assert (info.value.file, info.value.field) == ("--set", item.split("=")[0]), item
+
+
 def test_default_profile_is_used_and_can_be_named(tmp_path):
     path = write(tmp_path, "s.yaml", "default_profile: p\nprofiles:\n  p: {seed: 5}\n  q: {seed: 6}\n")
     assert load_study(path).study.profile == "p"

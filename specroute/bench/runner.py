@@ -120,6 +120,7 @@ class Case:
         return {
             "name": self.name, "kind": self.kind, "variant": self.variant, "budget": self.budget,
             "status": self.status, "median_s": med, "mean_s": statistics.mean(self.times_s) if self.times_s else None,
+            "min_s": min(self.times_s) if self.times_s else None,
             "times_s": self.times_s,
             "cpu_median_s": statistics.median(self.cpu_s) if self.cpu_s else None,
             "spread": q, "tokens_per_s": tokens / med if med else None,

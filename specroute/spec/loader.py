@@ -370,6 +370,8 @@ def _validate(
             reason = e["msg"].removeprefix("Value error, ")
             if e["type"] == "value_error" and (m := _FIELD_PREFIX.match(reason)):
                 loc, reason = loc + tuple(m.group(1).split(".")), m.group(2)
+            if e["type"] == "union_tag_invalid":  # the bad value is the discriminator: blame `kind`
+                loc = loc + ("kind",)
             field = ".".join(loc)
             if e["type"] == "extra_forbidden":
                 reason = _extra_reason(raw, loc)
