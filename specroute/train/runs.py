@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import statistics
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +93,24 @@ def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str,
 _QUEUE: Any = None
 
 
-def init_worker(q: Any, threads: int) -> None:
-    """Initialiser of a worker process: its progress queue and its intra-op thread count."""
+def init_worker(q: Any, threads: int, parent: int | None = None) -> None:
+    """Initialiser of a worker process: its progress queue, its intra-op thread count, and (``parent``,
+    the study process's pid) a watch that ends the worker as soon as the study process is gone."""
     global _QUEUE
     import torch
 
     _QUEUE = q
     torch.set_num_threads(threads)
+    if parent is not None:
+        threading.Thread(target=_exit_without_parent, args=(parent,), daemon=True, name="parent-watch").start()
+
+
+def _exit_without_parent(parent: int) -> None:
+    """End this worker once ``parent`` is no longer its parent (killed, e.g. SIGKILL or out of memory):
+    otherwise it would train on unseen into the output folder, racing a ``--resume``, and then hang."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
 
 
 def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, Tensor], folder: str) -> dict[str, Any]:

@@ -141,7 +141,8 @@ def run_parallel(jobs: list[tuple[str, int, RunSpec, dict, Path]], data_path: Pa
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker, initargs=(q, threads)) as pool:
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
+                             initargs=(q, threads, os.getpid())) as pool:
         futures = [pool.submit(run_in_worker, arm, spec, str(data_path), state, str(folder))
                    for arm, seed, spec, state, folder in jobs]
         try:
@@ -157,6 +158,10 @@ def run_parallel(jobs: list[tuple[str, int, RunSpec, dict, Path]], data_path: Pa
         except BaseException:
             for f in futures:
                 f.cancel()
+            # Stop the workers now (their last checkpoints are what --resume continues from): otherwise
+            # leaving the pool waits for their current runs, and a queued one, to finish.
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
             raise
 
 
