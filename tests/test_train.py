@@ -5,6 +5,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +125,77 @@ def test_paper_profile_without_gpu_needs_yes(tmp_path, monkeypatch):
     r = runner.invoke(app, ["run", str(SPECS / "a3.yaml"), "--profile", "paper", "--out", str(tmp_path / "p")])
     assert r.exit_code == 2 and "--yes" in r.output
     assert not (tmp_path / "p").exists()
+
+
+# --------------------------------------------------------------------------------------------------
+# worker processes: an interrupted or killed study leaves none behind
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _children(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
+def _wait_gone(pids: list[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while (alive := [p for p in pids if _pid_alive(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for p in alive:  # do not leak them into the rest of the suite
+        os.kill(p, signal.SIGKILL)
+    return alive
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_a_worker_ends_when_the_study_process_is_killed(tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import multiprocessing, os, time
+        from concurrent.futures import ProcessPoolExecutor
+        from specroute.train.runs import init_worker
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("spawn")
+            pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=init_worker,
+                                       initargs=(ctx.Queue(), 1, os.getpid()))
+            print(pool.submit(os.getpid).result(), flush=True)
+            pool.submit(time.sleep, 120)  # a long run in progress
+            time.sleep(120)
+    """))
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    parent.kill()  # SIGKILL: no clean-up in the parent
+    parent.wait()
+    assert _wait_gone([worker], 15) == [], "the worker trained on after its study process was killed"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_sigint_to_the_study_process_stops_its_workers_at_once(tmp_path):
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "specroute.cli", "run", str(SPECS / "a3.yaml"), "--profile", "smoke",
+            *[x for s in [*MICRO, "train.steps=100000"] for x in ("--set", s)],
+            "--arm", "G1_lm", "--seed", "0", "--seed", "1", "--workers", "2", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache")]
+    study = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(out.glob("runs/*/*/ckpt/latest"))) < 2 and time.monotonic() < deadline:
+            assert study.poll() is None, "the study ended before its runs started"
+            time.sleep(0.2)
+        workers = _children(study.pid)
+        study.send_signal(signal.SIGINT)  # the study process only, as `kill -INT` does
+        rc = study.wait(timeout=30)  # without stopping its workers it would wait for 100000-step runs
+    finally:
+        if study.poll() is None:
+            study.kill()
+            _wait_gone(workers, 0)
+    assert rc == 130
+    assert _wait_gone(workers, 10) == []

@@ -137,7 +137,8 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
     scale_ok = not summary["quick"] and width >= TARGET_MIN_WIDTH
     scale_why = ("quick mode (shrunken sizes)" if summary["quick"]
                  else f"width {width} < {TARGET_MIN_WIDTH}") if not scale_ok else ""
-    load = f"load average {env.get('load_avg_1_5_15')} -> {env.get('load_avg_1_5_15_end')} on {env.get('cpu_count')} CPUs"
+    load = (f"load average {_load(env.get('load_avg_1_5_15'))} -> {_load(env.get('load_avg_1_5_15_end'))} "
+            f"on {env.get('cpu_count')} CPUs")
     out = []
 
     # 1. dense vs reference
@@ -207,6 +208,10 @@ def _spread_note(*cases: Case) -> str:
 
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:+.1%}"
+
+
+def _load(loads: list[float] | None) -> str:
+    return "unknown" if not loads else " / ".join(f"{x:.2f}" for x in loads)
 
 
 def _share(x: float | None) -> str:
@@ -312,8 +317,8 @@ def markdown(summary: dict[str, Any]) -> str:
             ["versions", f"torch {env.get('torch')}, transformers {env.get('transformers') or 'not installed'}, "
                          f"python {env.get('python')}, specroute {env.get('specroute')}"],
             ["git commit", str(env.get("git_commit"))],
-            ["load average (1, 5, 15 min)", f"{env.get('load_avg_1_5_15')} at start, "
-                                            f"{env.get('load_avg_1_5_15_end')} at end"],
+            ["load average (1, 5, 15 min)", f"{_load(env.get('load_avg_1_5_15'))} at start, "
+                                            f"{_load(env.get('load_avg_1_5_15_end'))} at end"],
             ["timing wall time", f"{env.get('timing_wall_s', 0):.1f} s"],
         ]),
         "",
