@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -30,7 +31,7 @@ ArmOpt = Annotated[Optional[list[str]], typer.Option("--arm", help="Only this ar
 
 def fail(message: str, code: int = 2) -> None:
     """Print a user error and exit with ``code`` (2 for bad input)."""
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -151,7 +152,7 @@ def bench(
         console.print(table)
     for warning in summary["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}")
-    console.print(f"wrote {out}/summary.json, report.md, throughput_vs_budget.png")
+    console.print(f"wrote {escape(str(out))}/summary.json, report.md, throughput_vs_budget.png")
 
 
 @app.command()
@@ -192,7 +193,7 @@ def run(
     except (Interrupted, KeyboardInterrupt):
         err_console.print("interrupted; continue with the same command plus --resume")
         raise typer.Exit(130) from None
-    console.print(f"wrote {result.out}/report.md, summary.json, plots/")
+    console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
 
 
 @app.command()
@@ -221,7 +222,8 @@ def verify(
     from specroute.verify.runner import default_specs, verifier_ids
 
     paths = list(paths or [])
-    reports_in = [p for p in paths if p.is_dir() or p.name.endswith(".json")]
+    reports_in = [p for p in paths if p.is_dir() or p.name.endswith(".json")
+                  or (claims and p.suffix not in (".yaml", ".yml"))]  # with --claims: a report, even if missing
     specs = [p for p in paths if p not in reports_in] or default_specs()
     if reports_in and not claims:
         fail(f"{reports_in[0]} is a report, not a spec; add --claims to judge a report")
@@ -293,6 +295,9 @@ def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> No
             summary = load_summary(report)
         except (OSError, ValueError) as e:
             fail(f"cannot read the report {report}: {e}")
+        if not (isinstance(summary, dict) and isinstance(summary.get("arms"), dict) and "study" in summary):
+            fail(f"{report} is not a study report's summary.json (no 'study' and 'arms'); "
+                 "give the folder `specroute run` wrote, or its summary.json")
         own = Path("specs") / f"{summary.get('study')}.yaml"
         specs = [own] if own.is_file() else specs
     proxies = mech = None

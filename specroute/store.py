@@ -18,6 +18,12 @@ from pathlib import Path
 from typing import Any
 
 
+#: The process's umask, read once at import: files written through a temporary (mkstemp: mode 0600)
+#: get the mode an ordinary ``open`` would have given them.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 class UserError(Exception):
     """A problem the user can fix (missing data, an existing output folder, no network...).
 
@@ -60,6 +66,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -77,7 +84,9 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def temp_dir_beside(target: Path) -> Path:
     """A fresh temporary folder in ``target``'s parent (for building a folder, then renaming it)."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700
+    return tmp
 
 
 def publish_dir(tmp: Path, target: Path) -> None:

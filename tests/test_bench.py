@@ -128,6 +128,7 @@ def test_missing_transformers_is_reported_cleanly(tmp_path, monkeypatch):
     result = bench("--out", out, "--repeats", "1")
     assert result.exit_code == 0, result.output
     assert "not installed" in result.stdout
+    assert "specroute[reference]" in result.stdout.replace("\n", "")  # the extra is printed, not eaten as markup
     summary = json.loads((out / "summary.json").read_text())
     hf = {c["name"]: c for c in summary["cases"] if c["variant"] == "hf_gpt2"}
     assert {c["status"] for c in hf.values()} == {HF_MISSING}

@@ -142,7 +142,7 @@ def write(tmp_path: Path, name: str, text: str) -> Path:
          "layer 5 is beyond model.n_layers=2"),
         ("gate:\n  kind: G1\n  latent_dim: 8\n", ":3:", "gate.latent_dim",
          "unknown field 'latent_dim' for gate kind G1"),
-        ("gate:\n  kind: G2\n", ":1:", "gate", "'G1', 'G3'"),
+        ("gate:\n  kind: G2\n", ":2:", "gate.kind", "'G1', 'G3'"),
         ("routing:\n  budget: {enforcement: topk}\n", ":2:", "routing.budget.enforcement",
          "'topk_sequence', 'topk_batch' or 'threshold'"),
         ("name: t\nmodel: !!python/object/apply:os.system [\"echo hi\"]\n", ":2:", "model",
@@ -214,6 +214,14 @@ def test_error_in_an_extended_file_names_that_file(tmp_path, monkeypatch):
 def test_missing_spec_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert_user_error(invoke("validate", "nothing.yaml"), "nothing.yaml: file not found")
+
+
+def test_brackets_in_a_message_are_printed_not_taken_as_markup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs[red]").mkdir()
+    assert_user_error(invoke("validate", "runs[red]/s.yaml"), "runs[red]/s.yaml: file not found")
+    write(tmp_path, "ok.yaml", "name: ok\n")
+    assert_user_error(invoke("validate", "ok.yaml", "--set", "name=[bold]x"), "[bold]x")
 
 
 def test_file_outside_the_working_directory_is_shown_absolute(tmp_path, monkeypatch):

@@ -41,6 +41,17 @@ def test_verify_user_errors_exit_2(tmp_path):
     assert runner.invoke(app, ["verify", str(tmp_path)]).exit_code == 2  # a folder needs --claims
 
 
+def test_verify_claims_refuses_what_is_not_a_report(tmp_path):
+    missing = runner.invoke(app, ["verify", "--claims", str(tmp_path / "no_such_report")])
+    assert missing.exit_code == 2 and "report" in missing.output and "spec" not in missing.output
+    for i, text in enumerate(['[1, 2]', '{"a": 1}', '{"study": "x", "arms": 5}']):
+        path = tmp_path / f"s{i}.json"
+        path.write_text(text)
+        r = runner.invoke(app, ["verify", "--claims", str(path)])
+        assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (text, r.output)
+        assert "not a study report" in r.output, text
+
+
 def test_verify_claims_against_the_committed_micro_report():
     r = runner.invoke(app, ["verify", "--claims", str(ROOT / "reports" / "reference" / "micro"), "--json"])
     assert r.exit_code == 0, r.output

@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from specroute.bench.runner import PAPER_HOURS, BenchOptions, Case, quartile_spread
@@ -288,7 +289,7 @@ def rich_tables(summary: dict[str, Any]) -> list[Table]:
             table.add_column(col, justify="left" if i == 0 or col in ("note", "status") else "right",
                              overflow="fold")
         for r in rows:
-            table.add_row(*r)
+            table.add_row(*(escape(c) for c in r))  # cells are text: `specroute[reference]` is not markup
         out.append(table)
     return out
 

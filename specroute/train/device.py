@@ -60,16 +60,21 @@ def pick_device(name: str = "auto") -> Device:
 
 @contextlib.contextmanager
 def deterministic(device: Device) -> Iterator[None]:
-    """Deterministic algorithms on CPU for the duration of the block (restored afterwards)."""
+    """Deterministic algorithms on CPU for the duration of the block (restored afterwards), with the
+    intra-op thread count fixed to the machine's core count: float reductions depend on it, so a run's
+    metrics would otherwise depend on whoever set the thread count before (worker processes set their own)."""
     if device.type != "cpu":
         yield
         return
     before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.set_num_threads(os.cpu_count() or 1)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before, warn_only=warn)
+        torch.set_num_threads(threads)
 
 
 def git_commit(start: Path | None = None) -> str:

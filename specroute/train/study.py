@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from specroute.data.shards import prepare_data
 from specroute.model.cost import count_params
@@ -192,7 +193,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     first = runs[0][2]
     note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {len(runs)} runs "
          f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
-         f"({device.dtype_name}); output {out}")
+         f"({device.dtype_name}); output {escape(str(out))}")
     with deterministic(device):
         rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
         note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
@@ -201,7 +202,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         with TokenisingProgress(console) as tokenising:
             data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update)
         note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
-             f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {data.path}")
+             f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {escape(str(data.path))}")
         backbone_specs = {backbone_key(s, data): s for _, _, s in runs}
         steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
         runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
@@ -230,7 +231,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
                             environment(device), time.perf_counter() - t_start)
     write_report(out, summary, resolved)
-    note(f"report: {out / 'report.md'}")
+    note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
 
 

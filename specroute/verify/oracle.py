@@ -175,7 +175,14 @@ def measure_mechanism(spec: RunSpec, backbone_steps: int = 100, controller_steps
     loss = {"util": spec.loss.util or 1.0, "rank": spec.loss.rank or 1.0}
     small = shrink(spec, {"loss": loss, "train": {"seq_len": 32}})
     keyed = small.model_dump_json(exclude_computed_fields=True)
-    return dict(_mechanism(keyed, backbone_steps, controller_steps, seed))
+    # One intra-op thread: the training behind this figure is chaotic enough that a different reduction
+    # order (another thread count) moves it by more than its tolerance.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return dict(_mechanism(keyed, backbone_steps, controller_steps, seed))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def mechanism(target: Target, ctx: Context) -> CheckResult:
