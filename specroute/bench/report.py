@@ -331,7 +331,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"gate {st['gate']['kind']} (routed cases built from arm `{st['base_arm']}`).",
         f"- Batch {st['batch_size']} x {st['seq_len']} = {st['tokens_per_step']} tokens per step (random ids); "
         f"{st['warmup']} warm-up step(s) per case, then {st['repeats']} rounds with the cases interleaved "
-        "round-robin; figures are medians; spread = (Q3 - Q1) / median of the rounds.",
+        "round-robin, each case an untimed lead-in step then a timed step (so the timed step starts from its "
+        "own steady state, not the previous case's); figures are medians; spread = (Q3 - Q1) / median of the rounds.",
         f"- `train/*`: full-parameter training step (forward, LM loss, backward of every parameter, clip "
         f"{st['grad_clip']}, {st['optimizer']}). `forward/*`: no-grad forward to logits. Routed cases: top-k per "
         f"sequence (exactly ceil(b*T) full tokens per sequence), score-scaling estimator.",
@@ -384,7 +385,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
 
     cases = {c["name"]: c for c in summary["cases"]}
     rows = summary["budgets"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=120)
     xs = [r["budget"] for r in rows]
     ax.plot(xs, [r["train_tokens_per_s"] for r in rows], "o-", color="C0", label="gather (measured)")
     masked = cases["train/masked"]
@@ -403,7 +404,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     ax.set_xticks([0, *xs, 1])
     ax.set_xlim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
