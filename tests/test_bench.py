@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -112,6 +113,16 @@ def test_targets_listed_and_not_applicable_in_quick_mode(quick_run):
     assert status["gather_efficiency"] == "n/a"  # quick mode: sizes too small for the width >= 512 target
     if not torch.cuda.is_available():
         assert status["cuda_bf16"] == "n/a"
+
+
+def test_dense_vs_reference_figures_come_from_the_rounds(quick_run):
+    summary, _, _ = quick_run
+    times = {c["name"]: c["times_s"] for c in summary["cases"]}
+    target = next(t for t in summary["targets"] if t["id"] == "dense_vs_reference")
+    dense, ref = times["train/dense"], times["train/hf_gpt2"]
+    assert target["figure"] == pytest.approx(statistics.median(dense) / statistics.median(ref) - 1)
+    paired = statistics.median([a / b for a, b in zip(dense, ref, strict=True)]) - 1
+    assert target["paired_figure"] == pytest.approx(paired)
 
 
 def test_refuses_to_overwrite_a_result(quick_run):

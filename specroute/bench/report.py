@@ -148,15 +148,19 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
     fwd = None
     if by["forward/hf_gpt2"].median_s:
         fwd = by["forward/dense"].median_s / by["forward/hf_gpt2"].median_s - 1
+    paired = _paired_saving(d, h)
+    paired = None if paired is None else -paired
     entry = {"id": "dense_vs_reference", "what": "our dense training step vs GPT-2 (transformers), time",
-             "figure": fig, "threshold": f"<= +{DENSE_VS_REFERENCE_MAX:.0%}", "forward_figure": fwd}
+             "figure": fig, "threshold": f"<= +{DENSE_VS_REFERENCE_MAX:.0%}", "forward_figure": fwd,
+             "paired_figure": paired}
     if fig is None:
         entry.update(status="n/a", by=None, note=f"reference {h.status}")
     else:
         passed = fig <= DENSE_VS_REFERENCE_MAX
         entry.update(status=("PASS" if passed else "MISS") if scale_ok else "n/a",
                      by=None if passed else fig - DENSE_VS_REFERENCE_MAX,
-                     note=(f"{_spread_note(d, h)}; fastest rounds: {_pct(_ratio(_min(d), _min(h)) - 1)}; "
+                     note=(f"{_spread_note(d, h)}; paired by round: {_pct(paired)}; "
+                           f"fastest rounds: {_pct(_ratio(_min(d), _min(h)) - 1)}; "
                            f"forward-only: {_pct(fwd)}; {load}"
                            + (f"; target applies at width >= {TARGET_MIN_WIDTH}, this run: {scale_why}"
                               if not scale_ok else "")))
