@@ -5,7 +5,7 @@ All figures come from the analytic cost model (:mod:`specroute.model.cost`, the 
 truth), which ``specroute verify`` checks against fvcore and FlopCounterMode on small configs. FLOPs are
 2 x MACs.
 
-Readings (DESIGN.md, "FLOP accounting"): the denominator is one step of the full-only model as a pure
+Readings (docs/DESIGN.md, "FLOP accounting"): the denominator is one step of the full-only model as a pure
 forward (``forward_only``), in the controller-only regime (forward + the input-gradient backward down to
 the lowest controlled layer; ``controller_only``), or trained in full (``full_training``); the routed step
 is executed ``masked`` (both branches for every token, what most research code does) or ``gather`` (the

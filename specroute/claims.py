@@ -1,6 +1,6 @@
 """The paper's claims as data, and an evaluator that judges them against a study's ``summary.json``.
 
-Every claim of CLAIMS.md (C1–C12, arXiv 2604.17228) is a :class:`Claim`: what it says, which metric it
+Every claim of docs/CLAIMS.md (C1–C12, arXiv 2604.17228) is a :class:`Claim`: what it says, which metric it
 reads, how the comparison is made (our operationalisation where the paper gives none, stated here once)
 and the paper's figure. :func:`evaluate_claims` returns one verdict per claim:
 
@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-SOURCE = "arXiv 2604.17228, CLAIMS.md"
+SOURCE = "arXiv 2604.17228, docs/CLAIMS.md"
 REPRODUCED, NOT_REPRODUCED, NOT_CHECKABLE = "reproduced", "not reproduced", "not checkable at this scale"
 
 #: Operationalisations (ours; the paper gives no tolerance).

@@ -1,4 +1,4 @@
-"""The ``specroute`` command line: thin commands over the library (DESIGN.md, "CLI contract").
+"""The ``specroute`` command line: thin commands over the library (docs/DESIGN.md, "CLI contract").
 
 User errors print one clear message and exit 2; tracebacks are for bugs.
 """

@@ -1,4 +1,4 @@
-"""The recipe's losses (DESIGN.md, "Losses"):
+"""The recipe's losses (docs/DESIGN.md, "Losses"):
 
     L = lm*LM + util*UTIL + rank*RANK + jepa*JEPA + budget*BUDGET
 
@@ -93,7 +93,7 @@ def oracle_labels(
 
 
 def util_loss(score_BT: Tensor, u_BT: Tensor, oracle: OracleSpec) -> Tensor:
-    """UTIL: regression of the gate score on the oracle label (DESIGN.md). Scalar, target units^2.
+    """UTIL: regression of the gate score on the oracle label (docs/DESIGN.md). Scalar, target units^2.
 
     ``standardized`` targets are (u - mean) / std over the labelled tokens (scale-free); ``raw`` are nats.
     """
@@ -108,7 +108,7 @@ def util_loss(score_BT: Tensor, u_BT: Tensor, oracle: OracleSpec) -> Tensor:
 def rank_loss(
     score_BT: Tensor, u_BT: Tensor, oracle: OracleSpec, generator: torch.Generator | None = None
 ) -> Tensor:
-    """RANK: pairwise logistic loss within each sequence (DESIGN.md), a scalar in nats/pair.
+    """RANK: pairwise logistic loss within each sequence (docs/DESIGN.md), a scalar in nats/pair.
 
     For pairs (i, j) with u_i - u_j > ``rank_margin``: softplus(-(s_i - s_j)), averaged over pairs. Pairs
     are all (i, j) of a sequence, or ``rank_pairs_per_token`` partners j drawn uniformly per token i.
@@ -132,7 +132,7 @@ def rank_loss(
 
 def jepa_loss(model: Decoder, routing: list[LayerRouting]) -> Tensor:
     """JEPA: MSE between the predicted latent of the executed action and the fixed target latent
-    T(sg(h_after)), averaged over G3 layers, tokens and latent dims (DESIGN.md, "Gates")."""
+    T(sg(h_after)), averaged over G3 layers, tokens and latent dims (docs/DESIGN.md, "Gates")."""
     terms = []
     for rec in routing:
         gate = model.blocks[rec.layer].gate

@@ -1,4 +1,4 @@
-"""`specroute validate` and `specroute schema` through typer's CliRunner (DESIGN.md, "CLI contract").
+"""`specroute validate` and `specroute schema` through typer's CliRunner (docs/DESIGN.md, "CLI contract").
 
 Bad specs exit 2 with one message on stderr naming the file, the dotted field path and, where YAML can tell,
 the line; never a traceback. (With click >= 8.2 the runner keeps stderr apart in ``result.stderr``;

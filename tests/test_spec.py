@@ -318,6 +318,51 @@ def test_errors_carry_file_field_and_line(tmp_path):
     assert (Path(err.file).name, err.field, err.line) == ("base.yaml", "routing.budget.full_fraction", 5)
 
 
+def test_a_bad_value_replaced_by_the_profile_is_still_an_error(tmp_path):
+    path = write(tmp_path, "s.yaml", "train:\n  steps: lots\nprofiles:\n  p: {train: {steps: 5}}\n")
+    with pytest.raises(SpecError) as info:
+        load_study(path, "p")
+    (problem,) = info.value.problems
+    assert problem[1:3] == ("train.steps", 2)
+    assert "replaced by profile 'p'" in problem[3]
+    with pytest.raises(SpecError) as info:  # the same under --set
+        load_study(path, None, ["train.steps=5"])
+    assert info.value.problems[0][1:3] == ("train.steps", 2)
+    assert "replaced by --set" in info.value.problems[0][3]
+
+
+def test_a_bad_value_in_a_profile_not_chosen_is_an_error(tmp_path):
+    path = write(tmp_path, "s.yaml", "profiles:\n  p: {seed: 1}\n  q:\n    train: {steps: -3, stpes: 4}\n")
+    with pytest.raises(SpecError) as info:
+        load_study(path, "p")
+    assert sorted(p[1:3] for p in info.value.problems) == [
+        ("profiles.q.train.steps", 4), ("profiles.q.train.stpes", 4)]
+
+
+def test_cross_field_rules_are_judged_on_the_resolved_spec_only(tmp_path):
+    # 4 layers with layer 3 controlled is fine; the profile that shrinks the model also moves the layer,
+    # and a profile not chosen is not held to rules that depend on the file's other values
+    path = write(tmp_path, "s.yaml", """
+model: {n_layers: 4}
+routing: {controlled_layers: [3]}
+profiles:
+  small: {model: {n_layers: 2}, routing: {controlled_layers: [1]}}
+  shallow: {model: {n_layers: 2}}
+""")
+    assert load_study(path, "small").study.model.n_layers == 2
+    assert list(load_study(path).study.routing.controlled_layers) == [3]
+    with pytest.raises(SpecError) as info:
+        load_study(path, "shallow")
+    assert info.value.problems[0][1] == "routing.controlled_layers"
+
+
+def test_a_profile_must_be_a_mapping(tmp_path):
+    path = write(tmp_path, "s.yaml", "profiles:\n  p: {seed: 1}\n  q: 3\n")
+    with pytest.raises(SpecError) as info:
+        load_study(path, "p")
+    assert (info.value.field, info.value.line) == ("profiles.q", 3)
+
+
 def test_every_problem_is_reported(tmp_path):
     path = write(tmp_path, "s.yaml", "model:\n  n_layers: x\n  d_model: -1\nextra: 1\n")
     with pytest.raises(SpecError) as info:

@@ -58,7 +58,7 @@ from specroute.train.device import Device, environment, pick_device
 
 #: Budgets (full_fraction) at which the gather step is timed (issue 5, item 2).
 BUDGETS: tuple[float, ...] = (0.25, 0.5, 0.75)
-#: The paper's wall time with and without util/rank, hours on one V100-32GB (CLAIMS.md C12).
+#: The paper's wall time with and without util/rank, hours on one V100-32GB (docs/CLAIMS.md C12).
 PAPER_HOURS = {"utilrank": 2.87, "lm": 1.75}
 #: GPT-2's activation is the tanh GELU. transformers' "gelu_new" computes it as a chain of Python-level
 #: elementwise ops; "gelu_pytorch_tanh" is the same function through PyTorch's fused kernel (as ours),

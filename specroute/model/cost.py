@@ -201,7 +201,7 @@ def dense_step_macs(spec: RunSpec, denominator: Denominator = "controller_only",
 
     ``forward_only``: the dense forward. ``controller_only``: the dense forward plus the input-gradient
     backward that a controller at the controlled layers would need (from the head down to the lowest
-    controlled layer's FFN step, no weight gradients) — DESIGN.md's reading that matches the paper's
+    controlled layer's FFN step, no weight gradients) — docs/DESIGN.md's reading that matches the paper's
     figures (our inference). ``full_training``: forward plus the full backward (input and weight
     gradients of every layer), ~3x the forward.
     """
@@ -225,7 +225,7 @@ def dense_step_macs(spec: RunSpec, denominator: Denominator = "controller_only",
 
 
 def flops_proxy(spec: RunSpec, denominator: Denominator = "controller_only", **kwargs) -> float:
-    """Training FLOPs proxy (DESIGN.md): one step of the recipe / one step of the full-only model."""
+    """Training FLOPs proxy (docs/DESIGN.md): one step of the recipe / one step of the full-only model."""
     num = step_macs(spec, **kwargs)["total"]
     den = dense_step_macs(spec, denominator, kwargs.get("batch_size"), kwargs.get("seq_len"))
     return num / den

@@ -5,7 +5,7 @@ Reads top to bottom: norm, attention, FFNs, gates, budget decision, block, decod
 Shape legend: B batch, T tokens, D width (d_model), F FFN hidden, V vocab, K latent (G3), N selected
 tokens (gather), L layers.
 
-In a controlled layer (DESIGN.md, "The model") attention runs for every token; then per token t
+In a controlled layer (docs/DESIGN.md, "The model") attention runs for every token; then per token t
 
     full : h <- h + FFN_full(LN(h))
     cheap: h <- h + FFN_cheap(LN(h))      (FFN_cheap = 0, a skip, when its width is 0)
@@ -85,7 +85,7 @@ class GateOut:
 
 
 class G1Gate(nn.Module):
-    """G1: s_t = MLP(LN(h_t)) (CLAIMS.md G1)."""
+    """G1: s_t = MLP(LN(h_t)) (docs/CLAIMS.md G1)."""
 
     def __init__(self, m: ModelSpec, g: G1Spec):
         super().__init__()
@@ -99,7 +99,7 @@ class G1Gate(nn.Module):
 
 
 class G3Gate(nn.Module):
-    """G3: JEPA-guided gate (CLAIMS.md G3, DESIGN.md "Gates").
+    """G3: JEPA-guided gate (docs/CLAIMS.md G3, docs/DESIGN.md "Gates").
 
     z = E(LN(h)) in R^K; the action-conditional predictor P(z, a) = MLP([z, onehot(a)]) forecasts the
     latent of the outcome of each action; score = w . (P(z, full) - P(z, cheap)) + bias. The fixed target
@@ -150,7 +150,7 @@ def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> nn.Module:
 
 
 def decide(score_BT: Tensor, budget: BudgetSpec) -> Tensor:
-    """Turn gate scores into full / cheap decisions under the budget (DESIGN.md, "Budget").
+    """Turn gate scores into full / cheap decisions under the budget (docs/DESIGN.md, "Budget").
 
     Args:
         score_BT: gate logits, (B, T).

@@ -1,6 +1,6 @@
 """Measured multiply-adds: fvcore (forward) and ``FlopCounterMode`` (forward and backward), aligned.
 
-Conventions (STYLE.md, "FLOPs"), made equal before anything is compared:
+Conventions (docs/STYLE.md, "FLOPs"), made equal before anything is compared:
 
 - **Unit.** fvcore counts one per multiply-add (MACs); FlopCounterMode counts two (FLOPs). Everything
   returned here is in MACs (FlopCounterMode's figure halved).

@@ -1,4 +1,4 @@
-"""Reports: summary.json, report.md and plots of a study (DESIGN.md, "Reports")."""
+"""Reports: summary.json, report.md and plots of a study (docs/DESIGN.md, "Reports")."""
 
 from __future__ import annotations
 

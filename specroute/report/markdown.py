@@ -9,7 +9,7 @@ from typing import Any
 
 from specroute.report.summary import paper_figures
 
-#: The paper's per-seed figure for (claim of a comparison, metric), from CLAIMS.md.
+#: The paper's per-seed figure for (claim of a comparison, metric), from docs/CLAIMS.md.
 PAPER_WINS = {
     ("C1", "avg_lm"): "3/3 (C1)",
     ("C1", "threshold_hits"): "3/3 (C2)",

@@ -1,6 +1,6 @@
 """YAML loading: safe parsing, ``extends:`` chains, profiles, ``--set`` overrides, clear errors.
 
-Override order (STYLE.md): defaults < YAML (``extends:`` chain, base first) < profile < arm < ``--set``.
+Override order (docs/STYLE.md): defaults < YAML (``extends:`` chain, base first) < profile < arm < ``--set``.
 
 Every failure raises :class:`SpecError`, which names the file, the dotted field path and, where YAML can
 tell, the line. The CLI prints it and exits 2.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -296,31 +296,35 @@ def load_study(
     if not isinstance(profiles, dict):
         raise SpecError([(str(source), "profiles", None, "must be a mapping of name -> overrides")])
     name = profile if profile is not None else default_profile
+    for pname, body in profiles.items():
+        if body is not None and not isinstance(body, dict):
+            where = _lookup(provenance, ("profiles", str(pname)))
+            raise SpecError([(where[0] if where else str(source), f"profiles.{pname}",
+                              where[1] if where else None, "must be a mapping")])
+    file_raw = copy.deepcopy(raw)
+    file_provenance = dict(provenance)
     if name is not None:
         if name not in profiles:
             known = ", ".join(sorted(profiles)) or "none defined"
             raise SpecError([(str(source), "profile", None,
                               f"unknown profile {name!r} (known: {known})")])
-        body = profiles[name] or {}
-        if not isinstance(body, dict):
-            raise SpecError([(str(source), f"profiles.{name}", None, "must be a mapping")])
-        raw = deep_merge(raw, body)
+        raw = deep_merge(raw, profiles[name] or {})
         for k, v in list(provenance.items()):
             if k[:2] == ("profiles", name) and len(k) > 2:
                 provenance[k[2:]] = v
         raw["profile"] = name
-    for key, kind in DEFAULT_KINDS.items():  # an omitted kind is the default kind, before arms and --set
-        if isinstance(raw.get(key), dict) and "kind" not in raw[key]:
-            raw[key] = {"kind": kind, **raw[key]}
     set_tree = parse_set(overrides)
-    raw = deep_merge(raw, set_tree)
+    raw = _gate_preset(deep_merge(_default_kinds(raw), set_tree))  # kinds before --set: it may switch one
     for k in _leaf_paths(set_tree):
         provenance[k] = ("--set", None)  # type: ignore[assignment]
-    if isinstance(raw.get("gates"), dict) and isinstance(raw.get("gate", {}), dict):
-        raw["gate"] = with_gate_preset(raw.get("gate", {}), raw["gates"])
-    study = _validate(StudySpec, raw, source, provenance)
+    problems = _layer_problems(file_raw, profiles, name, set_tree, source, file_provenance)
+    try:
+        study = _validate(StudySpec, raw, source, provenance)
+    except SpecError as e:
+        raise SpecError(_unique(e.problems + problems)) from None
+    if problems:
+        raise SpecError(_unique(problems))
     resolved = Resolved(study, source, raw, set_tree, provenance)
-    problems: list[tuple[str, str, int | None, str]] = []
     for arm in study.arms:
         try:
             resolved.arm_spec(arm)
@@ -329,6 +333,10 @@ def load_study(
     if problems:
         raise SpecError(problems)
     return resolved
+
+
+def _unique(problems: list[tuple[str, str, int | None, str]]) -> list[tuple[str, str, int | None, str]]:
+    return list(dict.fromkeys(problems))
 
 
 def _leaf_paths(tree: Mapping[str, Any], prefix: Path_ = ()) -> list[Path_]:
@@ -364,32 +372,108 @@ def _validate(
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        problems = []
-        for e in err.errors():
-            loc = _without_variant_tags(tuple(str(x) for x in e["loc"]))
-            reason = e["msg"].removeprefix("Value error, ")
-            if e["type"] == "value_error" and (m := _FIELD_PREFIX.match(reason)):
-                loc, reason = loc + tuple(m.group(1).split(".")), m.group(2)
-            if e["type"] == "union_tag_invalid":  # the bad value is the discriminator: blame `kind`
-                loc = loc + ("kind",)
-            field = ".".join(loc)
-            if e["type"] == "extra_forbidden":
-                reason = _extra_reason(raw, loc)
-            if e["type"] in ("float_type", "int_type") and _is_number_text(e.get("input")):
-                reason += _number_text_hint(e["input"])
-            where = _lookup(provenance, loc)
-            if arm is not None:
-                if _sets(set_tree, loc):
-                    where = ("--set", None)
-                elif _sets(arm_tree, loc):
-                    prefix = ("arms", arm, "overrides")
-                    where = _lookup(provenance, prefix + loc) or where
-                    field = ".".join(prefix + loc)
-                else:
-                    reason = f"{reason} (in arm {arm!r})"
-            file, line = where if where else (str(source), None)
-            problems.append((file, field, line, reason))
-        raise SpecError(problems) from None
+        raise SpecError(_problems(err, raw, source, provenance, arm, arm_tree, set_tree)) from None
+
+
+def _problems(
+    err: ValidationError,
+    raw: dict[str, Any],
+    source: Path,
+    provenance: dict,
+    arm: str | None = None,
+    arm_tree: Mapping[str, Any] | None = None,
+    set_tree: Mapping[str, Any] | None = None,
+    keep: Callable[[str, Path_], bool] | None = None,
+    layer: Path_ = (),
+    note: str = "",
+) -> list[tuple[str, str, int | None, str]]:
+    """pydantic's errors as (file, field, line, reason); see :func:`_validate`.
+
+    ``keep(type, loc)`` selects errors; ``layer`` is the path of the tree that was validated within the
+    file (``("profiles", name)`` for a profile: provenance and field are looked up below it); ``note`` is
+    added to each reason.
+    """
+    problems = []
+    for e in err.errors():
+        loc = _without_variant_tags(tuple(str(x) for x in e["loc"]))
+        reason = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "value_error" and (m := _FIELD_PREFIX.match(reason)):
+            loc, reason = loc + tuple(m.group(1).split(".")), m.group(2)
+        if e["type"] == "union_tag_invalid":  # the bad value is the discriminator: blame `kind`
+            loc = loc + ("kind",)
+        if keep is not None and not keep(e["type"], loc):
+            continue
+        field = ".".join(layer + loc)
+        if e["type"] == "extra_forbidden":
+            reason = _extra_reason(raw, loc)
+        if e["type"] in ("float_type", "int_type") and _is_number_text(e.get("input")):
+            reason += _number_text_hint(e["input"])
+        where = _lookup(provenance, layer + loc)
+        if arm is not None:
+            if _sets(set_tree, loc):
+                where = ("--set", None)
+            elif _sets(arm_tree, loc):
+                prefix = ("arms", arm, "overrides")
+                where = _lookup(provenance, prefix + loc) or where
+                field = ".".join(prefix + loc)
+            else:
+                reason = f"{reason} (in arm {arm!r})"
+        file, line = where if where else (str(source), None)
+        problems.append((file, field, line, reason + note))
+    return problems
+
+
+#: pydantic error types that judge a value against other values (cross-field rules) or its absence; the
+#: others judge a value on its own (type, range, choice, unknown key).
+_NOT_ON_ITS_OWN = ("value_error", "assertion_error", "missing")
+
+
+def _layer_problems(
+    file_raw: dict[str, Any], profiles: Mapping[str, Any], selected: str | None,
+    set_tree: Mapping[str, Any], source: Path, provenance: dict,
+) -> list[tuple[str, str, int | None, str]]:
+    """Values written in the file that the resolved spec never sees, checked on their own.
+
+    Only the merged spec is validated, so a value of the file's base that the chosen profile or ``--set``
+    replaces, or a value in a profile that was not chosen, would go unchecked: ``steps: lots`` must be an
+    error whichever profile runs. Each such value is checked for its type, range, choice and key (not
+    for cross-field rules, which only the merged spec can judge). ``profiles`` must hold mappings.
+    """
+    shadow = deep_merge(dict(profiles.get(selected) or {}) if selected else {}, dict(set_tree))
+    by = " and ".join(([f"profile {selected!r}"] if selected and profiles.get(selected) else [])
+                      + (["--set"] if set_tree else []))
+    layers: list[tuple[Path_, dict[str, Any], Callable[[str, Path_], bool], str]] = []
+    if shadow:
+        layers.append(((), file_raw, lambda t, loc: t not in _NOT_ON_ITS_OWN and _sets(shadow, loc),
+                       f" (replaced by {by}, but invalid as written)"))
+    for name, body in profiles.items():
+        if body and (name != selected or set_tree):
+            body = dict(body)
+            layers.append((("profiles", name), deep_merge(file_raw, body),
+                           (lambda b: lambda t, loc: t not in _NOT_ON_ITS_OWN and _sets(b, loc))(body), ""))
+    problems = []
+    for layer, tree, keep, note in layers:
+        try:
+            StudySpec.model_validate(_gate_preset(_default_kinds(tree)))
+        except ValidationError as err:
+            problems += _problems(err, tree, source, provenance, keep=keep, layer=layer, note=note)
+    return problems
+
+
+def _default_kinds(raw: dict[str, Any]) -> dict[str, Any]:
+    """An omitted ``kind`` (of ``gate``, ``data``) made the default kind."""
+    raw = dict(raw)
+    for key, kind in DEFAULT_KINDS.items():
+        if isinstance(raw.get(key), dict) and "kind" not in raw[key]:
+            raw[key] = {"kind": kind, **raw[key]}
+    return raw
+
+
+def _gate_preset(raw: dict[str, Any]) -> dict[str, Any]:
+    """The study's gate preset (``gates:``) for the gate's kind applied under ``gate``."""
+    if isinstance(raw.get("gates"), dict) and isinstance(raw.get("gate", {}), dict):
+        raw = {**raw, "gate": with_gate_preset(raw.get("gate", {}), raw["gates"])}
+    return raw
 
 
 def _without_variant_tags(loc: Path_) -> Path_:

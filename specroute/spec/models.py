@@ -5,10 +5,10 @@ the loss recipe, the data, the two training stages and the seed. A *study spec* 
 run spec plus the study's arms (named overrides), its seeds and its profiles; every (arm, seed) pair
 resolves to one :class:`RunSpec` (see :mod:`specroute.spec.loader`).
 
-Terms follow DESIGN.md: controlled layer, budget (``full_fraction``), full / cheap FFN, oracle label,
+Terms follow docs/DESIGN.md: controlled layer, budget (``full_fraction``), full / cheap FFN, oracle label,
 off-policy / on-policy, straight-through, top-k, controller-only.
 
-Training has two stages (DESIGN.md, "Training stages"), each a field of :class:`RunSpec` rather than a
+Training has two stages (docs/DESIGN.md, "Training stages"), each a field of :class:`RunSpec` rather than a
 ``stage`` tag: ``backbone`` is stage 1 (dense pretraining, or a checkpoint to load) and ``train`` is stage 2
 (controller-only training: the backbone frozen, the ``train.trainable`` groups trained).
 
@@ -85,7 +85,7 @@ class ModelSpec(Strict):
 
 
 class BudgetSpec(Strict):
-    """The compute budget at each controlled layer (DESIGN.md, "Budget")."""
+    """The compute budget at each controlled layer (docs/DESIGN.md, "Budget")."""
 
     full_fraction: float = Field(
         0.5, ge=0.0, le=1.0, description="Share b of tokens that take the full FFN per layer."
@@ -113,7 +113,7 @@ class BudgetSpec(Strict):
 
 
 class RoutingSpec(Strict):
-    """Which layers are routed, and how (DESIGN.md, "The model")."""
+    """Which layers are routed, and how (docs/DESIGN.md, "The model")."""
 
     controlled_layers: list[int] = Field(
         default_factory=lambda: [1, 3],
@@ -190,7 +190,7 @@ GateSpec = Annotated[G1Spec | G3Spec, Field(discriminator="kind")]
 
 
 class OracleSpec(Strict):
-    """How oracle utility labels u_{l,t} are made (DESIGN.md, "Losses")."""
+    """How oracle utility labels u_{l,t} are made (docs/DESIGN.md, "Losses")."""
 
     labeling: Literal["off_policy", "on_policy"] = Field(
         "off_policy",
@@ -445,11 +445,11 @@ class ComparisonSpec(Strict):
     id: str = Field(..., description="Name of the comparison in the report.")
     better: str = Field(..., description="Arm expected to be better (the paper's claim).")
     worse: str = Field(..., description="Arm it is compared against.")
-    claim: str | None = Field(None, description="Claim id in CLAIMS.md, if any.")
+    claim: str | None = Field(None, description="Claim id in docs/CLAIMS.md, if any.")
 
 
 class StudySpec(RunSpec):
-    """A study: the base run spec plus arms x seeds (DESIGN.md, "Specs and profiles")."""
+    """A study: the base run spec plus arms x seeds (docs/DESIGN.md, "Specs and profiles")."""
 
     profile: str = Field("default", description="Profile this spec was resolved with.")
     seeds: list[int] = Field(
@@ -515,6 +515,6 @@ class SpecFile(StudySpec):
 def ceil_budget(full_fraction: float, n: int) -> int:
     """Tokens that take full among ``n`` under top-k: ceil(b * n), robust to float error.
 
-    Documented choice (DESIGN.md asks for ceil or floor): ceil, so any b > 0 routes at least one token.
+    Documented choice (docs/DESIGN.md asks for ceil or floor): ceil, so any b > 0 routes at least one token.
     """
     return min(n, max(0, math.ceil(full_fraction * n - 1e-9)))

@@ -5,7 +5,7 @@ Files in the run's folder (``runs/<arm>/seed<k>/``): ``metrics.jsonl`` (every st
 controller), ``spec.json`` (the resolved run spec) and ``result.json`` (the run's summary, written last:
 its presence means the run is done and a resumed study skips it).
 
-Metrics (DESIGN.md, "Metrics"): ``lm`` is evaluated every ``eval_every`` steps and at the last step;
+Metrics (docs/DESIGN.md, "Metrics"): ``lm`` is evaluated every ``eval_every`` steps and at the last step;
 ``best_lm`` / ``avg_lm`` / ``final_lm`` are over those evaluations (the evaluation before the first step,
 ``initial_lm``, is reported apart and enters none of them); ``grad_norm`` is the controller's global norm
 before clipping at every step; ``full_fraction.train`` is the mean realised share per layer over the

@@ -1,4 +1,4 @@
-"""Budget adherence (DESIGN.md, "Budget").
+"""Budget adherence (docs/DESIGN.md, "Budget").
 
 - ``budget.topk_exact``: under top-k the realised full count of every controlled layer is exactly
   ``ceil(b * T)`` per sequence (``topk_sequence``) or ``ceil(b * B * T)`` per batch (``topk_batch``), for

@@ -1,4 +1,4 @@
-"""Causality (DESIGN.md, "Budget"): what token t's routing may depend on.
+"""Causality (docs/DESIGN.md, "Budget"): what token t's routing may depend on.
 
 - ``causality.threshold``: under threshold routing, changing the tokens after position t changes neither
   the decisions nor the logits at positions <= t (checked on the spec's threshold variant when the spec

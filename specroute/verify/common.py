@@ -24,7 +24,7 @@ from specroute.spec.models import G1Spec, RunSpec
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
-#: Shape of the shrunk model every dynamic verifier runs on (STYLE.md: tiny configs, fast not shallow).
+#: Shape of the shrunk model every dynamic verifier runs on (docs/STYLE.md: tiny configs, fast not shallow).
 SHRUNK_LAYERS = 4
 SHRUNK_WIDTH = 32
 SHRUNK_HEADS = 2

@@ -3,7 +3,7 @@
 - ``params.analytic``: ``count_params`` equals ``sum(p.numel())`` per group on the built model (the shrunk
   model and, when it is small enough to build quickly, the spec's own model).
 - ``params.paper``: at the paper profile the routed model (backbone + cheap FFNs) has 157.5M parameters
-  within 0.5% (CLAIMS.md S1), analytically.
+  within 0.5% (docs/CLAIMS.md S1), analytically.
 - ``flops.fvcore_dense``: fvcore's forward count of the dense model equals the analytic one within 1%
   (tiny and medium configs).
 - ``flops.counters_agree``: fvcore and FlopCounterMode agree on the forward (dense, masked, gather) once

@@ -1,4 +1,4 @@
-"""Gradient flow (DESIGN.md, "Gradient path into the gate").
+"""Gradient flow (docs/DESIGN.md, "Gradient path into the gate").
 
 - ``gradients.<term>`` for term in lm, util, rank, jepa, budget: with that loss alone (weight 1, every
   other weight 0), every controller parameter on the term's path gets a finite, non-zero gradient, every

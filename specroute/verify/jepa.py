@@ -1,4 +1,4 @@
-"""JEPA (DESIGN.md, "Gates"; CLAIMS.md G3, C5).
+"""JEPA (docs/DESIGN.md, "Gates"; docs/CLAIMS.md G3, C5).
 
 - ``jepa.target_frozen``: G3's target projection head never changes: it does not require a gradient, is
   not among the parameters a trainer optimises, and after a few dozen optimiser steps of the spec's

@@ -1,4 +1,4 @@
-"""Oracle labels (DESIGN.md, "Losses"; CLAIMS.md C10).
+"""Oracle labels (docs/DESIGN.md, "Losses"; docs/CLAIMS.md C10).
 
 - ``oracle.brute_force``: on a tiny model, labels computed by brute force — two explicit full forwards
   from scratch per labelled layer l, with the earlier controlled layers forced to the decisions the routed
