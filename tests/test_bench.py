@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from specroute.bench.runner import BUDGETS, HF_MISSING, full_training, realised_share, shrink
+from specroute.bench.runner import BUDGETS, HF_MISSING, OtherLoad, full_training, realised_share, shrink
 from specroute.cli import app
 from specroute.model.cost import step_macs
 from specroute.spec import load_study
@@ -53,7 +56,7 @@ def test_records_machine_and_settings(quick_run):
     summary, _, _ = quick_run
     env = summary["environment"]
     for key in ("cpu_model", "threads", "torch", "dtype", "device", "git_commit", "load_avg_1_5_15",
-                "load_avg_1_5_15_end", "transformers"):
+                "load_avg_1_5_15_end", "transformers", "other_processes_cpu_share"):
         assert key in env, key
     assert env["threads"] == 1  # quick mode runs on one thread (and restores the setting)
     assert torch.get_num_threads() == THREADS_BEFORE
@@ -123,6 +126,24 @@ def test_dense_vs_reference_figures_come_from_the_rounds(quick_run):
     assert target["figure"] == pytest.approx(statistics.median(dense) / statistics.median(ref) - 1)
     paired = statistics.median([a / b for a, b in zip(dense, ref, strict=True)]) - 1
     assert target["paired_figure"] == pytest.approx(paired)
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc/stat")
+def test_other_processes_cpu_is_measured_and_own_cpu_is_not():
+    own = OtherLoad()
+    end = time.process_time() + 0.3
+    while time.process_time() < end:  # this process's own work is not "other"
+        pass
+    quiet = own.share()
+    other = OtherLoad()
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time() + 1.0\n"
+                    "while time.process_time() < t: pass"], check=True)
+    busy = other.share()
+    assert 0.0 <= quiet <= 1.0 and 0.0 <= busy <= 1.0
+    # the child kept one CPU busy for the whole interval (of os.cpu_count()) whatever else ran
+    cpus = os.cpu_count() or 1
+    assert busy >= 0.8 / cpus - 0.05
+    assert quiet < 0.5 / cpus  # counted as "other", the burn would be 1 / cpus
 
 
 def test_refuses_to_overwrite_a_result(quick_run):

@@ -106,7 +106,10 @@ def test_existing_output_is_never_overwritten_silently(tmp_path):
     r = cli("--out", str(out), "--cache-dir", str(tmp_path / "c"), "--arm", "G1_lm")
     assert r.exit_code == 2 and "--resume" in r.output and "--overwrite" in r.output
     assert (out / "notes.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
-    # a --resume into a folder of another study (other spec) is refused too
+    # a --resume into a folder that holds no study, or a study of another spec, is refused too
+    r = cli("--out", str(out), "--cache-dir", str(tmp_path / "c"), "--arm", "G1_lm", "--resume")
+    assert r.exit_code == 2 and "holds no study" in r.output
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     (out / "study.json").write_text(json.dumps({"spec_sha256": "0" * 64}))
     r = cli("--out", str(out), "--cache-dir", str(tmp_path / "c"), "--arm", "G1_lm", "--resume")
     assert r.exit_code == 2 and "another resolved spec" in r.output
@@ -154,7 +157,7 @@ def _wait_gone(pids: list[int], seconds: float) -> list[int]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
-def test_a_worker_ends_when_the_study_process_is_killed(tmp_path):
+def test_workers_end_quietly_when_the_study_process_is_killed(tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent("""
         import multiprocessing, os, time
@@ -162,17 +165,23 @@ def test_a_worker_ends_when_the_study_process_is_killed(tmp_path):
         from specroute.train.runs import init_worker
         if __name__ == "__main__":
             ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=init_worker,
+            pool = ProcessPoolExecutor(2, mp_context=ctx, initializer=init_worker,
                                        initargs=(ctx.Queue(), 1, os.getpid()))
-            print(pool.submit(os.getpid).result(), flush=True)
-            pool.submit(time.sleep, 120)  # a long run in progress
+            for f in [pool.submit(time.sleep, 0.2) for _ in range(2)]:
+                f.result()
+            print(*pool._processes, flush=True)
+            pool.submit(time.sleep, 120)  # a long run in progress; the other worker waits for work
             time.sleep(120)
     """))
-    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
-    worker = int(parent.stdout.readline())
+    parent = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+    workers = [int(x) for x in parent.stdout.readline().split()]
+    assert len(workers) == 2
+    time.sleep(0.5)
     parent.kill()  # SIGKILL: no clean-up in the parent
     parent.wait()
-    assert _wait_gone([worker], 15) == [], "the worker trained on after its study process was killed"
+    assert _wait_gone(workers, 15) == [], "a worker trained on after its study process was killed"
+    assert "Traceback" not in parent.stderr.read()
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")

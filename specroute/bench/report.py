@@ -32,8 +32,9 @@ DENSE_VS_REFERENCE_MAX = 0.05      # our dense step at most 5% slower than the r
 GATHER_EFFICIENCY_MIN = 0.80       # realised / predicted saving of gather over masked at b = 0.5
 TARGET_BUDGET = 0.5
 TARGET_MIN_WIDTH = 512
-#: 1-minute load average per CPU above which a run is flagged as disturbed by other processes.
-BUSY_LOAD_PER_CPU = 0.5
+#: Share of the machine's CPU time taken by other processes during the timing above which a run is
+#: flagged as disturbed.
+BUSY_OTHER_SHARE = 0.10
 PLOT = "throughput_vs_budget.png"
 
 
@@ -120,12 +121,10 @@ def summarise(resolved: Resolved, options: BenchOptions, device: Device, env: di
 def warnings(summary: dict[str, Any]) -> list[str]:
     """Conditions that make this run's timings less trustworthy (shown above the tables)."""
     env, out = summary["environment"], []
-    cpus = env.get("cpu_count") or 1
-    loads = [l for l in (env.get("load_avg_1_5_15"), env.get("load_avg_1_5_15_end")) if l]
-    busiest = max((l[0] for l in loads), default=0.0)
-    if busiest > BUSY_LOAD_PER_CPU * cpus:
-        out.append(f"the machine was busy: 1-minute load average up to {busiest:.1f} on {cpus} CPUs, so other "
-                   "processes competed for the cores and the timings are disturbed; rerun on a quiet machine")
+    others = env.get("other_processes_cpu_share")
+    if others is not None and others > BUSY_OTHER_SHARE:
+        out.append(f"the machine was busy: other processes took {others:.0%} of its CPU time while the cases "
+                   "were timed, so the timings are disturbed; rerun on a quiet machine")
     if summary["settings"]["repeats"] < 5:
         out.append(f"median of {summary['settings']['repeats']} rounds (fewer than 5)")
     return out
@@ -138,8 +137,7 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
     scale_ok = not summary["quick"] and width >= TARGET_MIN_WIDTH
     scale_why = ("quick mode (shrunken sizes)" if summary["quick"]
                  else f"width {width} < {TARGET_MIN_WIDTH}") if not scale_ok else ""
-    load = (f"load average {_load(env.get('load_avg_1_5_15'))} -> {_load(env.get('load_avg_1_5_15_end'))} "
-            f"on {env.get('cpu_count')} CPUs")
+    load = f"other processes' share of the CPUs {_share(env.get('other_processes_cpu_share'))}"
     out = []
 
     # 1. dense vs reference
@@ -324,6 +322,8 @@ def markdown(summary: dict[str, Any]) -> str:
             ["git commit", str(env.get("git_commit"))],
             ["load average (1, 5, 15 min)", f"{_load(env.get('load_avg_1_5_15'))} at start, "
                                             f"{_load(env.get('load_avg_1_5_15_end'))} at end"],
+            ["other processes during the timing", f"{_share(env.get('other_processes_cpu_share'))} of the "
+                                                  "CPU time (/proc/stat less this process)"],
             ["timing wall time", f"{env.get('timing_wall_s', 0):.1f} s"],
         ]),
         "",

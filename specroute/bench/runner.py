@@ -548,6 +548,35 @@ def machine() -> dict[str, Any]:
             "load_avg_1_5_15": load}
 
 
+class OtherLoad:
+    """CPU time that other processes (and the hypervisor, as steal) took from this machine since
+    construction, as a share of its capacity (0: the benchmark had the machine to itself, 1: others used
+    every CPU all the time). Linux ``/proc/stat`` less this process's own CPU time; None elsewhere."""
+
+    def __init__(self) -> None:
+        self.t0, self.own0, self.busy0 = time.perf_counter(), time.process_time(), _busy_cpu_s()
+
+    def share(self) -> float | None:
+        busy = _busy_cpu_s()
+        if busy is None or self.busy0 is None:
+            return None
+        wall = time.perf_counter() - self.t0
+        others = (busy - self.busy0) - (time.process_time() - self.own0)
+        return min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1)))) if wall > 0 else None
+
+
+def _busy_cpu_s() -> float | None:
+    """Seconds all CPUs have spent not idle since boot (user, nice, system, irq, softirq, steal)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:9]]
+        tick = os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / tick
+
+
 def run_bench(resolved: Resolved, options: BenchOptions,
               progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Run the benchmark of a resolved study; return the summary (JSON-able, see ``report.py``).
@@ -583,7 +612,9 @@ def _run(resolved: Resolved, options: BenchOptions, device: Device, say: Callabl
         say(f"timing {sum(c.step is not None for c in cases)} cases: {options.warmup_steps} warm-up step(s) "
             f"each, then {options.rounds} interleaved rounds")
         t0 = time.perf_counter()
+        others = OtherLoad()
         time_cases(cases, options, device, say)
+        env["other_processes_cpu_share"] = others.share()
         say("measuring peak memory")
         measure_memory(cases, device)
     env["load_avg_1_5_15_end"] = machine()["load_avg_1_5_15"]

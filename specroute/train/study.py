@@ -100,13 +100,17 @@ def select_runs(resolved: Resolved, arms: list[str], seeds: list[int]) -> list[t
             if (not arms or a in arms) and (not seeds or s in seeds)]
 
 
-def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> None:
-    """Check (and with ``overwrite`` clear) the output folder; see the module docstring."""
+def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | None:
+    """Check (and with ``overwrite`` clear) the output folder; see the module docstring.
+
+    Returns a notice for the user (``resume`` with nothing to resume), else None. Raises UserError for a
+    folder that cannot be used as asked.
+    """
     entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     if not entries:
-        return
+        return f"--resume: no study in {out} yet; starting one" if resume else None
     if overwrite:
         for name in OWNED:
             p = out / name
@@ -120,11 +124,14 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> None:
                         "pass --resume to continue that study, --overwrite to replace it, "
                         "or choose another --out")
     meta = out / "study.json"
-    if meta.is_file():
-        old = json.loads(meta.read_text()).get("spec_sha256")
-        if old != sha:
-            raise UserError(f"--resume: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
-                            f"now {sha[:12]}); use --overwrite or another --out")
+    if not meta.is_file():
+        raise UserError(f"--resume: {out} holds no study (no study.json among {', '.join(entries[:5])}); "
+                        "check --out, or choose an empty folder")
+    old = json.loads(meta.read_text()).get("spec_sha256")
+    if old != sha:
+        raise UserError(f"--resume: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
+                        f"now {sha[:12]}); use --overwrite or another --out")
+    return None
 
 
 def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
@@ -187,9 +194,11 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     runs = select_runs(resolved, options.arms, options.seeds)
     out = Path(options.out) if options.out else default_out(resolved)
     sha = spec_sha256(resolved)
-    prepare_out(out, sha, options.resume, options.overwrite)
+    notice = prepare_out(out, sha, options.resume, options.overwrite)
     device = pick_device(options.device)
     note = console.print if console else (lambda *a, **k: None)
+    if notice:
+        note(f"[yellow]{escape(notice)}[/]")
     first = runs[0][2]
     note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {len(runs)} runs "
          f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
