@@ -5,10 +5,13 @@ User errors print one clear message and exit 2; tracebacks are for bugs.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -185,15 +188,39 @@ def run(
                            seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers)
     confirm = (lambda q: typer.confirm(q, default=False)) if sys.stdin.isatty() else None
     try:
-        result = run_study(resolved, options, console=console, confirm=confirm)
+        with _sigterm_as_interrupt():
+            result = run_study(resolved, options, console=console, confirm=confirm)
     except SpecError as e:
         fail("invalid spec\n" + e.render())
     except UserError as e:
         fail(str(e))
+    except _Terminated:
+        err_console.print("terminated; continue with the same command plus --resume")
+        raise typer.Exit(128 + signal.SIGTERM) from None
     except (Interrupted, KeyboardInterrupt):
         err_console.print("interrupted; continue with the same command plus --resume")
         raise typer.Exit(130) from None
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the study is, so that it stops as on Ctrl-C (workers ended, resumable)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    try:
+        before = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @app.command()

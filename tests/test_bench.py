@@ -154,6 +154,22 @@ def test_refuses_to_overwrite_a_result(quick_run):
     assert "Traceback" not in result.output
 
 
+def test_overwrite_never_touches_what_is_not_a_result(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "sub").mkdir(parents=True)
+    (mine / "notes.txt").write_text("precious")
+    (mine / "summary.json").write_text("{}")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    for out in (mine, victim):
+        result = bench("--out", out, "--overwrite")
+        assert result.exit_code == 2, result.output
+        assert "Traceback" not in result.output
+    assert "not a benchmark result" in bench("--out", mine, "--overwrite").stderr
+    assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "sub", "summary.json"]
+    assert (mine / "notes.txt").read_text() == victim.read_text() == "precious"
+
+
 def test_missing_transformers_is_reported_cleanly(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "transformers", None)  # any import of it now raises ImportError
     out = tmp_path / "no_ref"

@@ -4,6 +4,7 @@ and the sanity of its values; parallel worker runs equal in-process runs."""
 from __future__ import annotations
 
 import json
+import re
 import math
 
 import pytest
@@ -106,6 +107,12 @@ def test_report_markdown(study):
         assert needle in md, needle
     for c in s["comparisons"]:
         assert f"| {c['id']} | {c['better']} | {c['worse']} | {c['metric']} | {c['wins']}/{c['n']} seeds |" in md
+    claims = md.split("## Claims")[1].split("## Plots")[0]
+    rows = [line for line in claims.splitlines() if line.startswith("| C")]
+    assert [r.split(" | ")[0] for r in rows] == [f"| C{i}" for i in range(1, 13)]
+    for row in rows:  # five cells each: a "|" inside a cell is escaped
+        assert len(re.findall(r"(?<!\\)\|", row)) == 6, row
+    assert "not a V100" in next(r for r in rows if r.startswith("| C12"))  # how each claim was judged
 
 
 def test_resume_of_finished_study_rewrites_same_report(study, tmp_path):

@@ -325,10 +325,22 @@ def test_a_bad_value_replaced_by_the_profile_is_still_an_error(tmp_path):
     (problem,) = info.value.problems
     assert problem[1:3] == ("train.steps", 2)
     assert "replaced by profile 'p'" in problem[3]
+    assert "(got 'lots')" in problem[3]  # the bad value is echoed
     with pytest.raises(SpecError) as info:  # the same under --set
         load_study(path, None, ["train.steps=5"])
     assert info.value.problems[0][1:3] == ("train.steps", 2)
     assert "replaced by --set" in info.value.problems[0][3]
+
+
+def test_set_errors_are_blamed_on_set_and_rules_it_breaks_name_it(tmp_path):
+    path = write(tmp_path, "s.yaml", "model: {n_layers: 4}\nrouting: {controlled_layers: [3]}\n")
+    with pytest.raises(SpecError) as info:
+        load_study(path, None, ["nope.x=1"])
+    assert (info.value.file, info.value.field) == ("--set", "nope")
+    with pytest.raises(SpecError) as info:
+        load_study(path, None, ["model.n_layers=2"])
+    assert (info.value.file, info.value.field, info.value.line) == (str(path), "routing.controlled_layers", 2)
+    assert info.value.reason.endswith("(given --set model.n_layers=2)")
 
 
 def test_a_bad_value_in_a_profile_not_chosen_is_an_error(tmp_path):
@@ -436,9 +448,28 @@ arms:
     assert (g3.kind, g3.latent_dim, g3.predictor_hidden) == ("G3", 4, 8)
 
 
-@pytest.mark.parametrize("text", ["", "# only a comment\n"])
-def test_an_empty_file_is_the_defaults(tmp_path, text):
-    assert load_study(write(tmp_path, "s.yaml", text)).arm_spec("default") == RunSpec()
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "\n\n"])
+def test_an_empty_file_is_refused_and_an_empty_mapping_is_the_defaults(tmp_path, text):
+    with pytest.raises(SpecError) as info:
+        load_study(write(tmp_path, "s.yaml", text))
+    assert Path(info.value.file).name == "s.yaml"
+    assert "the file is empty" in info.value.reason
+    assert load_study(write(tmp_path, "d.yaml", "{}\n")).arm_spec("default") == RunSpec()
+
+
+def test_a_study_needs_an_arm(tmp_path):
+    with pytest.raises(SpecError) as info:
+        load_study(write(tmp_path, "s.yaml", "name: x\narms: {}\n"))
+    assert (info.value.field, info.value.line) == ("arms", 2)
+
+
+def test_extends_naming_a_folder_names_the_spec(tmp_path):
+    (tmp_path / "adir").mkdir()
+    path = write(tmp_path, "s.yaml", "name: x\nextends: adir\n")
+    with pytest.raises(SpecError) as info:
+        load_study(path)
+    assert (info.value.file, info.value.field, info.value.line) == (str(path), "extends", 2)
+    assert "is a folder" in info.value.reason
 
 
 @pytest.mark.parametrize("text", ["- 1\n- 2\n", "just text\n"])

@@ -113,6 +113,11 @@ def test_existing_output_is_never_overwritten_silently(tmp_path):
     (out / "study.json").write_text(json.dumps({"spec_sha256": "0" * 64}))
     r = cli("--out", str(out), "--cache-dir", str(tmp_path / "c"), "--arm", "G1_lm", "--resume")
     assert r.exit_code == 2 and "another resolved spec" in r.output
+    for broken in ("{ broken", "[]"):
+        (out / "study.json").write_text(broken)
+        r = cli("--out", str(out), "--cache-dir", str(tmp_path / "c"), "--arm", "G1_lm", "--resume")
+        assert r.exit_code == 2, r.output
+        assert ("cannot read" if broken.startswith("{") else "another resolved spec") in r.output
 
 
 def test_unknown_arm_and_seed_exit_2(tmp_path):
@@ -185,13 +190,15 @@ def test_workers_end_quietly_when_the_study_process_is_killed(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
-def test_sigint_to_the_study_process_stops_its_workers_at_once(tmp_path):
+@pytest.mark.parametrize(("sig", "rc_expected"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_or_sigterm_to_the_study_process_stops_its_workers_at_once(tmp_path, sig, rc_expected):
     out = tmp_path / "out"
     args = [sys.executable, "-m", "specroute.cli", "run", str(SPECS / "a3.yaml"), "--profile", "smoke",
             *[x for s in [*MICRO, "train.steps=100000"] for x in ("--set", s)],
             "--arm", "G1_lm", "--seed", "0", "--seed", "1", "--workers", "2", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache")]
-    study = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = tmp_path / "stderr.txt"
+    study = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"),
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     workers: list[int] = []
     try:
@@ -200,11 +207,14 @@ def test_sigint_to_the_study_process_stops_its_workers_at_once(tmp_path):
             assert study.poll() is None, "the study ended before its runs started"
             time.sleep(0.2)
         workers = _children(study.pid)
-        study.send_signal(signal.SIGINT)  # the study process only, as `kill -INT` does
+        study.send_signal(sig)  # the study process only, as `kill` does
         rc = study.wait(timeout=30)  # without stopping its workers it would wait for 100000-step runs
     finally:
         if study.poll() is None:
             study.kill()
             _wait_gone(workers, 0)
-    assert rc == 130
+    assert rc == rc_expected
     assert _wait_gone(workers, 10) == []
+    err = log.read_text()
+    assert "continue with the same command plus --resume" in err
+    assert "Traceback" not in err

@@ -423,15 +423,28 @@ def default_out_dir(summary_or_study: str, profile: str, quick: bool) -> Path:
     return Path("reports") / "bench" / f"{summary_or_study}_{profile}{'_quick' if quick else ''}"
 
 
+#: What a benchmark writes into its output folder (all that ``--overwrite`` may replace).
+OWNED = ("summary.json", "report.md", PLOT)
+
+
 def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to replace an existing, non-empty result unless ``overwrite`` (raises UserError)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+    """Refuse an output folder that is a file or holds anything but a benchmark result, and an existing
+    result unless ``overwrite`` (raises UserError)."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another --out")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    foreign = [name for name in entries if name not in OWNED]
+    if foreign:
+        raise UserError(f"--out {out} holds files that are not a benchmark result ({', '.join(foreign[:5])}); "
+                        "nothing was changed; choose another --out")
+    if entries and not overwrite:
         raise UserError(f"{out} already holds a result; pass --overwrite to replace it or --out DIR")
 
 
 def write_results(summary: dict[str, Any], out: Path, overwrite: bool) -> Path:
     """Write summary.json, report.md and the plot into ``out`` as one step: they are built in a
-    temporary folder beside it, which then replaces ``out`` (a crash leaves the old result whole)."""
+    temporary folder beside it, which then replaces ``out`` (a crash leaves the old result whole).
+    ``out`` may only hold a previous result (:func:`check_out_dir`)."""
     check_out_dir(out, overwrite)
     tmp = temp_dir_beside(out)
     try:

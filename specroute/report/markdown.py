@@ -35,6 +35,11 @@ def pm(a: dict[str, Any], metric: str, digits: int = 4) -> str:
     return f"{m:.{digits}f} ± {s:.{digits}f}" if len(a["seeds"]) > 1 else f"{m:.{digits}f}"
 
 
+def _cell(text: Any) -> str:
+    """Text for a markdown table cell (a literal ``|`` would end the cell)."""
+    return str(text).replace("|", "\\|")
+
+
 def evaluate_claims_if_available(summary: dict[str, Any]) -> list[dict[str, Any]] | None:
     """The single call site of the claims evaluator (``specroute.claims.evaluate_claims``); None when
     that module is not part of this installation."""
@@ -141,10 +146,10 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
     if verdicts is None:
         lines.append("The claims evaluator (`specroute.claims`) is not installed; no verdicts.")
     else:
-        lines += ["| claim | statement | verdict | numbers |", "|---|---|---|---|"]
+        lines += ["| claim | statement | verdict | numbers | how judged |", "|---|---|---|---|---|"]
         for v in verdicts:
-            lines.append(f"| {v.get('id', '')} | {v.get('statement', '')} | **{v.get('verdict', '')}** "
-                         f"| {v.get('numbers', '')} |")
+            cells = [_cell(v.get(k, "")) for k in ("id", "statement", "verdict", "numbers", "explanation")]
+            lines.append("| {} | {} | **{}** | {} | {} |".format(*cells))
     lines += ["", "## Plots", ""]
     for name, rel in plots.items():
         lines += [f"![{name}]({rel})", ""]

@@ -207,8 +207,8 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any], dict[Path_, int]]:
         raise SpecError([(str(path), "", None, f"invalid YAML: {e}")]) from None
     finally:
         loader.dispose()
-    if data is None:
-        data = {}
+    if node is None:
+        raise SpecError([(str(path), "", None, "the file is empty (write `{}` to mean every default)")])
     if not isinstance(data, dict):
         raise SpecError([(str(path), "", 1, f"top level must be a mapping, got {type(data).__name__}")])
     return data, lines
@@ -265,9 +265,10 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = ()) -> tuple[dict[str, Any],
         if ppath in (*_chain, path):
             cycle = " -> ".join(p.name for p in (*_chain, path, ppath))
             raise SpecError([(str(path), "extends", lines.get(("extends",)), f"extends cycle: {cycle}")])
-        if not ppath.exists():
+        if not ppath.is_file():
+            what = "is a folder, not a file" if ppath.is_dir() else "not found"
             raise SpecError([(str(path), "extends", lines.get(("extends",)),
-                              f"extended file {parent!r} not found (looked at {ppath})")])
+                              f"extended file {parent!r} {what} (looked at {ppath})")])
         pdata, pprov = load_raw(ppath, (*_chain, path))
         merged = deep_merge(merged, pdata)
         merged_prov.update(pprov)
@@ -319,7 +320,7 @@ def load_study(
         provenance[k] = ("--set", None)  # type: ignore[assignment]
     problems = _layer_problems(file_raw, profiles, name, set_tree, source, file_provenance)
     try:
-        study = _validate(StudySpec, raw, source, provenance)
+        study = _validate(StudySpec, raw, source, provenance, set_tree=set_tree)
     except SpecError as e:
         raise SpecError(_unique(e.problems + problems)) from None
     if problems:
@@ -406,13 +407,19 @@ def _problems(
         field = ".".join(layer + loc)
         if e["type"] == "extra_forbidden":
             reason = _extra_reason(raw, loc)
-        if e["type"] in ("float_type", "int_type") and _is_number_text(e.get("input")):
-            reason += _number_text_hint(e["input"])
+        value = e.get("input")
+        if e["type"] in ("float_type", "int_type") and _is_number_text(value):
+            reason += _number_text_hint(value)
+        elif e["type"] not in _NOT_ON_ITS_OWN + ("extra_forbidden",) and _short_scalar(value):
+            reason += f" (got {value!r})"
         where = _lookup(provenance, layer + loc)
-        if arm is not None:
-            if _sets(set_tree, loc):
-                where = ("--set", None)
-            elif _sets(arm_tree, loc):
+        by_set = _sets(set_tree, loc)
+        if by_set:
+            where = ("--set", None)
+        elif set_tree and e["type"] == "value_error":  # a cross-field rule that --set may have broken
+            reason += f" (given --set {_set_items(set_tree)})"
+        if arm is not None and not by_set:
+            if _sets(arm_tree, loc):
                 prefix = ("arms", arm, "overrides")
                 where = _lookup(provenance, prefix + loc) or where
                 field = ".".join(prefix + loc)
@@ -426,6 +433,18 @@ def _problems(
 #: pydantic error types that judge a value against other values (cross-field rules) or its absence; the
 #: others judge a value on its own (type, range, choice, unknown key).
 _NOT_ON_ITS_OWN = ("value_error", "assertion_error", "missing")
+
+
+def _set_items(set_tree: Mapping[str, Any]) -> str:
+    """``--set`` overrides written back as ``a.b=value`` (values in YAML flow style)."""
+    items = []
+    for path in _leaf_paths(set_tree):
+        node: Any = set_tree
+        for part in path:
+            node = node[part]
+        value = yaml.safe_dump(node, default_flow_style=True).strip().removesuffix("...").strip()
+        items.append(f"{'.'.join(path)}={value}")
+    return ", ".join(items)
 
 
 def _layer_problems(
@@ -495,6 +514,10 @@ def _is_number_text(value: Any) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _short_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 40
 
 
 def _number_text_hint(text: str) -> str:

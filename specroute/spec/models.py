@@ -457,7 +457,9 @@ class StudySpec(RunSpec):
     )
     arms: dict[str, ArmSpec] = Field(
         default_factory=lambda: {"default": ArmSpec()},
-        description="Named arms of the study, each a set of overrides on the base run spec.",
+        min_length=1,
+        description="Named arms of the study, each a set of overrides on the base run spec (at least one; "
+        "without the key, one arm named 'default').",
     )
     gates: dict[str, GateSpec] = Field(
         default_factory=dict,
