@@ -6,9 +6,11 @@ no test asserts anything about timings beyond "positive and finite".
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -168,6 +170,15 @@ def test_overwrite_never_touches_what_is_not_a_result(tmp_path):
     assert "not a benchmark result" in bench("--out", mine, "--overwrite").stderr
     assert sorted(p.name for p in mine.iterdir()) == ["notes.txt", "sub", "summary.json"]
     assert (mine / "notes.txt").read_text() == victim.read_text() == "precious"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("transformers") is None, reason="needs transformers")
+def test_op_profile_script_runs(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "dense_vs_gpt2_ops.py"
+    done = subprocess.run([sys.executable, str(script), "--profile", "smoke", "--steps", "1", "--rows", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"self CPU time, dense / GPT-2: \d+\.\d{3} \([+-]\d+\.\d%\)", done.stdout), done.stdout
 
 
 def test_missing_transformers_is_reported_cleanly(tmp_path, monkeypatch):
