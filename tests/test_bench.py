@@ -125,6 +125,9 @@ def test_dense_vs_reference_figures_come_from_the_rounds(quick_run):
     times = {c["name"]: c["times_s"] for c in summary["cases"]}
     target = next(t for t in summary["targets"] if t["id"] == "dense_vs_reference")
     dense, ref = times["train/dense"], times["train/hf_gpt2"]
+    if not ref:  # transformers not installed
+        assert (target["figure"], target["paired_figure"]) == (None, None)
+        return
     assert target["figure"] == pytest.approx(statistics.median(dense) / statistics.median(ref) - 1)
     paired = statistics.median([a / b for a, b in zip(dense, ref, strict=True)]) - 1
     assert target["paired_figure"] == pytest.approx(paired)
