@@ -366,9 +366,10 @@ def _validate(
     """Validate ``raw`` as ``model``; turn pydantic's errors into one SpecError naming, per problem,
     the file and line the failing value came from and its dotted field path.
 
-    For an arm (``arm`` given), a value set by ``--set`` is reported against ``--set``, one set by the
-    arm's overrides as ``arms.<arm>.overrides.<path>`` at its line, and anything else at its path in the
-    study with ``(in arm '<arm>')`` added.
+    A value set by ``--set`` is reported against ``--set``; a cross-field rule broken elsewhere while
+    ``--set`` was given names the ``--set`` items. For an arm (``arm`` given), a value set by the arm's
+    overrides is reported as ``arms.<arm>.overrides.<path>`` at its line, and anything else at its path in
+    the study with ``(in arm '<arm>')`` added.
     """
     try:
         return model.model_validate(raw)

@@ -128,10 +128,10 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
         raise UserError(f"--resume: {out} holds no study (no study.json among {', '.join(entries[:5])}); "
                         "check --out, or choose an empty folder")
     try:
-        old = json.loads(meta.read_text())
+        recorded = json.loads(meta.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"--resume: cannot read {meta} ({e}); use --overwrite or another --out") from None
-    old = old.get("spec_sha256") if isinstance(old, dict) else None
+    old = recorded.get("spec_sha256") if isinstance(recorded, dict) else None
     if old != sha:
         raise UserError(f"--resume: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
                         f"now {sha[:12]}); use --overwrite or another --out")
