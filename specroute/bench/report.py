@@ -137,7 +137,7 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
     scale_ok = not summary["quick"] and width >= TARGET_MIN_WIDTH
     scale_why = ("quick mode (shrunken sizes)" if summary["quick"]
                  else f"width {width} < {TARGET_MIN_WIDTH}") if not scale_ok else ""
-    load = f"other processes' share of the CPUs {_share(env.get('other_processes_cpu_share'))}"
+    others = f"other processes' share of the CPUs {_share(env.get('other_processes_cpu_share'))}"
     out = []
 
     # 1. dense vs reference
@@ -159,7 +159,7 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
                      by=None if passed else fig - DENSE_VS_REFERENCE_MAX,
                      note=(f"{_spread_note(d, h)}; paired by round: {_pct(paired)}; "
                            f"fastest rounds: {_pct(_ratio(_min(d), _min(h)) - 1)}; "
-                           f"forward-only: {_pct(fwd)}; {load}"
+                           f"forward-only: {_pct(fwd)}; {others}"
                            + (f"; target applies at width >= {TARGET_MIN_WIDTH}, this run: {scale_why}"
                               if not scale_ok else "")))
     out.append(entry)
@@ -184,7 +184,7 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
               f"({overhead / g.median_s:+.1%}) vs the MAC-proportional time (index/scatter work, smaller "
               f"GEMMs and elementwise ops are not in the MAC model); saving paired by round "
               f"{_share(row['paired_saving_vs_masked'])}, between the fastest rounds "
-              f"{_share(row['fastest_saving_vs_masked'])}; {_spread_note(m, g)}; {load}"
+              f"{_share(row['fastest_saving_vs_masked'])}; {_spread_note(m, g)}; {others}"
               + (f"; target applies at width >= {TARGET_MIN_WIDTH}, this run: {scale_why}" if not scale_ok else "")))
     out.append(entry)
 

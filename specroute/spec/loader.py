@@ -462,21 +462,20 @@ def _layer_problems(
     shadow = deep_merge(dict(profiles.get(selected) or {}) if selected else {}, dict(set_tree))
     by = " and ".join(([f"profile {selected!r}"] if selected and profiles.get(selected) else [])
                       + (["--set"] if set_tree else []))
-    layers: list[tuple[Path_, dict[str, Any], Callable[[str, Path_], bool], str]] = []
+    # (path of the layer in the file, tree to validate, the values it sets, note)
+    layers: list[tuple[Path_, dict[str, Any], Mapping[str, Any], str]] = []
     if shadow:
-        layers.append(((), file_raw, lambda t, loc: t not in _NOT_ON_ITS_OWN and _sets(shadow, loc),
-                       f" (replaced by {by}, but invalid as written)"))
+        layers.append(((), file_raw, shadow, f" (replaced by {by}, but invalid as written)"))
     for name, body in profiles.items():
         if body and (name != selected or set_tree):
-            body = dict(body)
-            layers.append((("profiles", name), deep_merge(file_raw, body),
-                           (lambda b: lambda t, loc: t not in _NOT_ON_ITS_OWN and _sets(b, loc))(body), ""))
+            layers.append((("profiles", name), deep_merge(file_raw, body), body, ""))
     problems = []
-    for layer, tree, keep, note in layers:
+    for layer, tree, sets, note in layers:
         try:
             StudySpec.model_validate(_gate_preset(_default_kinds(tree)))
         except ValidationError as err:
-            problems += _problems(err, tree, source, provenance, keep=keep, layer=layer, note=note)
+            problems += _problems(err, tree, source, provenance, layer=layer, note=note,
+                                  keep=lambda t, loc, s=sets: t not in _NOT_ON_ITS_OWN and _sets(s, loc))
     return problems
 
 
