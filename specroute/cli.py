@@ -9,6 +9,7 @@ import contextlib
 import json
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -313,8 +314,7 @@ def _verify_table(reports, profile: str | None) -> None:
 
 
 def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> None:
-    from specroute.claims import CLAIMS, evaluate_claims, load_summary, paper_proxies
-    from specroute.verify.oracle import measure_mechanism
+    from specroute.claims import CLAIMS, evaluate_claims, load_summary, mechanism_input, paper_proxies
 
     summary: dict = {"arms": {}, "profile": None}
     if report is not None:
@@ -329,33 +329,31 @@ def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> No
         specs = [own] if own.is_file() else specs
     proxies = mech = None
     for path in specs:
+        load_or_exit(path, None, None)
         proxies = proxies or paper_proxies(path)
-        if mech is None:
-            resolved = load_or_exit(path, None, None)
-            arms = [resolved.arm_spec(a) for a in resolved.study.arms]
-            oracle_arms = [s for s in arms if s.loss.uses_oracle]
-            if oracle_arms:
-                m = measure_mechanism(oracle_arms[0])
-                mech = {k: m[k] for k in ("spearman", "sign_flips", "full_share", "tokens")}
+        mech = mech or mechanism_input(path)
     verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies)
     if json_out:
         typer.echo(json.dumps({"report": str(report) if report else None, "claims": [c.as_dict() for c in CLAIMS],
-                               "verdicts": verdicts}, indent=2))
+                               "verdicts": [v.as_dict() for v in verdicts]}, indent=2))
         return
     title = f"claims (arXiv 2604.17228) against {report}" if report else "claims (no report: C10 and C11 only)"
     table = Table(title=title)
-    for col in ("claim", "statement", "verdict", "numbers"):
+    for col in ("claim", "verdict", "n", "effect [95% interval]", "numbers and criterion"):
         table.add_column(col, overflow="fold")
-    style = {"reproduced": "green", "not reproduced": "red"}
+    style = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow",
+             "supported: necessary condition": "cyan"}
     for v in verdicts:
-        color = style.get(v["verdict"], "dim")
-        table.add_row(v["id"], v["statement"], f"[{color}]{v['verdict']}[/]", v["numbers"] + "\n[dim]" +
-                      v["explanation"] + "[/]")
+        color = style.get(v.verdict, "dim")
+        why = "" if v.verdict == "not checkable" else f"\n[dim]{v.reason}[/]"
+        table.add_row(f"{v.id}\n[dim]{v.statement}[/]", f"[{color}]{v.label}[/]{why}", "–" if v.n is None else str(v.n),
+                      v.effect_text, f"{v.numbers}\n[dim]criterion: {v.criterion}[/]")
     console.print(table)
 
 
 def _verify_regression(reference: Path, specs: list[Path], ctx, json_out: bool, update: bool = False) -> None:
-    from specroute.verify.regression import MICRO_SPEC, MICRO_SUMMARY, collect, compare, write_reference
+    from specroute.verify.regression import (MICRO_SPEC, MICRO_SUMMARY, collect, compare, fragile, refresh,
+                                             write_reference)
 
     try:
         ref = json.loads(reference.read_text(encoding="utf-8"))
@@ -366,18 +364,24 @@ def _verify_regression(reference: Path, specs: list[Path], ctx, json_out: bool, 
     except (OSError, ValueError) as e:
         fail(f"cannot read the reference {reference}: {e}")
     micro = ref.get("micro") or {}
-    current = collect(specs, Path(micro["summary"]) if micro.get("summary") else None,
-                      Path(micro["spec"]) if micro.get("spec") else None, ctx)
+    micro_spec, micro_summary = Path(micro.get("spec") or MICRO_SPEC), Path(micro.get("summary") or MICRO_SUMMARY)
     if update:
+        with tempfile.TemporaryDirectory(prefix="specroute-spread-") as work:
+            current = refresh(specs, ctx, micro_spec, micro_summary, Path(work),
+                              on_variant=lambda v: console.print(f"micro study under CPU variant {v.name} ..."))
         write_reference(reference, current)
-        console.print(f"wrote {reference}")
+        console.print(f"wrote {reference} and {micro_summary}; fragile verdicts: "
+                      f"{', '.join(current['micro']['fragile']) or 'none'}")
         return
-    problems = compare(ref, current)
+    current = collect(specs, micro_summary, micro_spec, ctx)
+    problems, notes = compare(ref, current), fragile(ref, current)
     if json_out:
-        typer.echo(json.dumps({"reference": str(reference), "problems": problems}, indent=2))
+        typer.echo(json.dumps({"reference": str(reference), "problems": problems, "fragile": notes}, indent=2))
     else:
         for p in problems:
             console.print(f"[bold red]regression[/] {p}", markup=True, highlight=False)
+        for p in notes:
+            console.print(f"[yellow]fragile[/] {p}", markup=True, highlight=False)
         console.print(f"claim regression: {len(problems)} problem(s) against {reference}")
     if problems:
         raise typer.Exit(1)

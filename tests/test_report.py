@@ -17,7 +17,7 @@ from test_train import MICRO, SPECS, micro, strip_wall
 
 ARMS = ["G1_utilrank", "G3_utilrank", "G1_lm", "G3_lm"]
 SEED_KEYS = {"lm", "best_lm", "avg_lm", "final_lm", "threshold_hits", "grad_norm", "full_fraction", "flops_proxy",
-             "wall_s", "latent"}
+             "wall_s", "latent", "lm_by_batch"}
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +76,8 @@ def test_summary_contract_and_values(study):
             assert all(math.isfinite(v) and 0 < v < math.log(256) for v in values)
             assert seed["best_lm"] == min(values) <= seed["avg_lm"] <= max(values)
             assert seed["best_lm"] <= seed["final_lm"] == values[-1]
+            for metric, per_batch in seed["lm_by_batch"].items():  # the noise of the per-seed comparisons
+                assert len(per_batch) == 2 and math.isclose(sum(per_batch) / 2, seed[metric], rel_tol=1e-9)
             assert set(seed["threshold_hits"]) == {"4.5", "3.5"}
             for tau, hit in seed["threshold_hits"].items():
                 assert hit is None or (hit in (4, 8, 12) and dict(seed["lm"])[hit] <= float(tau))
@@ -92,8 +94,13 @@ def test_summary_contract_and_values(study):
     comps = s["comparisons"]
     assert len(comps) == 4 * 3 and {c["metric"] for c in comps} == {"avg_lm", "best_lm", "threshold_hits"}
     for c in comps:
-        assert {"id", "better", "worse", "claim", "metric", "wins", "n"} == set(c)
-        assert c["n"] == 2 and 0 <= c["wins"] <= 2
+        assert {"id", "better", "worse", "claim", "metric", "n", "wins", "ties", "losses", "mean_diff", "interval",
+                "p_sign", "per_seed"} == set(c)
+        assert c["n"] == 2 and c["wins"] + c["ties"] + c["losses"] == 2 and 0 < c["p_sign"] <= 1
+        lo, hi = c["interval"]
+        assert lo <= c["mean_diff"] <= hi
+    assert s["roles"] == {"g1_utilrank": "G1_utilrank", "g3_utilrank": "G3_utilrank", "g1_lm": "G1_lm",
+                          "g3_lm": "G3_lm"}
 
 
 def test_report_markdown(study):
@@ -106,13 +113,18 @@ def test_report_markdown(study):
                    "unigram entropy", "plots/lm_curves.png"):
         assert needle in md, needle
     for c in s["comparisons"]:
-        assert f"| {c['id']} | {c['better']} | {c['worse']} | {c['metric']} | {c['wins']}/{c['n']} seeds |" in md
+        assert (f"| {c['id']} | {c['better']} | {c['worse']} | {c['metric']} | "
+                f"{c['wins']} / {c['ties']} / {c['losses']} of {c['n']} |") in md
     claims = md.split("## Claims")[1].split("## Plots")[0]
     rows = [line for line in claims.splitlines() if line.startswith("| C")]
     assert [r.split(" | ")[0] for r in rows] == [f"| C{i}" for i in range(1, 13)]
-    for row in rows:  # five cells each: a "|" inside a cell is escaped
+    for row in rows:  # seven cells each: a "|" inside a cell is escaped
+        assert len(re.findall(r"(?<!\\)\|", row)) == 8, row
+    assert "n=2 < 3 seeds" in next(r for r in rows if r.startswith("| C1 "))  # two seeds: not checkable
+    assert "timed one at a time" in next(r for r in rows if r.startswith("| C12"))  # the criterion is shown
+    figures = md.split("## The paper's figures beside ours")[1].split("## Claims")[0]
+    for row in (line for line in figures.splitlines() if line.startswith("| C")):
         assert len(re.findall(r"(?<!\\)\|", row)) == 6, row
-    assert "not a V100" in next(r for r in rows if r.startswith("| C12"))  # how each claim was judged
 
 
 def test_resume_of_finished_study_rewrites_same_report(study, tmp_path):

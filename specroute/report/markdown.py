@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
 
-from specroute.report.summary import paper_figures
+from specroute.claims import NOT_CHECKABLE, evaluate_claims, paper_figures
+from specroute.claims.paper import PARAMS as PAPER_PARAMS
+from specroute.claims.paper import SEEDS
+from specroute.claims.paper import STEPS as PAPER_STEPS
+from specroute.claims.stats import fmt_interval
 
 #: The paper's per-seed figure for (claim of a comparison, metric), from docs/CLAIMS.md.
 PAPER_WINS = {
-    ("C1", "avg_lm"): "3/3 (C1)",
-    ("C1", "threshold_hits"): "3/3 (C2)",
-    ("C7", "best_lm"): "3/3 (C7)",
-    ("C7", "avg_lm"): "3/3 (C7)",
-    ("C7", "threshold_hits"): "3/3 (C8)",
+    ("C1", "avg_lm"): f"{SEEDS}/{SEEDS} (C1)",
+    ("C1", "threshold_hits"): f"{SEEDS}/{SEEDS} (C2)",
+    ("C7", "best_lm"): f"{SEEDS}/{SEEDS} (C7)",
+    ("C7", "avg_lm"): f"{SEEDS}/{SEEDS} (C7)",
+    ("C7", "threshold_hits"): f"{SEEDS}/{SEEDS} (C8)",
     ("C9", "avg_lm"): "advantage disappears (C9)",
 }
 
@@ -36,18 +39,12 @@ def pm(a: dict[str, Any], metric: str, digits: int = 4) -> str:
 
 
 def _cell(text: Any) -> str:
-    """Text for a markdown table cell (a literal ``|`` would end the cell)."""
-    return str(text).replace("|", "\\|")
+    """Text for a markdown table cell (a literal ``|`` would end the cell, a newline the row)."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def evaluate_claims_if_available(summary: dict[str, Any]) -> list[dict[str, Any]] | None:
-    """The single call site of the claims evaluator (``specroute.claims.evaluate_claims``); None when
-    that module is not part of this installation."""
-    if importlib.util.find_spec("specroute.claims") is None:
-        return None
-    from specroute.claims import evaluate_claims
-
-    return evaluate_claims(summary)
+def _row(*cells: Any) -> str:
+    return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
 def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
@@ -125,13 +122,19 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
             if a["mean"].get("latent_variance") is not None:
                 lines.append(f"| {a['label']} | {pm(a, 'latent_variance', 5)} | {pm(a, 'latent_effective_rank', 2)} |")
     lines += ["", "## Per-seed comparisons", "",
-              "Wins of *better* over *worse* on the same seed: a strictly lower `avg_lm` / `best_lm`; for "
-              "threshold hits, every threshold reached no later and one strictly sooner.", "",
-              "| comparison | better | worse | metric | ours | paper |", "|---|---|---|---|---|---|"]
+              "Per seed, *better* against *worse*: a win or loss when the difference (better - worse) exceeds "
+              "1.96 standard errors of the per-batch differences on the shared held-out batches, else a tie; "
+              "threshold hits win when every threshold is reached no later and one strictly sooner. Over "
+              "seeds: the mean difference with its 95% t interval and a two-sided sign-test p-value.", "",
+              "| comparison | better | worse | metric | wins / ties / losses | mean diff [95% interval] "
+              "| sign p | paper |", "|---|---|---|---|---|---|---|---|"]
     for c in summary["comparisons"]:
         paper = PAPER_WINS.get((c["claim"], c["metric"]), "–")
-        lines.append(f"| {c['id']} | {c['better']} | {c['worse']} | {c['metric']} | {c['wins']}/{c['n']} seeds "
-                     f"| {paper} |")
+        unit = "steps" if c["metric"] == "threshold_hits" else "nats"
+        diff = f"{c['mean_diff']:+.4g} {unit} {fmt_interval(c['interval'])}" if c["mean_diff"] is not None else "–"
+        lines.append(_row(c["id"], c["better"], c["worse"], c["metric"],
+                          f"{c['wins']} / {c['ties']} / {c['losses']} of {c['n']}", diff, f"{c['p_sign']:.2g}",
+                          paper))
     rows = paper_figures(summary)
     if rows:
         lines += ["", "## The paper's figures beside ours", "",
@@ -140,24 +143,25 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
             digits = 4 if r["unit"] == "nats" else 2
             ours = f"{r['ours']:.{digits}f}{'×' if r['unit'] == 'x' else ''}" if r["ours"] is not None else "–"
             paper = f"{r['paper']:.{digits}f}{'×' if r['unit'] == 'x' else ''}"
-            lines.append(f"| {r['claim']} | {r['what']} | {ours} | {paper} | {r['note']} |")
-    lines += ["", "## Claims", ""]
-    verdicts = evaluate_claims_if_available(summary)
-    if verdicts is None:
-        lines.append("The claims evaluator (`specroute.claims`) is not installed; no verdicts.")
-    else:
-        lines += ["| claim | statement | verdict | numbers | how judged |", "|---|---|---|---|---|"]
-        for v in verdicts:
-            cells = [_cell(v.get(k, "")) for k in ("id", "statement", "verdict", "numbers", "explanation")]
-            lines.append("| {} | {} | **{}** | {} | {} |".format(*cells))
+            lines.append(_row(r["claim"], r["what"], ours, paper, r["note"]))
+    lines += ["", "## Claims", "",
+              "Judged by `specroute.claims` on the arms of the study's declared roles; every criterion and margin "
+              "is in docs/CLAIMS.md. C10's label measurement and C11's paper-profile proxies come from "
+              "`specroute verify --claims REPORT`.", "",
+              "| claim | statement | verdict | n | effect [95% interval] | numbers | criterion |",
+              "|---|---|---|---|---|---|---|"]
+    for v in evaluate_claims(summary):
+        verdict = f"**{v.label}**" + ("" if v.verdict == NOT_CHECKABLE else f" ({v.reason})")
+        lines.append(_row(v.id, v.statement, verdict, "–" if v.n is None else v.n, v.effect_text, v.numbers,
+                          v.criterion))
     lines += ["", "## Plots", ""]
     for name, rel in plots.items():
         lines += [f"![{name}]({rel})", ""]
     lines += [
         "## Reading these numbers", "",
-        f"Profile `{summary['profile']}`: {_scale_note(summary)} The paper's figures come from a 157.5M-parameter "
-        "model trained 20k steps on fineweb-edu on a V100; an empirical claim can come out either way at "
-        "another scale, and nothing here is tuned toward the paper's numbers. Wall times are measured on "
+        f"Profile `{summary['profile']}`: {_scale_note(summary)} The paper's figures come from a "
+        f"{PAPER_PARAMS / 1e6:.1f}M-parameter model trained {PAPER_STEPS // 1000}k steps on fineweb-edu on a "
+        "V100; an empirical claim can come out either way at another scale. Wall times are measured on "
         f"{env['device']} with {env['threads']} threads and include evaluation.",
         "",
     ]

@@ -11,15 +11,19 @@ Layout (a contract: the claims evaluator reads it)::
                                           "threshold_hits": {"<tau>": step_or_null},
                                           "grad_norm": {"mean", "median"},
                                           "full_fraction": {"train": {"<layer>": x}, "eval": {...}},
-                                          "flops_proxy", "wall_s", "latent": {...} or null, ...}},
+                                          "flops_proxy", "wall_s", "latent": {...} or null,
+                                          "lm_by_batch": {"avg_lm" | "best_lm" | "final_lm": [x per
+                                                          held-out batch]} or null, ...}},
                     "mean": {metric: x}, "std": {metric: x}}},
-     "comparisons": [{"id", "better", "worse", "claim", "metric", "wins", "n"}],
+     "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
+     "comparisons": [{"id", "claim", "better", "worse", "metric", "n", "wins", "ties", "losses",
+                      "mean_diff", "interval", "p_sign", "per_seed": [...]}],
      "wall_s"}
 
-``std`` is the sample standard deviation over seeds (ddof 1; 0 for a single seed). A comparison's
-``wins`` counts the seeds where ``better`` beats ``worse``: for ``avg_lm`` / ``best_lm`` / ``final_lm``
-a strictly lower value; for ``threshold_hits`` reaching every threshold no later and at least one
-strictly sooner (never reaching a threshold counts as later than any step).
+``std`` is the sample standard deviation over seeds (ddof 1; 0 for a single seed). A comparison is
+:func:`specroute.claims.stats.paired`: per seed a win, tie (within the noise over held-out batches) or
+loss of ``better`` against ``worse``; over seeds the mean difference (better - worse), its 95% interval
+and a sign-test p-value. ``roles`` are the study's declared claim roles (:mod:`specroute.spec.roles`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import math
 import statistics
 from typing import Any
 
+from specroute.claims.stats import paired
 from specroute.spec.loader import Resolved
 from specroute.spec.models import RunSpec
 
@@ -61,26 +66,6 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def threshold_faster(a: dict[str, int | None], b: dict[str, int | None]) -> bool:
-    """Whether hits ``a`` are faster than ``b``: every threshold no later, at least one sooner."""
-    inf = math.inf
-    pairs = [(inf if a[k] is None else a[k], inf if b.get(k) is None else b[k]) for k in a]
-    return bool(pairs) and all(x <= y for x, y in pairs) and any(x < y for x, y in pairs)
-
-
-def seed_wins(better: dict[str, Any], worse: dict[str, Any], metric: str) -> tuple[int, int]:
-    """(wins, n) of ``better`` over ``worse`` on their common seeds for ``metric``."""
-    common = sorted(set(better["seeds"]) & set(worse["seeds"]), key=int)
-    wins = 0
-    for s in common:
-        a, b = better["seeds"][s], worse["seeds"][s]
-        if metric == "threshold_hits":
-            wins += threshold_faster(a["threshold_hits"], b["threshold_hits"])
-        else:
-            wins += a[metric] < b[metric]
-    return wins, len(common)
-
-
 def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
     per_seed = {str(s): seeds[s] for s in sorted(seeds)}
     mean, std = {}, {}
@@ -109,13 +94,13 @@ def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, in
             arms[arm] = arm_entry(study.arms[arm].label, resolved.arm_spec(arm), results[arm])
     thresholds = any(a["lm_thresholds"] for a in arms.values())
     comparisons = []
+    partial = {"arms": arms}
     for c in study.comparisons:
         if c.better not in arms or c.worse not in arms:
             continue
         for metric in (*LM_METRICS, *(("threshold_hits",) if thresholds else ())):
-            wins, n = seed_wins(arms[c.better], arms[c.worse], metric)
-            comparisons.append({"id": c.id, "better": c.better, "worse": c.worse, "claim": c.claim,
-                                "metric": metric, "wins": wins, "n": n})
+            stats = paired(partial, c.better, c.worse, metric).as_dict()
+            comparisons.append({"id": c.id, "claim": c.claim, **stats})
     info = backbone.info
     return {
         "study": study.name,
@@ -128,58 +113,8 @@ def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, in
                      "wall_s": info["wall_s"], "initial_lm": info.get("initial_lm"), "source": info["source"],
                      "wall_s_trained": info.get("wall_s_trained", info["wall_s"])},
         "arms": arms,
+        "roles": study.roles.declared(),
+        "equivalence_margin_nats": study.equivalence_margin_nats,
         "comparisons": comparisons,
         "wall_s": wall_s,
     }
-
-
-# --------------------------------------------------------------------------------------------------
-# derived figures the paper reports (the report puts them beside the paper's)
-
-
-def find_arm(summary: dict[str, Any], gate: str, utilrank: bool) -> str | None:
-    """First arm with this gate and util/rank on (util or rank > 0) or off; None if none."""
-    for name, a in summary["arms"].items():
-        on = a["loss"]["util"] > 0 or a["loss"]["rank"] > 0
-        if a["gate"] == gate and on == utilrank:
-            return name
-    return None
-
-
-def ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b not in (None, 0) else None
-
-
-def paper_figures(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Our figure beside the paper's for C3 (grad-norm ratio), C4 (endpoint gap), C11 (FLOPs proxy)
-    and C12 (wall time). Each row: claim, what, ours (number or None), paper, note."""
-    arms = summary["arms"]
-    g1u, g3u = find_arm(summary, "G1", True), find_arm(summary, "G3", True)
-    g1l, g3l = find_arm(summary, "G1", False), find_arm(summary, "G3", False)
-    mean = lambda arm, m: arms[arm]["mean"].get(m) if arm else None  # noqa: E731
-    rows = []
-    if g1u and g3u:
-        per_seed = [arms[g1u]["seeds"][s]["grad_norm"]["mean"] / arms[g3u]["seeds"][s]["grad_norm"]["mean"]
-                    for s in sorted(set(arms[g1u]["seeds"]) & set(arms[g3u]["seeds"]), key=int)]
-        rows.append({"claim": "C3", "what": f"grad-norm ratio G1/G3 under util/rank ({g1u} / {g3u})",
-                     "ours": ratio(mean(g1u, "grad_norm"), mean(g3u, "grad_norm")), "paper": 10.3,
-                     "unit": "x", "note": "per seed: " + ", ".join(f"{r:.2f}x" for r in per_seed)})
-        gap = [abs(arms[g3u]["seeds"][s]["final_lm"] - arms[g1u]["seeds"][s]["final_lm"])
-               for s in sorted(set(arms[g1u]["seeds"]) & set(arms[g3u]["seeds"]), key=int)]
-        rows.append({"claim": "C4", "what": f"|final_lm G3 - G1| under util/rank ({g3u}, {g1u})",
-                     "ours": statistics.fmean(gap) if gap else None, "paper": 0.005, "unit": "nats",
-                     "note": "paper: within 0.005 at 20k steps; per seed: " + ", ".join(f"{g:.4f}" for g in gap)})
-    for arm, paper, label in ((g1u, 1.53, "with util/rank"), (g3u, 1.53, "with util/rank"),
-                              (g1l, 1.07, "without util/rank"), (g3l, 1.07, "without util/rank")):
-        if arm:
-            rows.append({"claim": "C11", "what": f"training FLOPs proxy {label} ({arm})",
-                         "ours": mean(arm, "flops_proxy"), "paper": paper, "unit": "x",
-                         "note": "analytic, denominator controller_only"})
-    for lm_arm, ur_arm in ((g1l, g1u), (g3l, g3u)):
-        if lm_arm and ur_arm:
-            r = ratio(mean(lm_arm, "wall_s"), mean(ur_arm, "wall_s"))
-            rows.append({"claim": "C12", "what": f"wall time without / with util/rank ({lm_arm} / {ur_arm})",
-                         "ours": r, "paper": 1.75 / 2.87, "unit": "x",
-                         "note": f"paper 2.87 h -> 1.75 h (-39%); ours {mean(ur_arm, 'wall_s'):.1f} s -> "
-                                 f"{mean(lm_arm, 'wall_s'):.1f} s" + (f" ({(r - 1) * 100:+.0f}%)" if r else "")})
-    return rows

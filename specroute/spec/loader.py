@@ -18,12 +18,13 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from specroute.spec.roles import role_problems
 from specroute.spec.models import DEFAULT_KINDS, RunSpec, StudySpec
 
 #: Top-level keys that only the loader reads (they are consumed before validation).
 LOADER_KEYS = ("extends", "profiles", "default_profile")
 #: StudySpec keys that do not belong to a run.
-STUDY_KEYS = ("profile", "seeds", "arms", "gates", "comparisons")
+STUDY_KEYS = ("profile", "seeds", "arms", "gates", "comparisons", "roles", "equivalence_margin_nats")
 
 Path_ = tuple[str, ...]
 
@@ -331,6 +332,10 @@ def load_study(
             resolved.arm_spec(arm)
         except SpecError as e:
             problems.extend(e.problems)
+    if not problems:
+        for path, reason in role_problems(study.roles, resolved.arm_spec):
+            where = _lookup(provenance, tuple(path.split("."))) or (str(source), None)
+            problems.append((where[0], path, where[1], reason))
     if problems:
         raise SpecError(problems)
     return resolved

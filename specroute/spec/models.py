@@ -23,6 +23,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
+from specroute.spec.roles import RolesSpec
+
 #: Kind a discriminated-union field takes when its mapping leaves ``kind`` out (the field's default).
 DEFAULT_KINDS = {"gate": "G1", "data": "embedded"}
 
@@ -469,6 +471,16 @@ class StudySpec(RunSpec):
     comparisons: list[ComparisonSpec] = Field(
         default_factory=list, description="Per-seed arm comparisons the report makes."
     )
+    roles: RolesSpec = Field(
+        default_factory=RolesSpec,
+        description="Which arm plays which part in the paper's claims (docs/CLAIMS.md); the claims "
+        "evaluator reads these and never guesses an arm.",
+    )
+    equivalence_margin_nats: float = Field(
+        0.005, gt=0, le=1,
+        description="LM difference (nats/token) within which two arms count as equivalent: C6's margin, "
+        "and the 'no effect' bound of the seed claims (default: the paper's 0.005, C4).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -494,6 +506,9 @@ class StudySpec(RunSpec):
                         f"comparisons: comparison {c.id!r} names arm {arm!r}, which is not one of "
                         f"{sorted(self.arms)}"
                     )
+        for path, arm in self.roles.arm_names():
+            if arm not in self.arms:
+                raise ValueError(f"roles.{path}: names arm {arm!r}, which is not one of {sorted(self.arms)}")
         return self
 
 

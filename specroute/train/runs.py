@@ -148,4 +148,16 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
         "flops_proxy": flops_proxy(spec, "controller_only", full_fraction=realised),
         "wall_s": wall_s,
         "latent": evals[-1].get("latent"),
+        "lm_by_batch": _lm_by_batch(evals, values),
     }
+
+
+def _lm_by_batch(evals: list[dict[str, Any]], values: list[float]) -> dict[str, list[float]] | None:
+    """``avg_lm``, ``best_lm`` and ``final_lm`` per fixed held-out batch (each metric is the mean of its
+    list), so that two runs' difference has a standard error over batches; None for an older history."""
+    batches = [e.get("lm_batches") for e in evals]
+    if not batches or any(b is None for b in batches):
+        return None
+    best = values.index(min(values))
+    return {"avg_lm": [statistics.fmean(col) for col in zip(*batches)], "best_lm": list(batches[best]),
+            "final_lm": list(batches[-1])}

@@ -101,12 +101,14 @@ class ControllerStage:
         return terms.total, record
 
     def evaluate(self) -> dict[str, Any]:
-        lm, full = 0.0, {str(l): 0.0 for l in self.spec.routing.controlled_layers}
+        """Held-out LM (nats/token; ``lm_batches`` per fixed evaluation batch, the noise the claims' per-seed
+        ties rest on), realised full fraction per controlled layer, and G3's latent statistics."""
+        lm_batches, full = [], {str(l): 0.0 for l in self.spec.routing.controlled_layers}
         latents: dict[int, list[Tensor]] = {}
         with torch.no_grad(), self.device.autocast():
             for idx, targets in self.batches:
                 out = self.model(idx)
-                lm += token_ce(out.logits_BTV, targets).mean().item()
+                lm_batches.append(token_ce(out.logits_BTV, targets).mean().item())
                 for rec in out.routing:
                     full[str(rec.layer)] += rec.full_fraction
                     if rec.gate is not None and rec.gate.pred_full_BTK is not None:
@@ -114,7 +116,8 @@ class ControllerStage:
                                            rec.gate.pred_cheap_BTK)
                         latents.setdefault(rec.layer, []).append(pred.reshape(-1, pred.shape[-1]).float())
         n = len(self.batches)
-        result: dict[str, Any] = {"lm": lm / n, "full_fraction": {k: v / n for k, v in full.items()}}
+        result: dict[str, Any] = {"lm": sum(lm_batches) / n, "lm_batches": lm_batches,
+                                  "full_fraction": {k: v / n for k, v in full.items()}}
         result["latent"] = latent_metrics(latents) if latents else None
         return result
 

@@ -6,11 +6,14 @@
   denominator) of every shipped spec (C11, S1);
 - measured-vs-analytic agreement of the FLOP counters and the oracle label equivalences (max errors);
 - the status of every verifier on every shipped spec (a pass that turns into a fail is a regression);
-- the claim verdicts of a micro study (``reports/reference/micro/summary.json``, committed) together with
-  the mechanism measurement (C10) and the paper-profile proxies (C11).
+- the micro study (``reports/reference/micro.yaml``; its summary is committed): its per-arm LM means, its
+  mechanism measurement (C10) and its claim verdicts. Their tolerances come from
+  :mod:`specroute.verify.spread` — the micro study rerun under other CPU kernel sets and core counts — and a
+  verdict that any of those variants changes is recorded as *fragile*: reported, never a failure.
 
 :func:`collect` recomputes all of it; :func:`compare` lists what flipped or drifted beyond its tolerance.
-``write_reference`` refreshes the file (after a deliberate change, reviewed like code).
+``specroute verify --regression FILE --update-reference`` refreshes the file (after a deliberate change,
+reviewed like code).
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ from pathlib import Path
 from typing import Any
 
 from specroute.accounting import flops_report
-from specroute.claims import evaluate_claims, load_summary, paper_proxies
+from specroute.claims import evaluate_claims, load_summary, mechanism_input, paper_proxies
+from specroute.store import atomic_write_text
 from specroute.verify.common import Context
-from specroute.verify.oracle import measure_mechanism
 from specroute.verify.runner import default_specs, run_verification
 
-FORMAT = 1
+FORMAT = 2
 #: The committed micro study: its spec and its summary (paths relative to the repository root).
 MICRO_SPEC = "reports/reference/micro.yaml"
 MICRO_SUMMARY = "reports/reference/micro/summary.json"
@@ -38,11 +41,12 @@ CHECK_VALUES = {
 #: Absolute tolerances of those numbers (errors: any value up to the tolerance is fine).
 ERROR_TOLERANCE = {"rel_err": 0.01, "max_err": 1e-5, "equal_err": 1e-5, "max_diff": 1e-5}
 ANALYTIC_RTOL = 1e-9
-MECHANISM_ATOL = 0.05
 
 
 #: Verdicts that rest on wall-clock time: recorded, never compared.
 NONDETERMINISTIC = frozenset({"C12"})
+#: The micro study's per-arm means pinned by the regression.
+LM_VALUES = ("avg_lm", "best_lm", "final_lm")
 
 
 def collect(specs: list[Path] | None = None, micro_summary: Path | None = None, micro_spec: Path | None = None,
@@ -77,25 +81,19 @@ def collect(specs: list[Path] | None = None, micro_summary: Path | None = None, 
 
 
 def micro_verdicts(summary_path: Path, spec_path: Path | None = None) -> dict[str, Any]:
-    """The claim verdicts of the micro study's summary, with C10 measured on the study's spec and C11
-    at its paper profile."""
+    """The micro study's claim verdicts (C10 measured on its spec, C11 at its paper profile) and its
+    per-arm LM means (``values``: "ARM.metric" -> nats/token)."""
     summary = load_summary(summary_path)
     spec_path = spec_path or Path("specs") / f"{summary['study']}.yaml"
-    mech = None
-    proxies = None
+    mech = proxies = None
     if spec_path.is_file():
-        from specroute.spec import load_study
-
-        resolved = load_study(spec_path)
-        oracle_arms = [resolved.arm_spec(a) for a in resolved.study.arms if resolved.arm_spec(a).loss.uses_oracle]
-        if oracle_arms:
-            m = measure_mechanism(oracle_arms[0])
-            mech = {k: m[k] for k in ("spearman", "sign_flips", "full_share", "tokens")}
-        proxies = paper_proxies(spec_path)
+        mech, proxies = mechanism_input(spec_path), paper_proxies(spec_path)
     verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies)
+    values = {f"{arm}.{m}": a["mean"][m] for arm, a in summary["arms"].items() for m in LM_VALUES
+              if a["mean"].get(m) is not None}
     return {"summary": _relative(summary_path), "spec": _relative(spec_path),
-            "verdicts": {v["id"]: v["verdict"] for v in verdicts},
-            "numbers": {v["id"]: v["numbers"] for v in verdicts}, "mechanism": mech, "paper_proxies": proxies}
+            "verdicts": {v.id: v.verdict for v in verdicts}, "numbers": {v.id: v.numbers for v in verdicts},
+            "mechanism": mech, "paper_proxies": proxies, "values": values}
 
 
 def _relative(path: Path) -> str:
@@ -107,8 +105,9 @@ def _relative(path: Path) -> str:
 
 
 def compare(reference: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """What regressed: a verdict or check status that flipped, a value beyond its tolerance, something
-    the reference has that the current run lacks. Empty when all is well."""
+    """What regressed: a pinned verdict or a check status that flipped, a value beyond its tolerance,
+    something the reference has that the current run lacks. Empty when all is well. Fragile verdicts
+    (:func:`fragile`) are not compared."""
     problems = []
     for key, ref in reference.get("values", {}).items():
         cur = current.get("values", {}).get(key)
@@ -127,22 +126,42 @@ def compare(reference: dict[str, Any], current: dict[str, Any]) -> list[str]:
             problems.append(f"check {key}: {status} -> {cur}")
     ref_micro, cur_micro = reference.get("micro"), current.get("micro")
     if ref_micro and cur_micro:
-        for cid, verdict in ref_micro["verdicts"].items():
-            if cid in NONDETERMINISTIC:
-                continue
+        for cid, verdict in ref_micro.get("verdicts", {}).items():
             now = cur_micro["verdicts"].get(cid)
-            if now != verdict:
+            if cid not in NONDETERMINISTIC and now != verdict:
                 problems.append(f"claim {cid}: verdict {verdict!r} -> {now!r} "
                                 f"({cur_micro.get('numbers', {}).get(cid, '')})")
-        for key in ("spearman", "sign_flips"):
-            a, b = (ref_micro.get("mechanism") or {}).get(key), (cur_micro.get("mechanism") or {}).get(key)
-            if a is not None and (b is None or abs(a - b) > MECHANISM_ATOL):
-                problems.append(f"mechanism {key}: {b} drifted from {a} (atol {MECHANISM_ATOL})")
+        for key, ref in ref_micro.get("values", {}).items():
+            now = cur_micro.get("values", {}).get(key)
+            if now is None or abs(now - ref["value"]) > ref["atol"]:
+                problems.append(f"micro {key}: {now!r} drifted from {ref['value']!r} (atol {ref['atol']:.3g})")
+        for key, ref in ref_micro.get("mechanism", {}).items():
+            now = (cur_micro.get("mechanism") or {}).get(key)
+            if now is None or abs(now - ref["value"]) > ref["atol"]:
+                problems.append(f"mechanism {key}: {now!r} drifted from {ref['value']!r} (atol {ref['atol']:.3g})")
     return problems
 
 
+def fragile(reference: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """The fragile verdicts (those another CPU's kernels or core count change), as found now: reported,
+    never failures."""
+    ref_micro, cur_micro = reference.get("micro") or {}, current.get("micro") or {}
+    return [f"claim {cid}: {cur_micro.get('verdicts', {}).get(cid)!r} here; across CPU variants {seen}"
+            for cid, seen in ref_micro.get("fragile", {}).items()]
+
+
+def refresh(specs: list[Path], ctx: Context, micro_spec: Path, micro_summary: Path, work: Path,
+            on_variant: Any = None) -> dict[str, Any]:
+    """A new reference: every value recomputed, the micro study rerun under every CPU variant
+    (:mod:`specroute.verify.spread`), its summary on this machine committed to ``micro_summary``."""
+    from specroute.verify.spread import measure, pin
+
+    current = collect(specs, ctx=ctx)
+    results = measure(micro_spec, work, on_variant=on_variant)
+    atomic_write_text(micro_summary, (work / "0" / "report" / "summary.json").read_text(encoding="utf-8"))
+    current["micro"] = {**pin(results), "summary": _relative(micro_summary), "spec": _relative(micro_spec)}
+    return current
+
+
 def write_reference(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")

@@ -48,7 +48,6 @@ VERIFIERS: tuple[Verifier, ...] = (
     Verifier("gradients.extreme", gradients.extreme, _RECIPE, "finite under extreme hidden states"),
     Verifier("oracle.brute_force", oracle.brute_force, _RECIPE, "batched labels == brute force"),
     Verifier("oracle.policy_equivalence", oracle.policy_equivalence, _SHAPE, "off == on iff later layers full"),
-    Verifier("oracle.mechanism", oracle.mechanism, _RECIPE, "off- vs on-policy disagreement (C10)"),
     Verifier("flops.fvcore_dense", flops.fvcore_dense, _SHAPE, "fvcore dense forward == analytic"),
     Verifier("flops.counters_agree", flops.counters_agree, _SHAPE, "fvcore == FlopCounterMode (forward)"),
     Verifier("flops.routed_forward", flops.routed_forward, _SHAPE, "routed forward == analytic; no zero op"),
