@@ -146,7 +146,8 @@ def fragile(reference: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """The fragile verdicts (those another CPU's kernels or core count change), as found now: reported,
     never failures."""
     ref_micro, cur_micro = reference.get("micro") or {}, current.get("micro") or {}
-    return [f"claim {cid}: {cur_micro.get('verdicts', {}).get(cid)!r} here; across CPU variants {seen}"
+    return [f"claim {cid}: {cur_micro.get('verdicts', {}).get(cid)!r} here; across CPU variants "
+            + ", ".join(f"{name} {verdict!r}" for name, verdict in seen)
             for cid, seen in ref_micro.get("fragile", {}).items()]
 
 

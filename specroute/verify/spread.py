@@ -34,11 +34,14 @@ class Variant(NamedTuple):
 
 
 #: This machine first (its run is the reference), then kernel sets and core counts of other machines.
-VARIANTS = (Variant(None, 2), Variant(None, 1), Variant(None, 4), Variant("avx2", 2), Variant("default", 2),
-            Variant("default", 1))
-#: Tolerance of a pinned value: this many times the largest deviation seen, at least the floor.
-SAFETY = 3.0
-FLOOR = {"lm": 2e-3, "mechanism": 0.02}
+VARIANTS = (Variant(None, 2), Variant(None, 1), Variant(None, 4), Variant(None, 8), Variant("avx2", 2),
+            Variant("avx2", 1), Variant("default", 2), Variant("default", 1))
+#: Tolerance of a pinned value: this many times the largest deviation seen, at least the floor. The
+#: variants are stand-ins: a real other CPU (an AVX-512 Xeon against the machine that made an earlier
+#: reference) moved the micro study's LM means by up to 6.8e-3 nats, about three times these variants'
+#: largest deviation; hence the factor and the floor.
+SAFETY = 4.0
+FLOOR = {"lm": 0.01, "mechanism": 0.05}
 
 
 def run_variant(variant: Variant, spec: Path, out: Path) -> dict[str, Any]:
@@ -83,8 +86,8 @@ def pin(results: list[tuple[Variant, dict[str, Any]]]) -> dict[str, Any]:
             mech[key] = {"value": seen[0], "atol": max(SAFETY * dev, FLOOR["mechanism"]), "spread": dev}
     return {**{k: base[k] for k in ("summary", "spec", "numbers", "paper_proxies")},
             "verdicts": {cid: seen[0] for cid, seen in verdicts.items() if len(set(seen)) == 1},
-            "fragile": {cid: dict(zip((v.name for v, _ in results), seen)) for cid, seen in verdicts.items()
-                        if len(set(seen)) > 1},
+            "fragile": {cid: [[v.name, verdict] for (v, _), verdict in zip(results, seen)]
+                        for cid, seen in verdicts.items() if len(set(seen)) > 1},
             "values": values, "mechanism": mech, "variants": [v.name for v, _ in results]}
 
 
