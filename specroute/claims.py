@@ -424,7 +424,7 @@ def load_summary(path: str | Path) -> dict[str, Any]:
 def paper_proxies(spec_path: str | Path) -> dict[str, float] | None:
     """C11's figures: the analytic proxies (controller_only, masked) of the spec's util/rank and no-util/rank
     arms at its paper profile, averaged over gates; None without a paper profile or such arms."""
-    from specroute.model.cost import flops_proxy
+    from specroute.flops.analytic import flops_proxy
     from specroute.spec import SpecError, load_study
 
     try:

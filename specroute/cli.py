@@ -70,7 +70,7 @@ def _passive_threads() -> None:
 def validate(spec: SpecArg, profile: ProfileOpt = None, set_: SetOpt = None, arm: ArmOpt = None,
              json_out: Annotated[bool, typer.Option("--json", help="Print the resolved spec as JSON.")] = False):
     """Resolve and validate a spec; print the resolved spec and its parameter count."""
-    from specroute.model.cost import count_params
+    from specroute.flops.analytic import count_params
     from specroute.report.console import print_spec
     from specroute.spec.loader import dump_run
 
@@ -327,7 +327,7 @@ def flops(spec: SpecArg, profile: ProfileOpt = None,
           json_out: Annotated[bool, typer.Option("--json", help="Print the accounting as JSON.")] = False):
     """Parameters, training FLOPs per step by component, the proxy under every reading, and the paper's
     1.53x / 1.07x beside ours."""
-    from specroute.accounting import flops_report
+    from specroute.flops.accounting import flops_report
     from specroute.report.console import print_flops
 
     rep = flops_report(spec, profile)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from specroute.bench.runner import BUDGETS, HF_MISSING, OtherLoad, full_training, realised_share, shrink
 from specroute.cli import app
-from specroute.model.cost import step_macs
+from specroute.flops.analytic import step_macs
 from specroute.spec import load_study
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"

@@ -11,7 +11,7 @@ from tiny import G3, tiny_spec, tokens
 from torch.testing import assert_close
 
 from specroute.losses import lm_loss
-from specroute.model.cost import count_params
+from specroute.flops.analytic import count_params
 from specroute.model.decoder import Decoder, NonCausalRoutingError, build_model, decide
 from specroute.spec.loader import rebuild
 from specroute.spec.models import BudgetSpec, ceil_budget

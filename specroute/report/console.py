@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from specroute.model.cost import count_params
+from specroute.flops.analytic import count_params
 
 
 def millions(n: int) -> str:
@@ -78,9 +78,9 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
 
 
 def print_flops(console: Console, rep: dict[str, Any]) -> None:
-    """The FLOPs report of :func:`specroute.accounting.flops_report`: parameters, GFLOPs per step by
+    """The FLOPs report of :func:`specroute.flops.accounting.flops_report`: parameters, GFLOPs per step by
     component for each execution, the proxy under every denominator, and the paper comparison."""
-    from specroute.accounting import COMPONENTS, EXECUTIONS
+    from specroute.flops.accounting import COMPONENTS, EXECUTIONS
 
     st = rep["step"]
     console.print(f"[bold]{rep['study']}[/] (profile: [cyan]{rep['profile']}[/]): one step = {st['batch_size']} x "

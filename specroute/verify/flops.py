@@ -1,4 +1,4 @@
-"""Parameters and FLOPs: the analytic cost model (:mod:`specroute.model.cost`) against real counts.
+"""Parameters and FLOPs: the analytic cost model (:mod:`specroute.flops.analytic`) against real counts.
 
 - ``params.analytic``: ``count_params`` equals ``sum(p.numel())`` per group on the built model (the shrunk
   model and, when it is small enough to build quickly, the spec's own model).
@@ -7,7 +7,7 @@
 - ``flops.fvcore_dense``: fvcore's forward count of the dense model equals the analytic one within 1%
   (tiny and medium configs).
 - ``flops.counters_agree``: fvcore and FlopCounterMode agree on the forward (dense, masked, gather) once
-  their conventions are aligned (:mod:`specroute.model.flop_count`).
+  their conventions are aligned (:mod:`specroute.flops.counters`).
 - ``flops.routed_forward``: the routed forward (masked and gather, at the realised full share) matches
   the analytic ``routed_forward + gate`` within 1%, and no routed op is counted as zero: every controlled
   layer's full FFN, cheap FFN and gate have non-zero counts under both counters, and neither counter
@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from specroute.losses import compute_losses
-from specroute.model.cost import DENOMINATORS, count_params, dense_step_macs, step_macs
+from specroute.flops.analytic import DENOMINATORS, count_params, dense_step_macs, step_macs
 from specroute.model.decoder import Decoder
-from specroute.model.flop_count import CountMACs, forward_macs_mode, fvcore_forward_macs
+from specroute.flops.counters import CountMACs, forward_macs_mode, fvcore_forward_macs
 from specroute.spec.models import RunSpec
 from specroute.verify.common import (CheckResult, Context, Target, result, run_property, seeded_model, shrink,
                                      skipped, tokens, variant)

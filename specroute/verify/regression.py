@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from specroute.accounting import flops_report
+from specroute.flops.accounting import flops_report
 from specroute.claims import evaluate_claims, load_summary, paper_proxies
 from specroute.verify.common import Context
 from specroute.verify.oracle import measure_mechanism
