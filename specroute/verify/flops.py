@@ -151,8 +151,8 @@ def routed_forward(target: Target, ctx: Context) -> CheckResult:
                 if uncounted:
                     problems.append(f"{name}/{execution}: {counter} skipped {uncounted}")
             for layer, share in zip(s.routing.controlled_layers, shares):
-                need = ["gate"] + (["ffn"] if share > 0 else [])
-                need += ["cheap"] if share < 1 and s.routing.cheap_ffn_hidden else []
+                need = ["routed_ffn.gate"] + (["ffn"] if share > 0 else [])
+                need += ["routed_ffn.cheap"] if share < 1 and s.routing.cheap_ffn_hidden else []
                 for part in need:
                     key = f"blocks.{layer}.{part}"
                     for counter, counts in (("fvcore", fv.by_module), ("FlopCounterMode", mo.by_module)):
@@ -178,19 +178,19 @@ def execution_savings(target: Target, ctx: Context) -> CheckResult:
     problems, rows = [], []
     for layer, f in zip(spec.routing.controlled_layers, shares):
         d = dense.get(f"blocks.{layer}.ffn", 0)
-        m = masked.get(f"blocks.{layer}.ffn", 0) + masked.get(f"blocks.{layer}.cheap", 0)
-        g = gathered.get(f"blocks.{layer}.ffn", 0) + gathered.get(f"blocks.{layer}.cheap", 0)
-        cheap_all = masked.get(f"blocks.{layer}.cheap", 0)
+        m = masked.get(f"blocks.{layer}.ffn", 0) + masked.get(f"blocks.{layer}.routed_ffn.cheap", 0)
+        g = gathered.get(f"blocks.{layer}.ffn", 0) + gathered.get(f"blocks.{layer}.routed_ffn.cheap", 0)
+        cheap_all = masked.get(f"blocks.{layer}.routed_ffn.cheap", 0)
         want = f * d + (1 - f) * cheap_all
         if m < d:
             problems.append(f"layer {layer}: masked FFN step {m:,} < dense {d:,} (a saving masked cannot make)")
         if _rel(g, want) > FLOP_TOLERANCE:
             problems.append(f"layer {layer}: gather FFN step {g:,} != expected {int(want):,} at share {f:.3f}")
         rows.append(f"L{layer}: dense {d:,}, masked {m:,} ({m / d:.3f}x), gather {g:,} ({g / d:.3f}x)")
-    ratio_m = sum(masked.get(f"blocks.{l}.ffn", 0) + masked.get(f"blocks.{l}.cheap", 0)
+    ratio_m = sum(masked.get(f"blocks.{l}.ffn", 0) + masked.get(f"blocks.{l}.routed_ffn.cheap", 0)
                   for l in spec.routing.controlled_layers) / max(1, sum(dense.get(f"blocks.{l}.ffn", 0)
                                                                      for l in spec.routing.controlled_layers))
-    ratio_g = sum(gathered.get(f"blocks.{l}.ffn", 0) + gathered.get(f"blocks.{l}.cheap", 0)
+    ratio_g = sum(gathered.get(f"blocks.{l}.ffn", 0) + gathered.get(f"blocks.{l}.routed_ffn.cheap", 0)
                   for l in spec.routing.controlled_layers) / max(1, sum(dense.get(f"blocks.{l}.ffn", 0)
                                                                      for l in spec.routing.controlled_layers))
     return result("flops.execution", target, not problems,
