@@ -75,7 +75,7 @@ def oracle_labels(
         block = model.blocks[layer]
         h_in = rec.h_in_BTD.detach()
         x = block.ln2(h_in)
-        h_full, h_cheap = h_in + block.ffn(x), h_in + block._cheap(x)
+        h_full, h_cheap = h_in + block.ffn(x), h_in + block.routed_ffn.cheap_branch(x)
         if apart:
             ce = [token_ce(model.head(model.run_blocks(h, layer + 1, all_full=off)[0]), targets_BT)
                   for h in (h_full, h_cheap)]
@@ -135,7 +135,7 @@ def jepa_loss(model: Decoder, routing: list[LayerRouting]) -> Tensor:
     T(sg(h_after)), averaged over G3 layers, tokens and latent dims (docs/DESIGN.md, "Gates")."""
     terms = []
     for rec in routing:
-        gate = model.blocks[rec.layer].gate
+        gate = model.blocks[rec.layer].routed_ffn.gate
         if not isinstance(gate, G3Gate) or rec.gate is None:
             continue
         pred = torch.where(rec.full_BT.unsqueeze(-1), rec.gate.pred_full_BTK, rec.gate.pred_cheap_BTK)
@@ -164,11 +164,11 @@ def budget_loss(routing: list[LayerRouting], full_fraction: float) -> Tensor:
     """
     terms = []
     for r in routing:
-        if r.score_BT is None:
+        if r.gate is None:
             continue
-        s = r.score_BT.detach().float()
+        s = r.gate.score_BT.detach().float()
         tau = (BUDGET_TEMPERATURE * s.std(unbiased=False) + BUDGET_REACH * s.abs().min()).clamp_min(1e-6)
-        terms.append((torch.sigmoid(r.score_BT / tau).mean() - full_fraction) ** 2)
+        terms.append((torch.sigmoid(r.gate.score_BT / tau).mean() - full_fraction) ** 2)
     return torch.stack(terms).mean()
 
 
@@ -219,7 +219,7 @@ def compute_losses(
     if w.uses_oracle:
         layers = sample_label_layers(spec, generator)
         labels = oracle_labels(model, out, targets_BT, layers, w.oracle.labeling)
-        scores = {r.layer: r.score_BT for r in out.routing}
+        scores = {r.layer: r.gate.score_BT for r in out.routing}
         if w.util > 0:
             util = torch.stack([util_loss(scores[l], u, w.oracle) for l, u in labels.items()]).mean()
             total = total + w.util * util

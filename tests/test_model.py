@@ -7,11 +7,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import G3, tiny_spec, tokens
+from helpers import G3, SPECS, tiny_spec, tokens
 from torch.testing import assert_close
 
 from specroute.losses import lm_loss
-from specroute.model.cost import count_params
+from specroute.flops.analytic import count_params
 from specroute.model.decoder import Decoder, NonCausalRoutingError, build_model, decide
 from specroute.spec.loader import rebuild
 from specroute.spec.models import BudgetSpec, ceil_budget
@@ -200,9 +200,10 @@ def test_gather_under_bf16_autocast_keeps_the_branch_dtype():
         for model in (masked, gather):
             block = model.blocks[1]
             x = block.ln2(h)
-            p = torch.sigmoid(block.gate(h).score_BT)
-            run = block._masked if model is masked else block._gather
-            outs.append(run(x, full, p))
+            routed = block.routed_ffn
+            p = torch.sigmoid(routed.gate(h).score_BT)
+            run = routed._masked if model is masked else routed._gather
+            outs.append(run(x, block.ffn, full, p))
         assert outs[0].dtype == outs[1].dtype == torch.bfloat16
         assert_close(outs[0].float(), outs[1].float(), rtol=2e-2, atol=2e-2)
         assert_close(masked(tokens(2, 7)).logits_BTV.float(), gather(tokens(2, 7)).logits_BTV.float(),
@@ -306,7 +307,7 @@ def test_the_target_head_is_fixed_by_its_seed():
 def test_gate_init_bias_comes_from_the_spec():
     model = build_model(tiny_spec({"gate": {"init_bias": 1.5}}))
     for block in model.controlled_blocks():
-        assert block.gate.out.bias.item() == 1.5
+        assert block.routed_ffn.gate.score_head.bias.item() == 1.5
 
 
 def test_load_backbone_is_strict():
@@ -319,7 +320,7 @@ def test_load_backbone_is_strict():
     with pytest.raises(RuntimeError, match="missing"):
         b.load_backbone({k: v for k, v in state.items() if k != "ln_f.weight"})
     with pytest.raises(RuntimeError, match="unexpected"):
-        b.load_backbone({**state, "blocks.1.gate.out.bias": torch.zeros(1)})
+        b.load_backbone({**state, "blocks.1.routed_ffn.gate.score_head.bias": torch.zeros(1)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,9 +345,8 @@ def test_count_params_matches_the_built_model(g3, tied, cheap, bias):
 
 def test_count_params_of_the_paper_model_built_on_the_meta_device():
     from specroute.spec import load_study
-    from tiny import SPECS_DIR
 
-    resolved = load_study(SPECS_DIR / "a3.yaml", "paper")
+    resolved = load_study(SPECS / "a3.yaml", "paper")
     for arm in ("G3_lm",):  # G3: gate, predictor and target head (G1's count is checked on tiny specs)
         spec = resolved.arm_spec(arm)
         with torch.device("meta"):

@@ -201,7 +201,7 @@ def test_nan_under_extreme_hidden_states_is_caught(monkeypatch):
 
     monkeypatch.setattr(nn.LayerNorm, "forward", fragile)
     monkeypatch.setattr(decoder.G1Gate, "forward", lambda self, h: GateOut(
-        self.out(torch.exp(self.fc(h))).squeeze(-1)))  # an unbounded gate: overflows at large h
+        self.score_head(torch.exp(self.fc(h))).squeeze(-1)))  # an unbounded gate: overflows at large h
     assert gradients.extreme(t, CTX).status == "fail"
 
 
@@ -213,7 +213,7 @@ def test_threshold_budget_verifier_passes_with_the_budget_loss_and_bites_without
     assert ok.status == "pass", ok.detail
     # the first draft of the budget loss: the mean of sigmoid(score), not the realised share
     monkeypatch.setattr(losses, "budget_loss", lambda routing, b: torch.stack(
-        [(torch.sigmoid(r.score_BT).mean() - b) ** 2 for r in routing]).mean())
+        [(torch.sigmoid(r.gate.score_BT).mean() - b) ** 2 for r in routing]).mean())
     bad = budget.threshold_trained(t, ctx)
     assert bad.status == "fail"
     assert "realised full shares" in bad.detail

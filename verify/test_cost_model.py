@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from specroute.model.cost import DENOMINATORS, dense_step_macs, step_macs
+from specroute.flops.analytic import DENOMINATORS, dense_step_macs, step_macs
 from specroute.spec.models import RunSpec
 from specroute.verify.common import shrink
 from specroute.verify.flops import measure_step

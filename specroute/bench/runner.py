@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from specroute.losses import compute_losses, lm_loss
-from specroute.model.cost import dense_step_macs, flops_proxy, step_macs
+from specroute.flops.analytic import dense_step_macs, flops_proxy, step_macs
 from specroute.model.decoder import build_model
 from specroute.spec.loader import Resolved, rebuild
 from specroute.spec.models import RunSpec, ceil_budget

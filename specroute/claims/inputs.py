@@ -34,7 +34,7 @@ def paper_proxies(spec_path: str | Path) -> dict[str, Any] | None:
         {"readings": {execution: {denominator: {"utilrank": x, "lm": y}}}, "execution", "denominator",
         "why"}; None without a paper profile or without both recipes' roles.
     """
-    from specroute.model.cost import DENOMINATORS, flops_proxy
+    from specroute.flops.analytic import DENOMINATORS, flops_proxy
     from specroute.spec import SpecError, load_study
 
     try:

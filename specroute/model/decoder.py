@@ -1,6 +1,6 @@
 """The routed decoder: a GPT-style model whose controlled layers route each token's FFN step.
 
-Reads top to bottom: norm, attention, FFNs, gates, budget decision, block, decoder.
+Reads top to bottom: norm, attention, FFNs, gates, budget decision, routed FFN step, block, decoder.
 
 Shape legend: B batch, T tokens, D width (d_model), F FFN hidden, V vocab, K latent (G3), N selected
 tokens (gather), L layers.
@@ -48,11 +48,12 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(m.d_model, m.d_model, bias=m.bias)
 
     def forward(self, x_BTD: Tensor) -> Tensor:
+        """Causal multi-head self-attention, (B, T, D) -> (B, T, D); H heads of width E = D / H."""
         B, T, D = x_BTD.shape
-        q, k, v = self.qkv(x_BTD).split(D, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y.transpose(1, 2).reshape(B, T, D))
+        q, k, v = self.qkv(x_BTD).split(D, dim=2)  # 3 x (B, T, D)
+        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, E)
+        y_BHTE = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.proj(y_BHTE.transpose(1, 2).reshape(B, T, D))  # heads concatenated: (B, T, D)
 
 
 class FFN(nn.Module):
@@ -85,17 +86,21 @@ class GateOut:
 
 
 class G1Gate(nn.Module):
-    """G1: s_t = MLP(LN(h_t)) (docs/CLAIMS.md G1)."""
+    """G1: s_t = MLP(LN(h_t)) (docs/CLAIMS.md G1).
+
+    Like G3's, the layer that outputs the score is ``score_head`` (its bias starts at ``init_bias``).
+    """
 
     def __init__(self, m: ModelSpec, g: G1Spec):
         super().__init__()
         self.ln = nn.LayerNorm(m.d_model, bias=m.bias)
         self.fc = nn.Linear(m.d_model, g.hidden)
-        self.out = nn.Linear(g.hidden, 1)
+        self.score_head = nn.Linear(g.hidden, 1)
         self.init_bias = g.init_bias
 
     def forward(self, h_BTD: Tensor) -> GateOut:
-        return GateOut(self.out(F.gelu(self.fc(self.ln(h_BTD)))).squeeze(-1))
+        """(B, T, D) -> GateOut(score_BT (B, T))."""
+        return GateOut(self.score_head(F.gelu(self.fc(self.ln(h_BTD)))).squeeze(-1))
 
 
 class G3Gate(nn.Module):
@@ -131,6 +136,7 @@ class G3Gate(nn.Module):
         return self.predictor(torch.cat([z_BTK, onehot], dim=-1))
 
     def forward(self, h_BTD: Tensor) -> GateOut:
+        """(B, T, D) -> GateOut(score_BT (B, T), predicted outcome latents (B, T, K) for full and cheap)."""
         z = self.encoder(self.ln(h_BTD))
         pred_full, pred_cheap = self.predict(z, FULL), self.predict(z, CHEAP)
         score = self.score_head(pred_full - pred_cheap).squeeze(-1)
@@ -141,7 +147,8 @@ class G3Gate(nn.Module):
         return self.target(h_after_BTD.detach())
 
 
-def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> nn.Module:
+def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> G1Gate | G3Gate:
+    """The gate of the spec's kind; either has a ``score_head`` (the layer whose output is the score)."""
     return G1Gate(m, g) if isinstance(g, G1Spec) else G3Gate(m, g)
 
 
@@ -172,57 +179,56 @@ def decide(score_BT: Tensor, budget: BudgetSpec) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------------
-# blocks
+# the routed FFN step, and the block
 
 
 @dataclass
 class LayerRouting:
     """Routing record of one controlled layer in one forward pass.
 
-    full_BT: bool decisions; score_BT: gate logits (None when the layer was forced without its gate);
-    gate: the gate's full output; h_in_BTD: hidden state entering the FFN step (after attention), used by
-    the oracle; h_out_BTD: hidden state after the executed action (the JEPA target's input).
+    full_BT: bool decisions (B, T); gate: the gate's output, with the scores ``gate.score_BT`` (None when
+    the layer was forced without its gate); h_in_BTD: hidden state entering the FFN step (after
+    attention), used by the oracle; h_out_BTD: hidden state after the executed action (the JEPA target's
+    input).
     """
 
     layer: int
     full_BT: Tensor
-    score_BT: Tensor | None
     gate: GateOut | None
     h_in_BTD: Tensor
     h_out_BTD: Tensor
 
     @property
     def full_fraction(self) -> float:
+        """Realised share of full tokens in this layer (0..1)."""
         return self.full_BT.float().mean().item()
 
 
-class Block(nn.Module):
-    """Pre-LN transformer block; if ``controlled``, its FFN step is routed per token."""
+class RoutedFFN(nn.Module):
+    """The routed FFN step of a controlled layer: score, decide, run full or cheap.
 
-    def __init__(self, spec: RunSpec, index: int, controlled: bool):
+    Holds the gate, the cheap FFN (``None`` when its width is 0: the cheap action is a skip), the budget,
+    the gradient estimator and the execution mode. The block runs it in two steps, :meth:`decide` (score,
+    decide) and :meth:`execute` (run full or cheap); the full FFN is the block's own (a backbone weight,
+    the same as the dense model's) and is passed in.
+    """
+
+    def __init__(self, spec: RunSpec):
         super().__init__()
         m, r = spec.model, spec.routing
-        self.index = index
-        self.ln1 = nn.LayerNorm(m.d_model, bias=m.bias)
-        self.attn = CausalSelfAttention(m)
-        self.ln2 = nn.LayerNorm(m.d_model, bias=m.bias)
-        self.ffn = FFN(m.d_model, m.ffn_hidden, m.bias)
-        self.controlled = controlled
-        if controlled:
-            self.cheap = FFN(m.d_model, r.cheap_ffn_hidden, m.bias) if r.cheap_ffn_hidden else None
-            self.gate = build_gate(m, spec.gate)
-            self.budget = r.budget
-            self.execution = r.execution
-            self.estimator = r.estimator
+        self.cheap = FFN(m.d_model, r.cheap_ffn_hidden, m.bias) if r.cheap_ffn_hidden else None
+        self.gate = build_gate(m, spec.gate)
+        self.budget = r.budget
+        self.execution = r.execution
+        self.estimator = r.estimator
 
-    def forward(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, LayerRouting | None]:
-        h_BTD = h_BTD + self.attn(self.ln1(h_BTD))
-        if not self.controlled:
-            return h_BTD + self.ffn(self.ln2(h_BTD)), None
-        return self.route(h_BTD, force)
+    def decide(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, GateOut | None]:
+        """Score and decide. h_BTD: hidden state entering the FFN step (the gate reads it), (B, T, D);
+        ``force``: decisions to use instead of the gate's (bool (B, T), or one bool for every token; with
+        a bool the gate does not run).
 
-    def route(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, LayerRouting]:
-        """The routed FFN step: score, decide, run full or cheap. ``force`` overrides the decision."""
+        Returns (full_BT: bool (B, T), the gate's output or None).
+        """
         gate = self.gate(h_BTD) if force is None or isinstance(force, Tensor) else None
         if force is None:
             full_BT = decide(gate.score_BT, self.budget)
@@ -230,18 +236,21 @@ class Block(nn.Module):
             full_BT = force.to(torch.bool)
         else:
             full_BT = torch.full(h_BTD.shape[:2], bool(force), dtype=torch.bool, device=h_BTD.device)
+        return full_BT, gate
+
+    def execute(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, gate: GateOut | None) -> Tensor:
+        """Run full or cheap per token: x_BTD = LN(h), (B, T, D) -> the executed branch's output (B, T, D),
+        with the estimator's gradient path to the gate's score. ``full_ffn`` is the block's full FFN."""
         p_BT = torch.sigmoid(gate.score_BT) if gate is not None else None
-        x_BTD = self.ln2(h_BTD)
         run = self._masked if self.execution == "masked" else self._gather
-        h_out = h_BTD + run(x_BTD, full_BT, p_BT)
-        return h_out, LayerRouting(
-            self.index, full_BT, gate.score_BT if gate else None, gate, h_BTD, h_out
-        )
+        return run(x_BTD, full_ffn, full_BT, p_BT)
 
-    def _cheap(self, x: Tensor) -> Tensor:
-        return self.cheap(x) if self.cheap is not None else torch.zeros_like(x)
+    def cheap_branch(self, x_BTD: Tensor) -> Tensor:
+        """FFN_cheap(x), or zeros when the cheap action is a skip; (B, T, D) -> (B, T, D)."""
+        return self.cheap(x_BTD) if self.cheap is not None else torch.zeros_like(x_BTD)
 
-    def _scales(self, full_BT: Tensor, p_BT: Tensor | None) -> tuple[Tensor | float, Tensor | float]:
+    @staticmethod
+    def _scales(p_BT: Tensor | None) -> tuple[Tensor | float, Tensor | float]:
         """score_scaling weights: value exactly 1 (p - sg(p) is exactly 0), gradient +dp on full,
         -dp on cheap."""
         if p_BT is None:
@@ -249,23 +258,25 @@ class Block(nn.Module):
         zero = p_BT - p_BT.detach()
         return (1 + zero).unsqueeze(-1), (1 - zero).unsqueeze(-1)
 
-    def _masked(self, x_BTD: Tensor, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
-        full, cheap = self.ffn(x_BTD), self._cheap(x_BTD)
+    def _masked(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
+        """Both branches on every token, then select."""
+        full, cheap = full_ffn(x_BTD), self.cheap_branch(x_BTD)
         if self.estimator == "straight_through" and p_BT is not None:
             m = (full_BT.to(p_BT.dtype) + (p_BT - p_BT.detach())).unsqueeze(-1)  # value exactly 0/1
             return m * full + (1 - m) * cheap
-        w_full, w_cheap = self._scales(full_BT, p_BT)
+        w_full, w_cheap = self._scales(p_BT)
         return torch.where(full_BT.unsqueeze(-1), full * w_full, cheap * w_cheap)
 
-    def _gather(self, x_BTD: Tensor, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
+    def _gather(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
+        """Each branch on its own tokens only (gather, run, scatter back)."""
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
         flat = full_BT.reshape(B * T)
         sel, rest = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
-        w_full, w_cheap = self._scales(full_BT, p_BT)
+        w_full, w_cheap = self._scales(p_BT)
         if isinstance(w_full, Tensor):
             w_full, w_cheap = w_full.reshape(B * T, 1), w_cheap.reshape(B * T, 1)
-        full_ND = self.ffn(x_ND[sel]) * _rows(w_full, sel)
+        full_ND = full_ffn(x_ND[sel]) * _rows(w_full, sel)
         # the buffer takes the branch outputs' dtype (bf16 under autocast, where x is float32)
         out = full_ND.new_zeros(B * T, D).index_copy(0, sel, full_ND)
         if self.cheap is not None:
@@ -276,6 +287,35 @@ class Block(nn.Module):
 
 def _rows(w: Tensor | float, idx: Tensor) -> Tensor | float:
     return w[idx] if isinstance(w, Tensor) else w
+
+
+class Block(nn.Module):
+    """Pre-LN transformer block; if ``controlled``, its FFN step is routed per token (``routed_ffn``)."""
+
+    def __init__(self, spec: RunSpec, index: int, controlled: bool):
+        super().__init__()
+        m = spec.model
+        self.index = index
+        self.ln1 = nn.LayerNorm(m.d_model, bias=m.bias)
+        self.attn = CausalSelfAttention(m)
+        self.ln2 = nn.LayerNorm(m.d_model, bias=m.bias)
+        self.ffn = FFN(m.d_model, m.ffn_hidden, m.bias)
+        self.routed_ffn = RoutedFFN(spec) if controlled else None
+
+    @property
+    def controlled(self) -> bool:
+        """Whether this block's FFN step is routed."""
+        return self.routed_ffn is not None
+
+    def forward(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, LayerRouting | None]:
+        """(B, T, D) -> (B, T, D) and, for a controlled block, its routing record. ``force`` overrides the
+        gate's decisions (see :meth:`RoutedFFN.decide`)."""
+        h_BTD = h_BTD + self.attn(self.ln1(h_BTD))
+        if self.routed_ffn is None:
+            return h_BTD + self.ffn(self.ln2(h_BTD)), None
+        full_BT, gate = self.routed_ffn.decide(h_BTD, force)  # score, decide
+        h_out = h_BTD + self.routed_ffn.execute(self.ln2(h_BTD), self.ffn, full_BT, gate)  # run full or cheap
+        return h_out, LayerRouting(self.index, full_BT, gate, h_BTD, h_out)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -322,9 +362,8 @@ class Decoder(nn.Module):
             if name.endswith("proj.weight"):
                 nn.init.normal_(p, 0.0, m.init_std / math.sqrt(2 * m.n_layers))
         for block in self.controlled_blocks():
-            gate = block.gate
-            out = gate.out if isinstance(gate, G1Gate) else gate.score_head
-            nn.init.constant_(out.bias, gate.init_bias)
+            gate = block.routed_ffn.gate
+            nn.init.constant_(gate.score_head.bias, gate.init_bias)
             if isinstance(gate, G3Gate):
                 g = torch.Generator().manual_seed(gate.target_seed + block.index)
                 w = torch.randn(gate.target.weight.shape, generator=g) / math.sqrt(m.d_model)

@@ -29,6 +29,18 @@ from specroute.spec.roles import RolesSpec
 DEFAULT_KINDS = {"gate": "G1", "data": "embedded"}
 
 
+def with_default_kinds(data: Any) -> Any:
+    """A copy of ``data`` whose ``gate`` and ``data`` mappings without ``kind`` have the default kind
+    (G1, embedded); anything that is not a dict is returned as it is, for validation to report."""
+    if isinstance(data, dict):
+        data = dict(data)
+        for key, kind in DEFAULT_KINDS.items():
+            value = data.get(key)
+            if isinstance(value, dict) and "kind" not in value:
+                data[key] = {"kind": kind, **value}
+    return data
+
+
 class Strict(BaseModel):
     """Base for every spec model: unknown keys are errors, instances are immutable, and values are not
     coerced across types (``true`` is not the integer 1, ``"4"`` is not a number; an integer is a valid
@@ -392,13 +404,7 @@ class RunSpec(Strict):
     @classmethod
     def _default_kinds(cls, data: Any) -> Any:
         """Give ``gate`` and ``data`` mappings without ``kind`` the default kind (G1, embedded)."""
-        if isinstance(data, dict):
-            data = dict(data)
-            for key, kind in DEFAULT_KINDS.items():
-                value = data.get(key)
-                if isinstance(value, dict) and "kind" not in value:
-                    data[key] = {"kind": kind, **value}
-        return data
+        return with_default_kinds(data)
 
     @model_validator(mode="after")
     def _cross_field(self) -> RunSpec:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from specroute.losses import compute_losses, lm_loss
-from specroute.model.cost import dense_step_macs, step_macs
+from specroute.flops.analytic import dense_step_macs, step_macs
 from specroute.spec.models import RunSpec
 from specroute.train.device import Device
 from specroute.train.stages import build_seeded

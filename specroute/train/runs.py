@@ -30,7 +30,7 @@ from torch import Tensor
 
 from specroute.data.sampler import WindowSampler
 from specroute.data.shards import TokenData, load_shards
-from specroute.model.cost import flops_proxy
+from specroute.flops.analytic import flops_proxy
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
 from specroute.store import atomic_write_json

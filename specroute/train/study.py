@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from specroute.data.shards import prepare_data
-from specroute.model.cost import count_params
+from specroute.flops.analytic import count_params
 from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
 from specroute.store import UserError, atomic_write_json, sha256_json

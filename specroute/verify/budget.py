@@ -29,9 +29,7 @@ def _tie_scores(model) -> None:
     """Make every gate score equal (zero the score layer's weight: score = its bias for every token)."""
     with torch.no_grad():
         for block in model.controlled_blocks():
-            gate = block.gate
-            head = gate.out if hasattr(gate, "out") else gate.score_head
-            head.weight.zero_()
+            block.routed_ffn.gate.score_head.weight.zero_()
 
 
 def topk_exact(target: Target, ctx: Context) -> CheckResult:

@@ -1,4 +1,4 @@
-"""Parameters and FLOPs: the analytic cost model (:mod:`specroute.model.cost`) against real counts.
+"""Parameters and FLOPs: the analytic cost model (:mod:`specroute.flops.analytic`) against real counts.
 
 - ``params.analytic``: ``count_params`` equals ``sum(p.numel())`` per group on the built model (the shrunk
   model and, when it is small enough to build quickly, the spec's own model).
@@ -7,7 +7,7 @@
 - ``flops.fvcore_dense``: fvcore's forward count of the dense model equals the analytic one within 1%
   (tiny and medium configs).
 - ``flops.counters_agree``: fvcore and FlopCounterMode agree on the forward (dense, masked, gather) once
-  their conventions are aligned (:mod:`specroute.model.flop_count`).
+  their conventions are aligned (:mod:`specroute.flops.counters`).
 - ``flops.routed_forward``: the routed forward (masked and gather, at the realised full share) matches
   the analytic ``routed_forward + gate`` within 1%, and no routed op is counted as zero: every controlled
   layer's full FFN, cheap FFN and gate have non-zero counts under both counters, and neither counter
@@ -30,9 +30,9 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from specroute.losses import compute_losses
-from specroute.model.cost import DENOMINATORS, count_params, dense_step_macs, step_macs
+from specroute.flops.analytic import DENOMINATORS, count_params, dense_step_macs, step_macs
 from specroute.model.decoder import Decoder
-from specroute.model.flop_count import CountMACs, forward_macs_mode, fvcore_forward_macs
+from specroute.flops.counters import CountMACs, forward_macs_mode, fvcore_forward_macs
 from specroute.spec.models import RunSpec
 from specroute.verify.common import (CheckResult, Context, Target, result, run_property, seeded_model, shrink,
                                      skipped, tokens, variant)
@@ -151,8 +151,8 @@ def routed_forward(target: Target, ctx: Context) -> CheckResult:
                 if uncounted:
                     problems.append(f"{name}/{execution}: {counter} skipped {uncounted}")
             for layer, share in zip(s.routing.controlled_layers, shares):
-                need = ["gate"] + (["ffn"] if share > 0 else [])
-                need += ["cheap"] if share < 1 and s.routing.cheap_ffn_hidden else []
+                need = ["routed_ffn.gate"] + (["ffn"] if share > 0 else [])
+                need += ["routed_ffn.cheap"] if share < 1 and s.routing.cheap_ffn_hidden else []
                 for part in need:
                     key = f"blocks.{layer}.{part}"
                     for counter, counts in (("fvcore", fv.by_module), ("FlopCounterMode", mo.by_module)):
@@ -178,19 +178,19 @@ def execution_savings(target: Target, ctx: Context) -> CheckResult:
     problems, rows = [], []
     for layer, f in zip(spec.routing.controlled_layers, shares):
         d = dense.get(f"blocks.{layer}.ffn", 0)
-        m = masked.get(f"blocks.{layer}.ffn", 0) + masked.get(f"blocks.{layer}.cheap", 0)
-        g = gathered.get(f"blocks.{layer}.ffn", 0) + gathered.get(f"blocks.{layer}.cheap", 0)
-        cheap_all = masked.get(f"blocks.{layer}.cheap", 0)
+        m = masked.get(f"blocks.{layer}.ffn", 0) + masked.get(f"blocks.{layer}.routed_ffn.cheap", 0)
+        g = gathered.get(f"blocks.{layer}.ffn", 0) + gathered.get(f"blocks.{layer}.routed_ffn.cheap", 0)
+        cheap_all = masked.get(f"blocks.{layer}.routed_ffn.cheap", 0)
         want = f * d + (1 - f) * cheap_all
         if m < d:
             problems.append(f"layer {layer}: masked FFN step {m:,} < dense {d:,} (a saving masked cannot make)")
         if _rel(g, want) > FLOP_TOLERANCE:
             problems.append(f"layer {layer}: gather FFN step {g:,} != expected {int(want):,} at share {f:.3f}")
         rows.append(f"L{layer}: dense {d:,}, masked {m:,} ({m / d:.3f}x), gather {g:,} ({g / d:.3f}x)")
-    ratio_m = sum(masked.get(f"blocks.{l}.ffn", 0) + masked.get(f"blocks.{l}.cheap", 0)
+    ratio_m = sum(masked.get(f"blocks.{l}.ffn", 0) + masked.get(f"blocks.{l}.routed_ffn.cheap", 0)
                   for l in spec.routing.controlled_layers) / max(1, sum(dense.get(f"blocks.{l}.ffn", 0)
                                                                      for l in spec.routing.controlled_layers))
-    ratio_g = sum(gathered.get(f"blocks.{l}.ffn", 0) + gathered.get(f"blocks.{l}.cheap", 0)
+    ratio_g = sum(gathered.get(f"blocks.{l}.ffn", 0) + gathered.get(f"blocks.{l}.routed_ffn.cheap", 0)
                   for l in spec.routing.controlled_layers) / max(1, sum(dense.get(f"blocks.{l}.ffn", 0)
                                                                      for l in spec.routing.controlled_layers))
     return result("flops.execution", target, not problems,

@@ -23,7 +23,6 @@ from specroute.verify.common import (CheckResult, Context, Target, result, run_p
                                      skipped, tokens)
 
 TERMS = ("lm", "util", "rank", "jepa", "budget")
-SCORE_BIAS = ("gate.out.bias", "gate.score_head.bias")
 
 
 def _path(name: str, group: str, term: str, last_layer: int) -> str:
@@ -35,7 +34,7 @@ def _path(name: str, group: str, term: str, last_layer: int) -> str:
         return "required" if term == "lm" else "allowed" if feeds_later_gate else "zero"
     if group != "gate":
         return "zero"
-    if (term == "rank" and name.endswith(SCORE_BIAS)) or (term == "jepa" and ".gate.score_head." in name):
+    if (term == "rank" and name.endswith(".gate.score_head.bias")) or (term == "jepa" and ".gate.score_head." in name):
         return "allowed" if feeds_later_gate else "zero"
     return "required"
 

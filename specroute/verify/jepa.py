@@ -68,8 +68,8 @@ def latent_stats(model, idx_BT) -> dict[str, float]:
 def _collapse(model) -> None:
     with torch.no_grad():
         for block in model.controlled_blocks():
-            if isinstance(block.gate, G3Gate):
-                block.gate.predictor[-1].weight.zero_()
+            if isinstance(block.routed_ffn.gate, G3Gate):
+                block.routed_ffn.gate.predictor[-1].weight.zero_()
 
 
 def collapse_measurable(target: Target, ctx: Context) -> CheckResult:

@@ -22,8 +22,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from specroute.accounting import flops_report
 from specroute.claims import evaluate_claims, load_summary, mechanism_input, paper_proxies
+from specroute.flops.accounting import flops_report
 from specroute.store import atomic_write_text
 from specroute.verify.common import Context
 from specroute.verify.runner import default_specs, run_verification

@@ -1,4 +1,6 @@
-"""Closed-form parameter count of a compiled spec (tested against ``sum(p.numel())``).
+"""The analytic cost model: closed-form parameter count and multiply-adds (MACs) per training step of a
+spec, no model built. Tested against ``sum(p.numel())`` and, through :mod:`specroute.flops.counters`,
+against fvcore and FlopCounterMode (``specroute verify``, :mod:`specroute.verify.flops`).
 
 Which parameters make "the model" is a documented choice: ``routed_model`` = backbone + cheap FFNs, the
 network that computes the logits; the gate (and G3's fixed target head) is the *controller*, counted apart.
@@ -81,11 +83,6 @@ DENOMINATORS: tuple[Denominator, ...] = ("forward_only", "controller_only", "ful
 
 #: Attention backward / forward MACs (5 vs 2 T x T matmuls; FlopCounterMode's SDPA convention).
 ATTN_BACKWARD_RATIO = 2.5
-
-
-def _block_linear_macs(D: int, F: int) -> int:
-    """Per-token MACs of a dense block's linear layers: qkv + out proj (4 D^2) and the full FFN (2 D F)."""
-    return 4 * D * D + 2 * D * F
 
 
 def gate_macs_per_token(spec: RunSpec) -> int:

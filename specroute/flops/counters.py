@@ -6,7 +6,7 @@ Conventions (docs/STYLE.md, "FLOPs"), made equal before anything is compared:
   returned here is in MACs (FlopCounterMode's figure halved).
 - **Attention.** fvcore has no handle for ``aten::scaled_dot_product_attention``; we register one that
   counts the two batched matmuls (QK^T and PV) over the full T x T square, as dense kernels compute them
-  and as :mod:`specroute.model.cost` counts them. FlopCounterMode knows the CUDA kernels but not the CPU
+  and as :mod:`specroute.flops.analytic` counts them. FlopCounterMode knows the CUDA kernels but not the CPU
   one (``_scaled_dot_product_flash_attention_for_cpu`` and its backward): we map those to torch's own
   formulas (forward: 2 matmuls; backward: 5, the scores being recomputed as flash kernels do).
 - **Norms.** fvcore counts LayerNorm, FlopCounterMode does not, the analytic model leaves it out: its
@@ -119,9 +119,11 @@ class FvcoreCount:
 
 def fvcore_forward_macs(model: nn.Module, idx_BT: Tensor, force: dict | None = None) -> FvcoreCount:
     """Count one forward of ``model`` on ``idx_BT`` with fvcore, conventions aligned (module docstring)."""
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():
+        # fvcore calls the deprecated torch.jit.script when first imported
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
+        from fvcore.nn import FlopCountAnalysis
 
-    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=DeprecationWarning)
     wrapper = _Logits(model, force).eval()
     analysis = FlopCountAnalysis(wrapper, (idx_BT,))
     analysis.set_op_handle("aten::scaled_dot_product_attention", _sdpa_macs_jit)

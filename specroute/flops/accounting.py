@@ -1,7 +1,7 @@
 """What ``specroute flops`` reports: parameters, training FLOPs per step by component, the proxy under
 every reading, and the paper's 1.53x / 1.07x beside ours with the gap explained.
 
-All figures come from the analytic cost model (:mod:`specroute.model.cost`, the single source of analytic
+All figures come from the analytic cost model (:mod:`specroute.flops.analytic`, the single source of analytic
 truth), which ``specroute verify`` checks against fvcore and FlopCounterMode on small configs. FLOPs are
 2 x MACs.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specroute.model.cost import DENOMINATORS, count_params, dense_step_macs, flops_proxy, step_macs
+from specroute.flops.analytic import DENOMINATORS, count_params, dense_step_macs, flops_proxy, step_macs
 from specroute.spec import load_study
 from specroute.spec.models import RunSpec
 
@@ -63,7 +63,7 @@ def flops_report(path: str | Path, profile: str | None = None) -> dict[str, Any]
                  "full_fraction": first.routing.budget.full_fraction,
                  "controlled_layers": list(first.routing.controlled_layers), "n_layers": first.model.n_layers,
                  "labelled_layers_per_step": first.loss.oracle.layers_per_step},
-        "conventions": "MACs from specroute.model.cost; FLOPs = 2 x MACs; attention over the full T x T "
+        "conventions": "MACs from specroute.flops.analytic; FLOPs = 2 x MACs; attention over the full T x T "
                        "square; norms and elementwise ops left out; oracle cost is the expectation over the "
                        "sampled labelled layers",
         "arms": {a: arm_accounting(s) for a, s in arms.items()},

@@ -1,0 +1,184 @@
+"""What the CLI prints: the resolved-spec summary, the FLOPs tables, the verify table, the claims table.
+
+Each function takes the ``rich`` console to print on and the data a library function returned; none
+computes anything the library has not (``specroute bench`` has its tables in :mod:`specroute.bench.report`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from specroute.flops.analytic import count_params
+
+
+def millions(n: int) -> str:
+    """A count in millions with two decimals: ``157_520_000`` -> ``"157.52M"``."""
+    return f"{n / 1e6:.2f}M"
+
+
+def gate_summary(gate: Any) -> str:
+    """One-line description of a gate spec (G1 or G3) for the arms table."""
+    if gate.kind == "G1":
+        return f"G1 (hidden {gate.hidden})"
+    return f"G3 (latent {gate.latent_dim}, predictor {gate.predictor_hidden})"
+
+
+# --------------------------------------------------------------------------------------------------
+# specroute validate
+
+
+def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
+    """The resolved spec: the first arm's model, routing, oracle, data and training, then one row per arm."""
+    first = next(iter(arms.values()))
+    m, r = first.model, first.routing
+    console.print(f"[bold]{study.name}[/] — {study.description}  (profile: [cyan]{study.profile}[/])")
+    console.print(
+        f"model: {m.n_layers} layers x d_model {m.d_model}, {m.n_heads} heads, context {m.context_length}, "
+        f"vocab {m.vocab_size}, FFN {m.ffn_hidden}, tied={m.tie_embeddings}"
+    )
+    console.print(
+        f"routing: controlled layers {r.controlled_layers}, full_fraction {r.budget.full_fraction} "
+        f"({r.budget.enforcement}{'' if r.budget.causal else ', not causal'}), cheap FFN {r.cheap_ffn_hidden}, "
+        f"execution {r.execution}, estimator {r.estimator}"
+    )
+    o = first.loss.oracle
+    console.print(
+        f"oracle (util/rank): {o.labeling}, {o.layers_per_step or 'all'} controlled layer(s) per step, "
+        f"util {o.util_target} {o.util_loss}, rank margin {o.rank_margin:g}, "
+        f"{o.rank_pairs_per_token or 'all'} pairs/token"
+    )
+    console.print(f"data: {first.data.kind} (tokenizer {first.data.tokenizer});  seeds: {study.seeds}")
+    t = first.train
+    console.print(f"train: {t.steps} steps x {t.batch_size} x {t.seq_len} tokens, trainable {t.trainable}; "
+                  f"backbone: {first.backbone.checkpoint or f'pretrain {first.backbone.train.steps} steps'}")
+    table = Table(title="arms")
+    for col in ("arm", "gate", "util", "rank", "jepa", "budget", "labeling", "routed model params",
+                "controller params"):
+        table.add_column(col, justify="right" if "params" in col else "left")
+    for name, s in arms.items():
+        pc = count_params(s)
+        table.add_row(name, gate_summary(s.gate), f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
+                      f"{s.loss.budget:g}", s.loss.oracle.labeling, f"{pc.routed_model:,} ({millions(pc.routed_model)})",
+                      f"{pc.controller:,}")
+    console.print(table)
+    console.print(
+        "parameter count: routed model (backbone + cheap FFNs) = "
+        f"[bold]{millions(count_params(first).routed_model)}[/]; the gate is the controller, counted apart."
+    )
+    console.print("[green]valid[/]")
+
+
+# --------------------------------------------------------------------------------------------------
+# specroute flops
+
+
+def print_flops(console: Console, rep: dict[str, Any]) -> None:
+    """The FLOPs report of :func:`specroute.flops.accounting.flops_report`: parameters, GFLOPs per step by
+    component for each execution, the proxy under every denominator, and the paper comparison."""
+    from specroute.flops.accounting import COMPONENTS, EXECUTIONS
+
+    st = rep["step"]
+    console.print(f"[bold]{rep['study']}[/] (profile: [cyan]{rep['profile']}[/]): one step = {st['batch_size']} x "
+                  f"{st['seq_len']} tokens; controlled layers {st['controlled_layers']} of {st['n_layers']}, budget "
+                  f"{st['full_fraction']}; oracle labels {st['labelled_layers_per_step'] or 'all'} layer(s)/step")
+    params = Table(title="parameters")
+    for col in ("arm", "routed model", "backbone", "cheap FFNs", "gate", "target head", "controller (trained)"):
+        params.add_column(col, justify="left" if col == "arm" else "right")
+    for arm, a in rep["arms"].items():
+        p = a["params"]
+        params.add_row(arm, *(millions(p[k]) for k in ("routed_model", "backbone", "cheap_ffn", "gate",
+                                                         "target_head", "controller")))
+    console.print(params)
+    for execution in EXECUTIONS:
+        t = Table(title=f"training GFLOPs per step, {execution} execution (FLOPs = 2 x MACs)")
+        t.add_column("arm")
+        for c in (*COMPONENTS, "total"):
+            t.add_column(c.replace("_", " "), justify="right")
+        for arm, a in rep["arms"].items():
+            f = a["flops"][execution]
+            t.add_row(arm, *(f"{f[c] / 1e9:,.1f}" for c in (*COMPONENTS, "total")))
+        dense = rep["arms"][next(iter(rep["arms"]))]["dense_flops"]
+        t.add_row("[dim]full-only: forward / controller-only / full training[/]", *([""] * len(COMPONENTS)),
+                  " / ".join(f"{dense[d] / 1e9:,.1f}" for d in ("forward_only", "controller_only", "full_training")))
+        console.print(t)
+    proxy = Table(title="FLOPs proxy = step / full-only step (denominator x execution)")
+    proxy.add_column("arm")
+    for execution in EXECUTIONS:
+        for d in ("forward_only", "controller_only", "full_training"):
+            proxy.add_column(f"{d}\n{execution}", justify="right")
+    proxy.add_column("paper", justify="right")
+    for arm, a in rep["arms"].items():
+        paper = "1.53x" if a["uses_oracle"] else "1.07x"
+        proxy.add_row(arm, *(f"{a['proxy'][e][d]:.3f}x" for e in EXECUTIONS
+                             for d in ("forward_only", "controller_only", "full_training")), paper)
+    console.print(proxy)
+    if rep.get("paper"):
+        ours = rep["paper"]["ours"]
+        shown = ", ".join(f"{'util/rank' if k == 'utilrank' else 'no util/rank'} {v:.2f}x (paper "
+                          f"{rep['paper']['paper'][k]:.2f}x)" for k, v in ours.items() if v is not None)
+        console.print(f"[bold]paper comparison[/] ({rep['paper']['reading']}): {shown}")
+        for line in rep["paper"]["explanation"]:
+            console.print(f"  - {line}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# specroute verify
+
+
+_STATUS_STYLE = {"pass": "[green]pass[/]", "fail": "[bold red]FAIL[/]", "skip": "[dim]skip[/]"}
+
+
+def print_verify(console: Console, reports: list[Any], profile: str | None) -> None:
+    """The verifier results (check-major, specs in the given order), the counts, then each failure's detail."""
+    table = Table(title=f"specroute verify (profile: {profile or 'each spec default'})", show_lines=False)
+    for col in ("check", "spec", "status", "measured", "expected"):
+        table.add_column(col, overflow="fold")
+    order = {c: i for i, c in enumerate(dict.fromkeys(r.check for r in reports))}
+    reports = sorted(reports, key=lambda r: order[r.check])  # check-major, specs in the given order
+    last = None
+    for r in reports:
+        if last is not None and r.check != last:
+            table.add_section()
+        table.add_row(r.check if r.check != last else "", r.spec, _STATUS_STYLE[r.status],
+                      r.measured if r.status != "skip" else r.detail, r.expected)
+        last = r.check
+    console.print(table)
+    counts = {s: sum(r.status == s for r in reports) for s in ("pass", "fail", "skip")}
+    console.print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
+                  f"({len({r.check for r in reports})} checks x {len({r.spec for r in reports})} specs)")
+    for r in reports:
+        if r.status == "fail":
+            console.print(Text.assemble(("FAIL", "bold red"), f" {r.check} on {r.spec}: {r.detail}"), soft_wrap=True)
+
+
+def print_claims(console: Console, verdicts: list[Any], report: Path | None) -> None:
+    """One row per :class:`specroute.claims.Verdict`: claim and statement, verdict and why, n, the effect with
+    its 95% interval, the numbers and the criterion (C10/C11 only without a report)."""
+    title = f"claims (arXiv 2604.17228) against {report}" if report else "claims (no report: C10 and C11 only)"
+    table = Table(title=title)
+    for col in ("claim", "verdict", "n", "effect [95% interval]", "numbers and criterion"):
+        table.add_column(col, overflow="fold")
+    style = {"reproduced": "green", "not reproduced": "red", "inconclusive": "yellow",
+             "supported: necessary condition": "cyan"}
+    for v in verdicts:
+        why = "" if v.verdict == "not checkable" else f"\n[dim]{escape(v.reason)}[/]"
+        verdict = f"[{style.get(v.verdict, 'dim')}]{escape(v.label)}[/]{why}"
+        table.add_row(f"{v.id}\n[dim]{escape(v.statement)}[/]", verdict, "–" if v.n is None else str(v.n), v.effect_text,
+                      f"{escape(v.numbers)}\n[dim]criterion: {escape(v.criterion)}[/]")
+    console.print(table)
+
+
+def print_regression(console: Console, problems: list[str], fragile: list[str], reference: Path) -> None:
+    """Each claim-regression problem against ``reference``, the fragile verdicts (reported, not failed),
+    then the count of problems."""
+    for p in problems:
+        console.print(f"[bold red]regression[/] {p}", markup=True, highlight=False)
+    for p in fragile:
+        console.print(f"[yellow]fragile[/] {p}", markup=True, highlight=False)
+    console.print(f"claim regression: {len(problems)} problem(s) against {reference}")
