@@ -21,7 +21,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from specroute.bench.runner import BUDGETS, HF_MISSING, OtherLoad, full_training, realised_share, shrink
+from specroute.bench.cases import BUDGETS, full_training, quick_spec, realised_share
+from specroute.bench.machine import OtherLoad
+from specroute.bench.reference import HF_MISSING
 from specroute.cli import app
 from specroute.model.cost import step_macs
 from specroute.spec import load_study
@@ -87,7 +89,7 @@ def test_every_case_measured_with_finite_positive_figures(quick_run):
 
 def test_predicted_savings_come_from_the_cost_model(quick_run):
     summary, _, _ = quick_run
-    spec = shrink(load_study(SPECS / "a3.yaml", "smoke").arm_spec("G1_utilrank"))
+    spec = quick_spec(load_study(SPECS / "a3.yaml", "smoke").arm_spec("G1_utilrank"))
     masked = step_macs(full_training(spec, "masked"))["total"]
     for row in summary["budgets"]:
         gather = full_training(spec, "gather", row["budget"])

@@ -33,9 +33,10 @@ from specroute.losses import compute_losses
 from specroute.model.cost import DENOMINATORS, count_params, dense_step_macs, step_macs
 from specroute.model.decoder import Decoder
 from specroute.model.flop_count import CountMACs, forward_macs_mode, fvcore_forward_macs
+from specroute.spec import rebuild as variant
 from specroute.spec.models import RunSpec
 from specroute.verify.common import (CheckResult, Context, Target, result, run_property, seeded_model, shrink,
-                                     skipped, tokens, variant)
+                                     skipped, tokens)
 
 PAPER_PARAMS = 157.5e6
 PAPER_PARAMS_TOLERANCE = 0.005
