@@ -219,3 +219,20 @@ def test_quick_bench_on_cuda_in_bf16(tmp_path):
     assert summary["environment"]["device"] == "cuda"
     assert "bfloat16" in summary["environment"]["dtype"]
     assert next(t for t in summary["targets"] if t["id"] == "cuda_bf16")["status"] == "PASS"
+
+
+def test_training_cases_take_the_study_step_with_the_study_optimiser():
+    from specroute.bench.cases import BenchOptions, TrainingStep, build_cases
+    from specroute.train.device import Device
+    from specroute.train.step import make_optimizer
+
+    cases, _ = build_cases(load_study(SPECS / "a3.yaml", "smoke"), BenchOptions(quick=True, reference=False),
+                           Device("cpu", None))
+    steps = [c.step for c in cases if c.kind in ("train", "recipe") and c.step is not None]
+    assert len(steps) == len(BUDGETS) + 2 + 4  # dense, masked, gather at each budget; 4 arms
+    for step in steps:
+        assert isinstance(step, TrainingStep)
+        trainer = step.trainer
+        expected = make_optimizer(trainer.params, trainer.spec.optimizer)
+        assert [(len(g["params"]), g["weight_decay"]) for g in trainer.optimizer.param_groups] == \
+            [(len(g["params"]), g["weight_decay"]) for g in expected.param_groups]

@@ -6,7 +6,9 @@ hash and the run selection), ``runs/<arm>/seed<k>/`` (see :mod:`specroute.train.
 
 Nothing already written is lost: a non-empty output folder is refused unless ``resume`` (continue it:
 finished runs are kept, interrupted ones continue from their last checkpoint, the spec must be the same)
-or ``overwrite`` (delete what a previous study wrote there, then start afresh).
+or ``overwrite`` (delete what a previous study wrote there, then start afresh; refused when the folder
+holds anything a study does not write). The rule is :func:`specroute.store.check_out_dir`'s, shared with
+``specroute bench``.
 """
 
 from __future__ import annotations
