@@ -2,7 +2,7 @@
 
 A diagnostic for the dense-vs-reference target of ``specroute bench``: it shows whether the two steps run
 the same ops with the same call counts, and which op a difference in time comes from. Both models take
-the same batch, the same optimiser and clip as in the benchmark (``specroute.bench.runner``). The totals
+the same batch, the same step (the study's optimiser and clip) as in the benchmark (``specroute.bench.cases``). The totals
 are single measurements and move between runs as much as the benchmark's step times do.
 
     python benchmarks/dense_vs_gpt2_ops.py [SPEC] [--profile bench] [--steps 3] [--rows 12]
@@ -14,16 +14,18 @@ the totals (needs ``pip install 'specroute[reference]'``).
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from specroute.bench.runner import full_training, hf_reference, train_step
-from specroute.losses import lm_loss
+from specroute.bench.cases import TrainingStep, full_training
+from specroute.bench.reference import hf_lm_loss, hf_reference
 from specroute.model.decoder import build_model
 from specroute.spec import load_study
 from specroute.train.device import pick_device
+from specroute.train.stages import DenseStage
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,8 +50,9 @@ def main() -> None:
     if isinstance(hf, str):
         raise SystemExit(f"transformers' GPT-2: {hf}")
     steps = {
-        "dense (specroute)": train_step(dense, lambda: lm_loss(dense(idx).logits_BTV, tgt), spec, device)[0],
-        "GPT-2 (transformers)": train_step(hf, lambda: hf(input_ids=idx, labels=idx).loss, spec, device)[0],
+        "dense (specroute)": TrainingStep(DenseStage(dense, spec.train, device), idx, tgt, device),
+        "GPT-2 (transformers)": TrainingStep(DenseStage(hf, spec.train, device,
+                                                        loss_of=functools.partial(hf_lm_loss, hf)), idx, tgt, device),
     }
     totals = {}
     for name, step in steps.items():

@@ -130,15 +130,23 @@ def rank_loss(
     return F.softplus(-ds[mask]).mean()
 
 
+def executed_latent(rec: LayerRouting) -> Tensor | None:
+    """G3's predicted latent of the action each token executed: ``pred_full`` where the token ran full,
+    ``pred_cheap`` where it ran cheap, (B, T, K); None for a layer without predicted latents (G1)."""
+    if rec.gate is None or rec.gate.pred_full_BTK is None:
+        return None
+    return torch.where(rec.full_BT.unsqueeze(-1), rec.gate.pred_full_BTK, rec.gate.pred_cheap_BTK)
+
+
 def jepa_loss(model: Decoder, routing: list[LayerRouting]) -> Tensor:
     """JEPA: MSE between the predicted latent of the executed action and the fixed target latent
     T(sg(h_after)), averaged over G3 layers, tokens and latent dims (docs/DESIGN.md, "Gates")."""
     terms = []
     for rec in routing:
         gate = model.blocks[rec.layer].routed_ffn.gate
-        if not isinstance(gate, G3Gate) or rec.gate is None:
+        pred = executed_latent(rec)
+        if not isinstance(gate, G3Gate) or pred is None:
             continue
-        pred = torch.where(rec.full_BT.unsqueeze(-1), rec.gate.pred_full_BTK, rec.gate.pred_cheap_BTK)
         terms.append(F.mse_loss(pred, gate.target_latent(rec.h_out_BTD)))
     if not terms:
         raise ValueError("jepa loss needs G3 gates with scores in the forward")

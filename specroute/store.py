@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -58,19 +59,27 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` atomically through ``write(tmp)``, which writes the whole file at ``tmp`` (a fresh
+    temporary name beside ``path``; e.g. ``safetensors.torch.save_file``). The file is synced, given the
+    mode an ordinary ``open`` would have, and moved into place; on any error the temporary is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        write(tmp)
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_with(path, lambda tmp: tmp.write_bytes(data))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -89,6 +98,18 @@ def temp_dir_beside(target: Path) -> Path:
     return tmp
 
 
+def replace_dir(tmp: Path, target: Path) -> None:
+    """Move a finished temporary folder (:func:`temp_dir_beside`) to ``target``, replacing the folder
+    there, if any: the old one is moved aside first and deleted after, so ``target`` is always whole."""
+    if not target.exists():
+        os.replace(tmp, target)
+        return
+    old = temp_dir_beside(target)
+    os.replace(target, old / target.name)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def publish_dir(tmp: Path, target: Path) -> None:
     """Move a finished temporary folder to ``target``. If another process published it first, keep
     theirs (same key, same content) and drop ours."""
@@ -99,3 +120,51 @@ def publish_dir(tmp: Path, target: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             raise
+
+
+# --------------------------------------------------------------------------------------------------
+# output folders (``specroute run --out``, ``specroute bench --out``)
+
+
+def check_out_dir(out: Path, owned: Collection[str], what: str, overwrite: bool,
+                  resume: bool | None = None) -> list[str]:
+    """The one rule for a command's output folder: nothing already written is lost unless asked.
+
+    ``out`` may be absent or empty. A non-empty one is used only with ``overwrite`` (replace the result
+    there; refused when ``out`` holds any entry outside ``owned``, the names its writer produces, so
+    nothing else is ever deleted) or ``resume`` (continue it; the caller checks that it is its own).
+
+    Args:
+        out: the folder. owned: the names its writer produces. what: what that writer's result is called
+            in messages ("a study", "a benchmark result"). resume: whether the caller asked to continue;
+            None when its writer cannot continue a result (no ``--resume`` option).
+    Returns:
+        The entries of ``out`` (names, sorted; empty when it is absent or empty).
+    Raises:
+        UserError: ``out`` is not a folder; it is not empty and neither ``overwrite`` nor ``resume`` was
+            asked; ``overwrite`` with entries not in ``owned``. Nothing is changed.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder; choose another --out")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries or resume:
+        return entries
+    if not overwrite:
+        raise UserError(f"the output folder {out} is not empty ({', '.join(entries[:5])}); pass "
+                        f"{'' if resume is None else '--resume to continue it, '}--overwrite to replace it, "
+                        "or choose another --out")
+    foreign = [name for name in entries if name not in owned]
+    if foreign:
+        raise UserError(f"--out {out} holds files that are not {what} ({', '.join(foreign[:5])}); "
+                        "nothing was changed; choose another --out")
+    return entries
+
+
+def clear_out_dir(out: Path, owned: Collection[str]) -> None:
+    """Delete the entries of ``out`` named in ``owned`` (after :func:`check_out_dir` with ``overwrite``)."""
+    for name in owned:
+        p = out / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        elif p.exists():
+            p.unlink()

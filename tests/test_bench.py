@@ -22,7 +22,9 @@ import torch
 from typer.testing import CliRunner
 
 from helpers import SPECS
-from specroute.bench.runner import BUDGETS, HF_MISSING, OtherLoad, full_training, realised_share, shrink
+from specroute.bench.cases import BUDGETS, full_training, quick_spec, realised_share
+from specroute.bench.machine import OtherLoad
+from specroute.bench.reference import HF_MISSING
 from specroute.cli import app
 from specroute.flops.analytic import step_macs
 from specroute.spec import load_study
@@ -87,7 +89,7 @@ def test_every_case_measured_with_finite_positive_figures(quick_run):
 
 def test_predicted_savings_come_from_the_cost_model(quick_run):
     summary, _, _ = quick_run
-    spec = shrink(load_study(SPECS / "a3.yaml", "smoke").arm_spec("G1_utilrank"))
+    spec = quick_spec(load_study(SPECS / "a3.yaml", "smoke").arm_spec("G1_utilrank"))
     masked = step_macs(full_training(spec, "masked"))["total"]
     for row in summary["budgets"]:
         gather = full_training(spec, "gather", row["budget"])
@@ -217,3 +219,20 @@ def test_quick_bench_on_cuda_in_bf16(tmp_path):
     assert summary["environment"]["device"] == "cuda"
     assert "bfloat16" in summary["environment"]["dtype"]
     assert next(t for t in summary["targets"] if t["id"] == "cuda_bf16")["status"] == "PASS"
+
+
+def test_training_cases_take_the_study_step_with_the_study_optimiser():
+    from specroute.bench.cases import BenchOptions, TrainingStep, build_cases
+    from specroute.train.device import Device
+    from specroute.train.step import make_optimizer
+
+    cases, _ = build_cases(load_study(SPECS / "a3.yaml", "smoke"), BenchOptions(quick=True, reference=False),
+                           Device("cpu", None))
+    steps = [c.step for c in cases if c.kind in ("train", "recipe") and c.step is not None]
+    assert len(steps) == len(BUDGETS) + 2 + 4  # dense, masked, gather at each budget; 4 arms
+    for step in steps:
+        assert isinstance(step, TrainingStep)
+        trainer = step.trainer
+        expected = make_optimizer(trainer.params, trainer.spec.optimizer)
+        assert [(len(g["params"]), g["weight_decay"]) for g in trainer.optimizer.param_groups] == \
+            [(len(g["params"]), g["weight_decay"]) for g in expected.param_groups]

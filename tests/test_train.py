@@ -20,7 +20,7 @@ from helpers import MICRO, SPECS, micro, strip_wall
 from specroute.cli import app
 from specroute.spec.models import OptimizerSpec
 from specroute.train import Interrupted, StudyOptions, run_study
-from specroute.train.trainer import lr_at
+from specroute.train.step import lr_at
 
 
 

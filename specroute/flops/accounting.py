@@ -18,11 +18,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from specroute.flops.analytic import DENOMINATORS, count_params, dense_step_macs, flops_proxy, step_macs
+from specroute.claims.paper import PROXY
+from specroute.flops.analytic import (
+    DENOMINATORS,
+    count_params,
+    dense_step_macs,
+    flops_proxy,
+    step_macs,
+)
 from specroute.spec import load_study
 from specroute.spec.models import RunSpec
 
-PAPER = {"utilrank": 1.53, "lm": 1.07}
+PAPER = PROXY  # C11: 1.53x with util/rank, 1.07x without (specroute.claims.paper)
 EXECUTIONS = ("masked", "gather")
 COMPONENTS = ("routed_forward", "gate", "jepa_target", "oracle", "backward_act", "backward_weight")
 
@@ -97,7 +104,7 @@ def paper_comparison(specs: dict[str, RunSpec], acc: dict[str, dict[str, Any]]) 
         backward_extra = (f["backward_act"] + f["backward_weight"]) / den - (den - dense_fwd) / den
         notes["lm_overhead"] = overhead
         lines.append(
-            f"without util/rank: {ours['lm']:.3f}x vs 1.07x. The step exceeds the full-only one by "
+            f"without util/rank: {ours['lm']:.3f}x vs {PAPER['lm']}x. The step exceeds the full-only one by "
             f"{overhead:+.1%}: cheap FFNs computed for every token (masked) {routed_extra:+.1%}, gates and "
             f"predictor {f['gate'] / den:+.1%}, JEPA target {f['jepa_target'] / den:+.1%}, backward beyond the "
             f"full-only one (gates, cheap FFNs, both branches) "
@@ -113,7 +120,7 @@ def paper_comparison(specs: dict[str, RunSpec], acc: dict[str, dict[str, Any]]) 
         notes.update({"oracle_share": oracle, "paper_implied_oracle_share": implied, "coverage_blocks": cov,
                       "labelled_layers_per_step": k})
         lines.append(
-            f"with util/rank: {ours['utilrank']:.3f}x vs 1.53x. The oracle adds {oracle:.3f}x (paper's "
+            f"with util/rank: {ours['utilrank']:.3f}x vs {PAPER['utilrank']}x. The oracle adds {oracle:.3f}x (paper's "
             f"implied {implied:.2f}x): {k} labelled layer(s) per step, two no-grad continuations each over "
             f"on average {cov:.1f} of {s.model.n_layers} blocks plus the LM head. The paper's 0.46x would "
             f"correspond to ~{cov * implied / oracle:.1f} blocks per continuation (e.g. controlled layers "

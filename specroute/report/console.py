@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from specroute.claims.paper import PROXY
 from specroute.flops.analytic import count_params
 
 
@@ -114,7 +115,7 @@ def print_flops(console: Console, rep: dict[str, Any]) -> None:
             proxy.add_column(f"{d}\n{execution}", justify="right")
     proxy.add_column("paper", justify="right")
     for arm, a in rep["arms"].items():
-        paper = "1.53x" if a["uses_oracle"] else "1.07x"
+        paper = f"{PROXY['utilrank' if a['uses_oracle'] else 'lm']}x"
         proxy.add_row(arm, *(f"{a['proxy'][e][d]:.3f}x" for e in EXECUTIONS
                              for d in ("forward_only", "controller_only", "full_training")), paper)
     console.print(proxy)

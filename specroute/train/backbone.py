@@ -24,11 +24,11 @@ from specroute.data.sampler import WindowSampler
 from specroute.data.shards import TokenData
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
-from specroute.store import UserError, atomic_write_json, cache_dir, sha256_json
+from specroute.store import UserError, atomic_write_json, atomic_write_with, cache_dir, sha256_json
 from specroute.train.device import Device
 from specroute.train.progress import StudyProgress
 from specroute.train.stages import DenseStage, build_seeded, dense_heldout_lm, derive_seed, eval_batches
-from specroute.train.trainer import MetricsSink, StepBudget, Trainer
+from specroute.train.trainer import MetricsSink, StepBudget, Trainer, checkpoint_step
 
 #: Seed of the backbone's initialisation and data order (one backbone per study, whatever the seeds).
 BACKBONE_SEED = 0
@@ -65,9 +65,7 @@ def backbone_steps_left(spec: RunSpec, data: TokenData, cache: str | Path | None
     folder = cache_dir(cache) / "backbones" / backbone_key(spec, data)
     if (folder / "info.json").is_file():
         return 0
-    latest = folder / "ckpt" / "latest"
-    done = int(latest.read_text().strip().removeprefix("step_")) if latest.is_file() else 0
-    return spec.backbone.train.steps - done
+    return spec.backbone.train.steps - checkpoint_step(folder / "ckpt")
 
 
 def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Path | None = None,
@@ -88,7 +86,7 @@ def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Pa
         info = json.loads((folder / "info.json").read_text())
         return Backbone(load_file(str(weights)), {**info, "source": "cache", "wall_s_trained": info["wall_s"],
                                                    "wall_s": 0.0, "path": str(weights)})
-    stage = DenseStage(spec, BACKBONE_SEED, heldout, device)
+    stage = DenseStage.seeded(spec, BACKBONE_SEED, heldout, device)
     sink = MetricsSink(folder / "metrics.jsonl")
     on_step = functools.partial(progress.update, "backbone") if progress else None
     trainer = Trainer(stage, WindowSampler(data.train, spec.backbone.train.seq_len, "train"),
@@ -104,8 +102,7 @@ def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Pa
         if progress:
             progress.end_run("backbone")
     state = {k: v.detach().cpu().clone().contiguous() for k, v in stage.model.backbone_state_dict().items()}
-    save_file(state, str(folder / ".backbone.safetensors.tmp"))
-    (folder / ".backbone.safetensors.tmp").replace(weights)
+    atomic_write_with(weights, lambda tmp: save_file(state, str(tmp)))
     atomic_write_json(folder / "spec.json", dump_run(spec))
     info = {
         "heldout_lm": history["eval"][-1]["lm"], "initial_lm": history["initial"]["lm"],

@@ -1,7 +1,8 @@
-"""How long a study will take: analytic MACs (specroute.model.cost) / a short measured throughput.
+"""How long a study will take: analytic MACs (specroute.flops.analytic) / a short measured throughput.
 
-The probe times a few optimiser steps of the dense stage and of the most expensive controller arm on
-random tokens (random weights), on the study's device. On a CPU the probe uses a small batch (at most
+The probe times a few study steps (:class:`specroute.train.trainer.Trainer`, the stage's optimiser and
+clip) of the dense stage and of the most expensive controller arm on random tokens (random weights), on
+the study's device. On a CPU the probe uses a small batch (at most
 :data:`CPU_PROBE_TOKENS` tokens of at most 256 positions) so that even the paper profile's probe takes
 seconds; the MACs of the probed batch come from the same cost model, so the throughput carries over.
 """
@@ -13,11 +14,11 @@ from dataclasses import dataclass
 
 import torch
 
-from specroute.losses import compute_losses, lm_loss
 from specroute.flops.analytic import dense_step_macs, step_macs
 from specroute.spec.models import RunSpec
 from specroute.train.device import Device
-from specroute.train.stages import build_seeded
+from specroute.train.stages import ControllerStage, DenseStage, build_seeded
+from specroute.train.trainer import FixedBatch, Stage, Trainer
 
 CPU_PROBE_TOKENS = 512
 PROBE_STEPS = 2
@@ -31,20 +32,25 @@ class Throughput:
     controller_macs_per_s: float
 
 
-def _probe_shape(spec: RunSpec, train_batch: int, train_seq: int, device: Device) -> tuple[int, int]:
+def _probe_shape(train_batch: int, train_seq: int, device: Device) -> tuple[int, int]:
+    """(B, T) of the probe: the stage's own on CUDA; on a CPU at most CPU_PROBE_TOKENS tokens, T <= 256."""
     if device.type == "cuda":
         return train_batch, train_seq
     T = min(train_seq, 256)
     return max(1, min(train_batch, CPU_PROBE_TOKENS // T)), T
 
 
-def _time_steps(step, device: Device) -> float:
-    step()  # warm-up (allocations, kernel selection)
+def _seconds_per_step(stage: Stage, B: int, T: int, vocab: int, device: Device) -> float:
+    """Mean wall seconds of PROBE_STEPS study steps (:meth:`Trainer.train_step`) of ``stage`` on one batch
+    of B x T random token ids, after one warm-up step (allocations, kernel selection)."""
+    idx = torch.randint(0, vocab, (B, T), device=device.torch)
+    trainer = Trainer(stage, FixedBatch(idx, idx), {"data": 0, "loss": 0}, device)
+    trainer.train_step(idx, idx)
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(PROBE_STEPS):
-        step()
+        trainer.train_step(idx, idx)
     if device.type == "cuda":
         torch.cuda.synchronize()
     return (time.perf_counter() - t0) / PROBE_STEPS
@@ -58,36 +64,17 @@ def probe(dense_spec: RunSpec, controller_spec: RunSpec, device: Device) -> Thro
 
 
 def _dense_rate(spec: RunSpec, device: Device) -> float:
-    B, T = _probe_shape(spec, spec.backbone.train.batch_size, spec.backbone.train.seq_len, device)
-    model = build_seeded(spec, 0, routed=False).to(device.torch)
-    idx = torch.randint(0, spec.model.vocab_size, (B, T), device=device.torch)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-9)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with device.autocast():
-            loss = lm_loss(model(idx).logits_BTV, idx)
-        loss.backward()
-        opt.step()
-
-    return dense_step_macs(spec, "full_training", B, T) / _time_steps(step, device)
+    train = spec.backbone.train
+    B, T = _probe_shape(train.batch_size, train.seq_len, device)
+    stage = DenseStage(build_seeded(spec, 0, routed=False).to(device.torch), train, device)
+    return dense_step_macs(spec, "full_training", B, T) / _seconds_per_step(stage, B, T, spec.model.vocab_size, device)
 
 
 def _controller_rate(spec: RunSpec, device: Device) -> float:
-    B, T = _probe_shape(spec, spec.train.batch_size, spec.train.seq_len, device)
-    model = build_seeded(spec, 0, routed=True).to(device.torch)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-9)
-    idx = torch.randint(0, spec.model.vocab_size, (B, T), device=device.torch)
-    gen = torch.Generator().manual_seed(0)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        with device.autocast():
-            terms = compute_losses(model, idx, idx, spec, gen)
-        terms.total.backward()
-        opt.step()
-
-    return step_macs(spec, batch_size=B, seq_len=T)["total"] / _time_steps(step, device)
+    B, T = _probe_shape(spec.train.batch_size, spec.train.seq_len, device)
+    stage = ControllerStage(spec, build_seeded(spec, 0, routed=True).to(device.torch), device)
+    seconds = _seconds_per_step(stage, B, T, spec.model.vocab_size, device)
+    return step_macs(spec, batch_size=B, seq_len=T)["total"] / seconds
 
 
 def heaviest(specs: list[RunSpec]) -> RunSpec:

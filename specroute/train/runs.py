@@ -10,7 +10,7 @@ Metrics (docs/DESIGN.md, "Metrics"): ``lm`` is evaluated every ``eval_every`` st
 ``initial_lm``, is reported apart and enters none of them); ``grad_norm`` is the controller's global norm
 before clipping at every step; ``full_fraction.train`` is the mean realised share per layer over the
 steps, ``full_fraction.eval`` the share at the last evaluation; ``flops_proxy`` is the analytic proxy
-of :func:`specroute.model.cost.flops_proxy` (denominator ``controller_only``) at the realised train
+of :func:`specroute.flops.analytic.flops_proxy` (denominator ``controller_only``) at the realised train
 full fraction.
 """
 
@@ -33,11 +33,11 @@ from specroute.data.shards import TokenData, load_shards
 from specroute.flops.analytic import flops_proxy
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
-from specroute.store import atomic_write_json
+from specroute.store import atomic_write_json, atomic_write_with
 from specroute.train.device import Device, deterministic
 from specroute.train.progress import QueueProgress, StudyProgress
 from specroute.train.stages import ControllerStage, derive_seed
-from specroute.train.trainer import MetricsSink, StepBudget, Trainer
+from specroute.train.trainer import MetricsSink, StepBudget, Trainer, checkpoint_step
 
 
 def run_dir(out: Path, arm: str, seed: int) -> Path:
@@ -48,9 +48,7 @@ def run_steps_left(folder: Path, spec: RunSpec) -> int:
     """Steps this run still needs (0 if complete), judged from its folder."""
     if (folder / "result.json").is_file():
         return 0
-    latest = folder / "ckpt" / "latest"
-    done = int(latest.read_text().strip().removeprefix("step_")) if latest.is_file() else 0
-    return spec.train.steps - done
+    return spec.train.steps - checkpoint_step(folder / "ckpt")
 
 
 def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Tensor], device: Device,
@@ -61,7 +59,7 @@ def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str,
     if result.is_file():
         return json.loads(result.read_text())
     heldout = WindowSampler(data.heldout, spec.train.seq_len, "held-out")
-    stage = ControllerStage(spec, backbone, heldout, device)
+    stage = ControllerStage.on_backbone(spec, backbone, heldout, device)
     sink = MetricsSink(folder / "metrics.jsonl")
     name = f"{arm} seed {spec.seed}"
     trainer = Trainer(stage, WindowSampler(data.train, spec.train.seq_len, "train"),
@@ -79,9 +77,8 @@ def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str,
         sink.close()
         if progress:
             progress.end_run(name)
-    save_file({k: p.detach().cpu().contiguous() for k, p in trainer.params.items()},
-              str(folder / ".controller.safetensors.tmp"))
-    (folder / ".controller.safetensors.tmp").replace(folder / "controller.safetensors")
+    controller = {k: p.detach().cpu().contiguous() for k, p in trainer.params.items()}
+    atomic_write_with(folder / "controller.safetensors", lambda tmp: save_file(controller, str(tmp)))
     atomic_write_json(folder / "spec.json", dump_run(spec))
     atomic_write_json(result, summary)
     return summary

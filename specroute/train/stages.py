@@ -4,6 +4,10 @@
 - :class:`ControllerStage` (stage 2): the routed model on a frozen backbone; the spec's ``trainable``
   groups are trained on the recipe of :func:`specroute.losses.compute_losses`.
 
+Both take a built model (and held-out batches to evaluate on, none for a training that is only stepped:
+the throughput probe, the verifiers, the benchmark); :meth:`DenseStage.seeded` and
+:meth:`ControllerStage.on_backbone` build a study's.
+
 Both evaluate the held-out LM loss (nats/token) on fixed windows; the controller stage adds the realised
 full fraction per controlled layer and, for G3, the predictor's latent collapse metrics.
 
@@ -14,14 +18,14 @@ initialisation), ``data`` (window order), ``loss`` (oracle layer and rank pair s
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from specroute.data.sampler import WindowSampler
-from specroute.losses import compute_losses, lm_loss, token_ce
+from specroute.losses import compute_losses, executed_latent, lm_loss, token_ce
 from specroute.metrics import effective_rank, latent_variance
 from specroute.model.decoder import Decoder, build_model
 from specroute.spec.models import RunSpec, TrainSpec
@@ -50,20 +54,34 @@ def eval_batches(heldout: WindowSampler, train: TrainSpec, device: Device) -> li
 
 
 class DenseStage:
-    """Stage 1: dense pretraining of the backbone (all parameters, LM loss)."""
+    """Every parameter trained on the LM loss (stage 1; also the benchmark's full-parameter steps).
 
-    def __init__(self, spec: RunSpec, seed: int, heldout: WindowSampler, device: Device):
-        self.spec, self.device = spec, device
-        self.train = spec.backbone.train
-        self.model = build_seeded(spec, seed, routed=False).to(device.torch)
-        self.batches = eval_batches(heldout, self.train, device)
+    Args:
+        model: the model to train, on ``device``. train: the stage's settings (steps, optimiser, clip).
+        batches: held-out (idx_BT, targets_BT) batches for :meth:`evaluate`.
+        loss_of: ``(idx_BT, targets_BT) -> LM loss`` (nats/token); default the decoder's
+            ``lm_loss(model(idx_BT).logits_BTV, targets_BT)``.
+    """
+
+    def __init__(self, model: nn.Module, train: TrainSpec, device: Device,
+                 batches: list[tuple[Tensor, Tensor]] | None = None,
+                 loss_of: Callable[[Tensor, Tensor], Tensor] | None = None):
+        self.model, self.train, self.device = model, train, device
+        self.batches = batches or []
+        self.loss_of = loss_of or (lambda idx_BT, targets_BT: lm_loss(self.model(idx_BT).logits_BTV, targets_BT))
+
+    @classmethod
+    def seeded(cls, spec: RunSpec, seed: int, heldout: WindowSampler, device: Device) -> DenseStage:
+        """A study's stage 1: the dense model of ``spec`` initialised from ``seed``, ``backbone.train``."""
+        model = build_seeded(spec, seed, routed=False).to(device.torch)
+        return cls(model, spec.backbone.train, device, eval_batches(heldout, spec.backbone.train, device))
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return dict(self.model.named_parameters())
 
     def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
         with self.device.autocast():
-            lm = lm_loss(self.model(idx_BT).logits_BTV, targets_BT)
+            lm = self.loss_of(idx_BT, targets_BT)
         return lm, {"loss": lm.item(), "lm": lm.item()}
 
     def evaluate(self) -> dict[str, Any]:
@@ -79,19 +97,38 @@ def dense_heldout_lm(model: Decoder, batches: list[tuple[Tensor, Tensor]], devic
     return total / len(batches)
 
 
-class ControllerStage:
-    """Stage 2: controller training on a frozen backbone (the spec's ``train.trainable`` groups)."""
+def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:
+    """What stage 2 optimises: every parameter that requires a gradient, by name."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
-    def __init__(self, spec: RunSpec, backbone: Mapping[str, Tensor], heldout: WindowSampler, device: Device):
-        self.spec, self.device = spec, device
-        self.train = spec.train
+
+class ControllerStage:
+    """Stage 2: controller training on a frozen backbone (the parameters that require a gradient, as
+    ``train.trainable`` set them), on the recipe of ``spec.loss``.
+
+    Args:
+        spec: the run spec (loss recipe, routing). model: the routed model, on ``device``.
+        batches: held-out (idx_BT, targets_BT) batches for :meth:`evaluate`.
+        train: the stage's settings; default ``spec.train``.
+    """
+
+    def __init__(self, spec: RunSpec, model: Decoder, device: Device,
+                 batches: list[tuple[Tensor, Tensor]] | None = None, train: TrainSpec | None = None):
+        self.spec, self.model, self.device = spec, model, device
+        self.train = train or spec.train
+        self.batches = batches or []
+
+    @classmethod
+    def on_backbone(cls, spec: RunSpec, backbone: Mapping[str, Tensor], heldout: WindowSampler,
+                    device: Device) -> ControllerStage:
+        """A study's stage 2: the routed model of ``spec`` (initialised from ``spec.seed``) on ``backbone``."""
         model = build_seeded(spec, spec.seed, routed=True)
         model.load_backbone(backbone)
-        self.model = model.to(device.torch)
-        self.batches = eval_batches(heldout, self.train, device)
+        model = model.to(device.torch)
+        return cls(spec, model, device, eval_batches(heldout, spec.train, device))
 
     def trainable(self) -> dict[str, nn.Parameter]:
-        return {n: p for n, p in self.model.named_parameters() if p.requires_grad}
+        return trainable_params(self.model)
 
     def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
         with self.device.autocast():
@@ -111,9 +148,8 @@ class ControllerStage:
                 lm_batches.append(token_ce(out.logits_BTV, targets).mean().item())
                 for rec in out.routing:
                     full[str(rec.layer)] += rec.full_fraction
-                    if rec.gate is not None and rec.gate.pred_full_BTK is not None:
-                        pred = torch.where(rec.full_BT.unsqueeze(-1), rec.gate.pred_full_BTK,
-                                           rec.gate.pred_cheap_BTK)
+                    pred = executed_latent(rec)
+                    if pred is not None:
                         latents.setdefault(rec.layer, []).append(pred.reshape(-1, pred.shape[-1]).float())
         n = len(self.batches)
         result: dict[str, Any] = {"lm": sum(lm_batches) / n, "lm_batches": lm_batches,

@@ -6,7 +6,9 @@ hash and the run selection), ``runs/<arm>/seed<k>/`` (see :mod:`specroute.train.
 
 Nothing already written is lost: a non-empty output folder is refused unless ``resume`` (continue it:
 finished runs are kept, interrupted ones continue from their last checkpoint, the spec must be the same)
-or ``overwrite`` (delete what a previous study wrote there, then start afresh).
+or ``overwrite`` (delete what a previous study wrote there, then start afresh; refused when the folder
+holds anything a study does not write). The rule is :func:`specroute.store.check_out_dir`'s, shared with
+``specroute bench``.
 """
 
 from __future__ import annotations
@@ -15,23 +17,21 @@ import itertools
 import json
 import multiprocessing
 import os
-import shutil
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from rich.console import Console
 from rich.markup import escape
+from torch import Tensor
 
 from specroute.data.shards import prepare_data
 from specroute.flops.analytic import count_params
 from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
-from specroute.store import UserError, atomic_write_json, sha256_json
+from specroute.store import UserError, atomic_write_json, check_out_dir, clear_out_dir, sha256_json
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
@@ -101,28 +101,18 @@ def select_runs(resolved: Resolved, arms: list[str], seeds: list[int]) -> list[t
 
 
 def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | None:
-    """Check (and with ``overwrite`` clear) the output folder; see the module docstring.
+    """Check (and with ``overwrite`` clear) the output folder (:func:`specroute.store.check_out_dir`;
+    see the module docstring); ``resume`` needs the same study there (its ``study.json`` and spec hash).
 
     Returns a notice for the user (``resume`` with nothing to resume), else None. Raises UserError for a
     folder that cannot be used as asked.
     """
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
+    entries = check_out_dir(out, OWNED, "a study", overwrite, resume)
     if not entries:
         return f"--resume: no study in {out} yet; starting one" if resume else None
     if overwrite:
-        for name in OWNED:
-            p = out / name
-            if p.is_dir():
-                shutil.rmtree(p)
-            elif p.exists():
-                p.unlink()
-        return
-    if not resume:
-        raise UserError(f"the output folder {out} is not empty ({', '.join(entries[:5])}); "
-                        "pass --resume to continue that study, --overwrite to replace it, "
-                        "or choose another --out")
+        clear_out_dir(out, OWNED)
+        return None
     meta = out / "study.json"
     if not meta.is_file():
         raise UserError(f"--resume: {out} holds no study (no study.json among {', '.join(entries[:5])}); "
@@ -147,34 +137,45 @@ def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
     return max(1, min(os.cpu_count() or 1, pending))
 
 
-def run_parallel(jobs: list[tuple[str, int, RunSpec, dict, Path]], data_path: Path | None, workers: int,
+class Job(NamedTuple):
+    """One controller run to do: its arm, seed, run spec, backbone weights (CPU) and run folder."""
+
+    arm: str
+    seed: int
+    spec: RunSpec
+    backbone: dict[str, Tensor]
+    folder: Path
+
+
+def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
                  progress: StudyProgress) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """Run controller jobs in ``workers`` spawned processes (CPU); yield (arm, seed, result) in job order."""
+    """Run controller jobs in ``workers`` spawned processes (CPU); yield (arm, seed, result) in job order.
+
+    On any exception here (a failed run, SIGINT, SIGTERM) the workers are terminated at once: their last
+    checkpoints are what ``--resume`` continues from, and waiting would mean waiting for their runs."""
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
-                             initargs=(q, threads, os.getpid())) as pool:
-        futures = [pool.submit(run_in_worker, arm, spec, str(data_path), state, str(folder))
-                   for arm, seed, spec, state, folder in jobs]
-        try:
-            for (arm, seed, *_), fut in zip(jobs, futures):
-                while True:
-                    try:
-                        res = fut.result(timeout=0.25)
-                        break
-                    except FuturesTimeout:
-                        progress.drain(q)
-                progress.drain(q)
-                yield arm, seed, res
-        except BaseException:
-            for f in futures:
-                f.cancel()
-            # Stop the workers now (their last checkpoints are what --resume continues from): otherwise
-            # leaving the pool waits for their current runs, and a queued one, to finish.
-            for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                proc.terminate()
-            raise
+    pool = ctx.Pool(workers, initializer=init_worker, initargs=(q, threads, os.getpid()))
+    try:
+        pending = [pool.apply_async(run_in_worker, (j.arm, j.spec, str(data_path), j.backbone, str(j.folder)))
+                   for j in jobs]
+        for job, res in zip(jobs, pending):
+            while True:
+                try:
+                    result = res.get(timeout=0.25)
+                    break
+                except multiprocessing.TimeoutError:
+                    progress.drain(q)
+            progress.drain(q)
+            yield job.arm, job.seed, result
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
 
 
 def run_study(resolved: Resolved, options: StudyOptions, console: Console | None = None,
@@ -234,7 +235,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                 info = backbones[key].info
                 progress.note(f"backbone ({info['source']}): held-out LM {info['heldout_lm']:.3f} nats/token vs "
                               f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
-            jobs = [(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
+            jobs = [Job(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
                     for arm, seed, spec in runs]
             results = run_controllers(jobs, data, device, options, progress, budget)
     results = with_earlier_runs(results, resolved, out)
@@ -277,20 +278,21 @@ def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, 
             f"{rate.controller_macs_per_s / 1e9:.1f} GMAC/s controller)")
 
 
-def run_controllers(jobs: list[tuple[str, int, RunSpec, dict, Path]], data: Any, device: Device,
+def run_controllers(jobs: list[Job], data: Any, device: Device,
                     options: StudyOptions, progress: StudyProgress,
                     budget: StepBudget) -> dict[str, dict[int, dict[str, Any]]]:
     """Every controller run, in this process or (CPU, several pending) in worker processes."""
-    finished = [j for j in jobs if (j[4] / "result.json").is_file()]
-    todo = [j for j in jobs if j not in finished]
-    workers = options.workers or auto_workers(device, jobs[0][2], len(todo))
+    done_before = {j.folder: (j.folder / "result.json").is_file() for j in jobs}
+    finished = [j for j in jobs if done_before[j.folder]]
+    todo = [j for j in jobs if not done_before[j.folder]]
+    workers = options.workers or auto_workers(device, jobs[0].spec, len(todo))
     if workers > 1 and len(todo) > 1 and options.max_steps_this_session is None:
         done = itertools.chain(
-            ((arm, seed, json.loads((folder / "result.json").read_text())) for arm, seed, *_, folder in finished),
+            ((j.arm, j.seed, json.loads((j.folder / "result.json").read_text())) for j in finished),
             run_parallel(todo, data.path, workers, progress))
     else:
-        done = ((arm, seed, run_controller(arm, spec, data, state, device, folder, progress, budget))
-                for arm, seed, spec, state, folder in jobs)
+        done = ((j.arm, j.seed, run_controller(j.arm, j.spec, data, j.backbone, device, j.folder, progress, budget))
+                for j in jobs)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for arm, seed, res in done:
         results.setdefault(arm, {})[seed] = res

@@ -12,10 +12,9 @@ length and continues; on CPU its metrics equal an uninterrupted run's.
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,10 +22,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from specroute.data.sampler import WindowSampler
-from specroute.spec.models import OptimizerSpec, TrainSpec
-from specroute.store import atomic_write_text, temp_dir_beside
+from specroute.spec.models import TrainSpec
+from specroute.store import atomic_write_text, replace_dir, temp_dir_beside
 from specroute.train.device import Device
+from specroute.train.step import lr_at, make_optimizer, optimizer_step
 
 
 class Interrupted(Exception):
@@ -62,6 +61,24 @@ class Stage(Protocol):
         """Held-out metrics; must hold ``lm`` (nats/token)."""
 
 
+class Sampler(Protocol):
+    """Where training windows come from (:class:`specroute.data.sampler.WindowSampler`, a fixed batch...)."""
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """``batch_size`` windows: token ids and next-token targets, (B, T) each."""
+
+
+class FixedBatch:
+    """A :class:`Sampler` that returns the same batch every time (timing a step, as the probe and the
+    benchmark do): ``idx_BT`` and ``targets_BT``, whatever batch size is asked."""
+
+    def __init__(self, idx_BT: Tensor, targets_BT: Tensor):
+        self.idx_BT, self.targets_BT = idx_BT, targets_BT
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return self.idx_BT, self.targets_BT
+
+
 class MetricsSink:
     """Append-only JSONL log of one run (one record per line, flushed as written)."""
 
@@ -85,53 +102,48 @@ class MetricsSink:
         self._f.close()
 
 
-def lr_at(step: int, steps: int, opt: OptimizerSpec) -> float:
-    """Learning rate of optimiser step ``step`` (0-based): linear warmup to ``lr_peak`` over
-    ``warmup_steps`` (step 0 gets lr_peak / warmup_steps), then cosine / linear decay to
-    ``lr_peak * min_lr_ratio`` at the last step, or constant."""
-    peak, floor = opt.lr_peak, opt.lr_peak * opt.min_lr_ratio
-    if step < opt.warmup_steps:
-        return peak * (step + 1) / opt.warmup_steps
-    if opt.schedule == "constant":
-        return peak
-    progress = min(1.0, (step - opt.warmup_steps) / max(1, steps - 1 - opt.warmup_steps))
-    if opt.schedule == "linear":
-        return peak - (peak - floor) * progress
-    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+def step_name(step: int) -> str:
+    """A checkpoint's folder name: ``step_NNNNNN``."""
+    return f"step_{step:06d}"
 
 
-def make_optimizer(params: dict[str, nn.Parameter], opt: OptimizerSpec) -> torch.optim.AdamW:
-    """AdamW; weight decay on matrices (dim >= 2) only, none on biases, norms and gains (GPT-2 habit)."""
-    decay = [p for p in params.values() if p.dim() >= 2]
-    no_decay = [p for p in params.values() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=opt.lr_peak, betas=opt.betas,
-                             eps=opt.eps)
+def checkpoint_step(ckpt_dir: Path) -> int:
+    """The step of the newest checkpoint in ``ckpt_dir`` (what ``latest`` names), 0 if there is none."""
+    latest = ckpt_dir / "latest"
+    return int(latest.read_text().strip().removeprefix("step_")) if latest.is_file() else 0
 
 
 class Trainer:
     """Runs one stage for ``stage.train.steps`` steps, resumable from ``ckpt_dir``.
 
+    Without ``ckpt_dir`` and ``sink`` it touches no file (the throughput probe, the verifiers' tiny
+    trainings, the benchmark): :meth:`advance` takes one step of the loop, :meth:`train_step` one step on
+    a given batch; :meth:`save` / :meth:`restore` need ``ckpt_dir``.
+
     Args:
         stage: what to train.
         sampler: training windows.
-        seeds: ``data`` (window order) and ``loss`` (oracle layer / rank pair sampling) generator seeds.
+        seeds: ``data`` (window order) and ``loss`` (oracle layer / rank pair sampling) generator seeds,
+            or one generator that both draw from.
         device: where the batches go.
-        ckpt_dir: checkpoints folder (``latest`` names the newest ``step_NNNNNN``).
-        sink: the run's metrics log.
+        ckpt_dir: checkpoints folder (``latest`` names the newest ``step_NNNNNN``); None: no checkpoints.
+        sink: the run's metrics log; None: records are kept in the history only.
         on_step: called after every step with (step, record) (progress display).
         budget: this session's step cap across stages.
     """
 
-    def __init__(self, stage: Stage, sampler: WindowSampler, seeds: dict[str, int], device: Device,
-                 ckpt_dir: Path, sink: MetricsSink, on_step: Callable[[int, dict[str, Any]], None] | None = None,
-                 budget: StepBudget | None = None):
+    def __init__(self, stage: Stage, sampler: Sampler, seeds: Mapping[str, int] | torch.Generator, device: Device,
+                 ckpt_dir: Path | None = None, sink: MetricsSink | None = None,
+                 on_step: Callable[[int, dict[str, Any]], None] | None = None, budget: StepBudget | None = None):
         self.stage, self.sampler, self.device = stage, sampler, device
         self.spec = stage.train
         self.params = stage.trainable()
         self.optimizer = make_optimizer(self.params, self.spec.optimizer)
-        self.data_gen = torch.Generator().manual_seed(seeds["data"])
-        self.loss_gen = torch.Generator().manual_seed(seeds["loss"])
+        if isinstance(seeds, torch.Generator):
+            self.data_gen = self.loss_gen = seeds
+        else:
+            self.data_gen = torch.Generator().manual_seed(seeds["data"])
+            self.loss_gen = torch.Generator().manual_seed(seeds["loss"])
         self.ckpt_dir, self.sink = ckpt_dir, sink
         self.on_step, self.budget = on_step, budget or StepBudget()
         self.step = 0
@@ -144,41 +156,42 @@ class Trainer:
         """Train to the last step (from a restored state, if any); return the history."""
         self._t0 = time.perf_counter()
         if self.step == 0:
-            self.sink.truncate(0)
+            self._truncate(0)
             self.history["initial"] = self.evaluate(log=False)
-            self.sink.write({"event": "eval_initial", **self.history["initial"]})
+            self._write({"event": "eval_initial", **self.history["initial"]})
         while self.step < self.spec.steps:
-            idx, targets = self.next_batch()
-            record = self.train_step(idx, targets)
-            self.step += 1
-            self.log(record)
+            self.advance()
             if self.step % self.spec.eval_every == 0 or self.step == self.spec.steps:
                 self.evaluate()
-            if self.step % self.spec.checkpoint_every == 0 and self.step < self.spec.steps:
+            if self.ckpt_dir is not None and self.step % self.spec.checkpoint_every == 0 \
+                    and self.step < self.spec.steps:
                 self.save()
             self.budget.spend()
         return self.history
+
+    def advance(self) -> dict[str, Any]:
+        """One step of the loop: next batch, train step, log; returns the step's record."""
+        idx, targets = self.next_batch()
+        record = self.train_step(idx, targets)
+        self.step += 1
+        self.log(record)
+        return record
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         idx, targets = self.sampler.sample(self.spec.batch_size, self.data_gen)
         return idx.to(self.device.torch, non_blocking=True), targets.to(self.device.torch, non_blocking=True)
 
     def train_step(self, idx: Tensor, targets: Tensor) -> dict[str, Any]:
-        lr = lr_at(self.step, self.spec.steps, self.spec.optimizer)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, record = self.stage.loss(idx, targets, self.loss_gen)
-        loss.backward()
-        clip = self.spec.grad_clip if self.spec.grad_clip is not None else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(list(self.params.values()), clip)
-        self.optimizer.step()
-        return {**record, "grad_norm": float(grad_norm), "lr": lr}
+        """One optimiser step on (B, T) ids and targets at the current step's learning rate (the step
+        counter is not advanced); returns the stage's metrics plus ``grad_norm`` and ``lr``."""
+        return optimizer_step(self.optimizer, list(self.params.values()),
+                              lambda: self.stage.loss(idx, targets, self.loss_gen),
+                              lr_at(self.step, self.spec.steps, self.spec.optimizer), self.spec.grad_clip)
 
     def log(self, record: dict[str, Any]) -> None:
         record = {"event": "train", "step": self.step, **record}
         self.history["train"].append(record)
-        self.sink.write(record)
+        self._write(record)
         if self.on_step is not None:
             self.on_step(self.step, record)
 
@@ -189,8 +202,16 @@ class Trainer:
         self.stage.model.train()
         if log:
             self.history["eval"].append(result)
-            self.sink.write({"event": "eval", **result})
+            self._write({"event": "eval", **result})
         return result
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.sink is not None:
+            self.sink.write(record)
+
+    def _truncate(self, n: int) -> None:
+        if self.sink is not None:
+            self.sink.truncate(n)
 
     @property
     def wall_s(self) -> float:
@@ -199,7 +220,9 @@ class Trainer:
     # -- state -------------------------------------------------------------------------------------
     def save(self) -> Path:
         """Write a checkpoint of the current step (atomically) and point ``latest`` at it."""
-        name = f"step_{self.step:06d}"
+        if self.ckpt_dir is None:
+            raise RuntimeError("this trainer has no checkpoint folder")
+        name = step_name(self.step)
         target = self.ckpt_dir / name
         tmp = temp_dir_beside(target)
         save_file({k: p.detach().cpu().contiguous() for k, p in self.params.items()},
@@ -209,12 +232,10 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()},
             "history": self.history,
-            "metrics_offset": self.sink.offset(),
+            "metrics_offset": self.sink.offset() if self.sink is not None else 0,
             "wall_s": self.wall_s,
         }, tmp / "state.pt")
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)
+        replace_dir(tmp, target)
         atomic_write_text(self.ckpt_dir / "latest", name)
         for old in self.ckpt_dir.glob("step_*"):
             if old.name != name:
@@ -223,10 +244,9 @@ class Trainer:
 
     def restore(self) -> bool:
         """Load the newest checkpoint, if there is one; return whether one was loaded."""
-        latest = self.ckpt_dir / "latest"
-        if not latest.is_file():
+        if self.ckpt_dir is None or (step := checkpoint_step(self.ckpt_dir)) == 0:
             return False
-        folder = self.ckpt_dir / latest.read_text().strip()
+        folder = self.ckpt_dir / step_name(step)
         weights = load_file(str(folder / "trainable.safetensors"))
         if set(weights) != set(self.params):
             raise RuntimeError(f"checkpoint {folder} holds other parameters than this run trains")
@@ -240,5 +260,5 @@ class Trainer:
         self.history = state["history"]
         self.step = state["step"]
         self.wall_before = state["wall_s"]
-        self.sink.truncate(state["metrics_offset"])
+        self._truncate(state["metrics_offset"])
         return True

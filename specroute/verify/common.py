@@ -18,9 +18,13 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from torch import Tensor
 
+from specroute.losses import lm_loss
 from specroute.model.decoder import Decoder, build_model
 from specroute.spec.loader import deep_merge, dump_run
-from specroute.spec.models import G1Spec, RunSpec
+from specroute.spec.models import G1Spec, RunSpec, TrainSpec
+from specroute.train.device import Device
+from specroute.train.stages import ControllerStage, DenseStage
+from specroute.train.trainer import Trainer
 
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
@@ -30,6 +34,8 @@ SHRUNK_WIDTH = 32
 SHRUNK_HEADS = 2
 SHRUNK_CONTEXT = 32
 SHRUNK_VOCAB = 256  # the bytes tokenizer's
+#: Where the verifiers' tiny trainings run.
+CPU = Device("cpu", None)
 
 
 @dataclass
@@ -116,11 +122,6 @@ def shrink(spec: RunSpec, update: dict[str, Any] | None = None, seq_len: int = 1
     return RunSpec.model_validate(deep_merge(raw, update or {}))
 
 
-def variant(spec: RunSpec, update: dict[str, Any]) -> RunSpec:
-    """``spec`` with nested ``update`` merged, validated again (never ``model_copy``)."""
-    return RunSpec.model_validate(deep_merge(dump_run(spec), update))
-
-
 def seeded_model(spec: RunSpec, seed: int, routed: bool = True) -> Decoder:
     torch.manual_seed(seed)
     return build_model(spec, routed=routed)
@@ -180,55 +181,52 @@ def batch(stream: Tensor, B: int, T: int, generator: torch.Generator) -> tuple[T
     return x[:, :-1], x[:, 1:]
 
 
-def trainable_params(model: Decoder) -> dict[str, torch.nn.Parameter]:
-    """What a trainer optimises: every parameter that requires a gradient (the trainer's rule)."""
-    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+class ProseWindows:
+    """The tiny trainings' :class:`specroute.train.trainer.Sampler`: :func:`batch` windows of ``T`` tokens."""
+
+    def __init__(self, stream: Tensor, T: int):
+        self.stream, self.T = stream, T
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        return batch(self.stream, batch_size, self.T, generator)
+
+
+def tiny_train(steps: int, lr: float, decay: bool = False, B: int = 8, T: int = 64) -> TrainSpec:
+    """The tiny trainings' settings: ``steps`` AdamW steps (torch's default betas and eps) without weight
+    decay or clipping, the learning rate ``lr`` constant, or with ``decay`` falling linearly to a tenth at
+    the last step; B x T windows."""
+    return TrainSpec.model_validate({
+        "steps": steps, "batch_size": B, "seq_len": T, "grad_clip": None,
+        "optimizer": {"lr_peak": lr, "betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "warmup_steps": 0,
+                      "min_lr_ratio": 0.1,
+                      "schedule": "linear" if decay else "constant"},
+    })
 
 
 def train_controller(model: Decoder, spec: RunSpec, steps: int, seed: int, lr: float = 3e-3,
                      stream: Tensor | None = None, decay: bool = False) -> list[dict[str, float]]:
-    """``steps`` AdamW steps of the spec's recipe (``compute_losses``) on prose windows (learning rate
-    constant, or with ``decay`` falling linearly to a tenth). Returns the per-step loss parts."""
-    from specroute.losses import compute_losses
-
+    """``steps`` study steps (:class:`specroute.train.trainer.Trainer`) of the spec's recipe on prose
+    windows of ``spec.train``'s B x T (settings :func:`tiny_train`); windows and the recipe's sampling draw
+    from one generator seeded ``seed``. Returns each step's record (loss parts, ``grad_norm``, ``lr``)."""
     stream = prose_tokens() if stream is None else stream
-    params = trainable_params(model)
-    opt = torch.optim.AdamW(params.values(), lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed)
-    history = []
-    for step in range(steps):
-        if decay:
-            for group in opt.param_groups:
-                group["lr"] = lr * (1 - 0.9 * step / max(1, steps - 1))
-        x, y = batch(stream, spec.train.batch_size, spec.train.seq_len, g)
-        terms = compute_losses(model, x, y, spec, g)
-        opt.zero_grad(set_to_none=True)
-        terms.total.backward()
-        opt.step()
-        history.append(terms.parts)
-    return history
+    train = tiny_train(steps, lr, decay, spec.train.batch_size, spec.train.seq_len)
+    trainer = Trainer(ControllerStage(spec, model, CPU, train=train), ProseWindows(stream, train.seq_len),
+                      torch.Generator().manual_seed(seed), CPU)
+    return [trainer.advance() for _ in range(steps)]
 
 
 def train_dense(model: Decoder, steps: int, seed: int, B: int, T: int, lr: float = 3e-3,
                 stream: Tensor | None = None) -> float:
-    """Pretrain a (dense or routed-forced-full) model's every parameter for ``steps``; returns the last LM."""
-    from specroute.losses import lm_loss
-
+    """Pretrain a (dense or routed-forced-full) model's every parameter for ``steps`` study steps on prose
+    windows (settings :func:`tiny_train`); returns the last step's LM loss (nats/token)."""
     stream = prose_tokens() if stream is None else stream
-    params = [p for p in model.parameters()]
-    for p in params:
-        p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(seed)
+    model.requires_grad_(True)
+    loss_of = ((lambda x, y: lm_loss(model(x, all_full=True).logits_BTV, y)) if model.routed else None)
+    trainer = Trainer(DenseStage(model, tiny_train(steps, lr, B=B, T=T), CPU, loss_of=loss_of),
+                      ProseWindows(stream, T), torch.Generator().manual_seed(seed), CPU)
     loss = math.nan
     for _ in range(steps):
-        x, y = batch(stream, B, T, g)
-        out = model(x, all_full=True) if model.routed else model(x)
-        l = lm_loss(out.logits_BTV, y)
-        opt.zero_grad(set_to_none=True)
-        l.backward()
-        opt.step()
-        loss = l.item()
+        loss = trainer.advance()["lm"]
     return loss
 
 

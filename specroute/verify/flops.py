@@ -33,9 +33,10 @@ from specroute.losses import compute_losses
 from specroute.flops.analytic import DENOMINATORS, count_params, dense_step_macs, step_macs
 from specroute.model.decoder import Decoder
 from specroute.flops.counters import CountMACs, forward_macs_mode, fvcore_forward_macs
+from specroute.spec import rebuild
 from specroute.spec.models import RunSpec
 from specroute.verify.common import (CheckResult, Context, Target, result, run_property, seeded_model, shrink,
-                                     skipped, tokens, variant)
+                                     skipped, tokens)
 
 PAPER_PARAMS = 157.5e6
 PAPER_PARAMS_TOLERANCE = 0.005
@@ -47,7 +48,7 @@ BUILD_LIMIT = 20_000_000
 def _configs(spec: RunSpec) -> list[tuple[str, RunSpec]]:
     """The tiny (width 32, T 16) and medium (width 64, T 32) variants the FLOP checks run on."""
     tiny = shrink(spec)
-    medium = variant(shrink(spec, seq_len=32, batch_size=2), {"model": {"d_model": 64, "n_heads": 4}})
+    medium = rebuild(shrink(spec, seq_len=32, batch_size=2), {"model": {"d_model": 64, "n_heads": 4}})
     return [("tiny", tiny), ("medium", medium)]
 
 
@@ -118,7 +119,7 @@ def counters_agree(target: Target, ctx: Context) -> CheckResult:
     for name, spec in _configs(target.spec):
         x = tokens(spec.train.batch_size, spec.train.seq_len, 0)
         for label, model in (("dense", seeded_model(spec, 0, routed=False)),
-                             ("masked", seeded_model(variant(spec, {"routing": {"execution": "masked"}}), 0)),
+                             ("masked", seeded_model(rebuild(spec, {"routing": {"execution": "masked"}}), 0)),
                              ("gather", seeded_model(_gather(spec), 0))):
             fv, mo = fvcore_forward_macs(model, x), forward_macs_mode(model, x)
             worst = max(worst, _rel(fv.total, mo.total))
@@ -128,7 +129,7 @@ def counters_agree(target: Target, ctx: Context) -> CheckResult:
 
 
 def _gather(spec: RunSpec) -> RunSpec:
-    return variant(spec, {"routing": {"execution": "gather", "estimator": "score_scaling"}})
+    return rebuild(spec, {"routing": {"execution": "gather", "estimator": "score_scaling"}})
 
 
 def routed_forward(target: Target, ctx: Context) -> CheckResult:
@@ -136,7 +137,7 @@ def routed_forward(target: Target, ctx: Context) -> CheckResult:
     for name, spec in _configs(target.spec):
         x = tokens(spec.train.batch_size, spec.train.seq_len, 0)
         for execution in ("masked", "gather"):
-            s = _gather(spec) if execution == "gather" else variant(spec, {"routing": {"execution": "masked"}})
+            s = _gather(spec) if execution == "gather" else rebuild(spec, {"routing": {"execution": "masked"}})
             model = seeded_model(s, 0)
             with torch.no_grad():
                 out = model(x)
@@ -168,7 +169,7 @@ def execution_savings(target: Target, ctx: Context) -> CheckResult:
     spec = shrink(target.spec, seq_len=32)
     x = tokens(spec.train.batch_size, spec.train.seq_len, 0)
     dense = fvcore_forward_macs(seeded_model(spec, 0, routed=False), x).by_module
-    masked_spec = variant(spec, {"routing": {"execution": "masked"}})
+    masked_spec = rebuild(spec, {"routing": {"execution": "masked"}})
     gather_spec = _gather(spec)
     masked = fvcore_forward_macs(seeded_model(masked_spec, 0), x).by_module
     gathered_model = seeded_model(gather_spec, 0)
@@ -255,7 +256,7 @@ def training_step(target: Target, ctx: Context) -> CheckResult:
     values: dict[str, Any] = {}
     for execution in ("masked", "gather"):
         base = shrink(target.spec, {"loss": {"oracle": {"layers_per_step": None}}}, seq_len=16, batch_size=2)
-        spec = _gather(base) if execution == "gather" else variant(base, {"routing": {"execution": "masked"}})
+        spec = _gather(base) if execution == "gather" else rebuild(base, {"routing": {"execution": "masked"}})
         m = measure_step(spec)
         parts = step_macs(spec, full_fraction=m["full_fraction"])
         worst = max(worst, _rel(m["step"], parts["total"]))
@@ -286,7 +287,7 @@ def parity(target: Target, ctx: Context) -> CheckResult:
     stats = {"max_diff": 0.0}
 
     def body(B, T, seed, b):
-        masked = variant(base, {"routing": {"execution": "masked", "estimator": "score_scaling",
+        masked = rebuild(base, {"routing": {"execution": "masked", "estimator": "score_scaling",
                                             "budget": {"full_fraction": b}}})
         gathered = _gather(masked)
         mm, mg = seeded_model(masked, seed), seeded_model(gathered, seed)

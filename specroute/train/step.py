@@ -1,0 +1,63 @@
+"""The optimiser and the one training step every training in specroute takes.
+
+The studies' two stages (:class:`specroute.train.trainer.Trainer`), the throughput probe
+(:mod:`specroute.train.estimate`), the verifiers' tiny trainings (:mod:`specroute.verify.common`) and
+``specroute bench`` all step through :func:`optimizer_step` with an optimiser from :func:`make_optimizer`,
+so what the benchmark times and the probe measures is the step a study runs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from specroute.spec.models import OptimizerSpec
+
+
+def lr_at(step: int, steps: int, opt: OptimizerSpec) -> float:
+    """Learning rate of optimiser step ``step`` (0-based): linear warmup to ``lr_peak`` over
+    ``warmup_steps`` (step 0 gets lr_peak / warmup_steps), then cosine / linear decay to
+    ``lr_peak * min_lr_ratio`` at the last step, or constant."""
+    peak, floor = opt.lr_peak, opt.lr_peak * opt.min_lr_ratio
+    if step < opt.warmup_steps:
+        return peak * (step + 1) / opt.warmup_steps
+    if opt.schedule == "constant":
+        return peak
+    progress = min(1.0, (step - opt.warmup_steps) / max(1, steps - 1 - opt.warmup_steps))
+    if opt.schedule == "linear":
+        return peak - (peak - floor) * progress
+    return floor + (peak - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def make_optimizer(params: Mapping[str, nn.Parameter], opt: OptimizerSpec) -> torch.optim.AdamW:
+    """AdamW with ``opt``'s settings; weight decay on matrices (dim >= 2) only, none on biases, norms and
+    gains (GPT-2 habit). ``params``: the trained parameters by name (an empty group is left out)."""
+    decay = [p for p in params.values() if p.dim() >= 2]
+    no_decay = [p for p in params.values() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=opt.lr_peak, betas=opt.betas,
+                             eps=opt.eps)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
+                   loss_fn: Callable[[], tuple[Tensor, dict[str, Any]]], lr: float,
+                   grad_clip: float | None) -> dict[str, Any]:
+    """One step: set the learning rate, ``zero_grad(set_to_none=True)``, ``loss, metrics = loss_fn()``,
+    backward, global-norm clip of ``params`` to ``grad_clip`` (None: no clip, the norm is still measured),
+    optimiser step.
+
+    Returns ``metrics`` plus ``grad_norm`` (the global L2 norm of the gradient before clipping) and ``lr``.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    loss, record = loss_fn()
+    loss.backward()
+    clip = grad_clip if grad_clip is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+    optimizer.step()
+    return {**record, "grad_norm": float(grad_norm), "lr": lr}
