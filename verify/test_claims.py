@@ -41,6 +41,7 @@ def seed_entry(avg: float, best: float | None = None, final: float | None = None
     return {"lm": [[10, avg + 0.01], [20, final]], "best_lm": best, "avg_lm": avg, "final_lm": final,
             "threshold_hits": hits or {}, "grad_norm": {"mean": grad, "median": grad},
             "full_fraction": {"train": {"1": 0.5}, "eval": {"1": 0.5}}, "flops_proxy": 1.5, "wall_s": 100.0,
+            "concurrent_runs": 1,
             "latent": latent, "lm_by_batch": {m: per_batch(v) for m, v in
                                               (("avg_lm", avg), ("best_lm", best), ("final_lm", final))}}
 
@@ -83,7 +84,7 @@ def paper_like() -> dict:
         for entry in (g1l, g3l, g1u, g3u):
             entry[s]["wall_s"] = 6.3e3 if entry in (g1l, g3l) else 10.3e3
     return {
-        "study": "fixture", "profile": "paper", "environment": {"device": "V100", "workers": 1},
+        "study": "fixture", "profile": "paper", "environment": {"device": "V100"},
         "arms": {
             "mlp_ur": arm("G1", 1.0, 0.0, g1u, 1.53), "jepa_gate_ur": arm("G3", 1.0, 1.0, g3u, 1.53),
             "mlp_lm": arm("G1", 0.0, 0.0, g1l, 1.07), "jepa_gate_lm": arm("G3", 0.0, 1.0, g3l, 1.07),
@@ -265,6 +266,12 @@ def test_smoke_scale_noise_gives_inconclusive_not_refuted():
     v = verdicts(s)
     assert v["C1"].verdict == INCONCLUSIVE and v["C7"].verdict == INCONCLUSIVE, {k: x.reason for k, x in v.items()}
     assert v["C1"].values["paired"]["ties"] == 3
+
+
+def test_wall_time_of_runs_sharing_the_machine_is_not_checkable():
+    s = paper_like()
+    s["arms"]["mlp_lm"]["seeds"]["1"]["concurrent_runs"] = 2
+    assert "runs at once" in verdicts(s)["C12"].reason and verdicts(s)["C12"].verdict == NOT_CHECKABLE
 
 
 def test_undeclared_roles_are_not_checkable_never_guessed():

@@ -309,12 +309,13 @@ def _c12(c: Claim, x: Context) -> Verdict:
     if isinstance(arms, str):
         return _not_checkable(c, arms)
     env = x.summary.get("environment") or {}
-    workers = env.get("workers")
-    if workers is None:
-        return _not_checkable(c, "the report does not record how its runs were scheduled (workers)")
-    if workers > 1:
-        return _not_checkable(c, f"the wall times come from {workers} parallel workers sharing one machine; "
-                                 "time the steps with `specroute bench` instead")
+    concurrent = [s.get("concurrent_runs") for a in arms.values() for s in x.summary["arms"][a]["seeds"].values()]
+    if None in concurrent:
+        return _not_checkable(c, "the report does not record how its runs were timed (a resumed run, or an "
+                                 "older version)")
+    if max(concurrent) > 1:
+        return _not_checkable(c, f"the wall times come from up to {max(concurrent)} runs at once sharing one "
+                                 "machine; time the steps with `specroute bench` instead")
     mean = lambda a: x.summary["arms"][a]["mean"].get("wall_s")  # noqa: E731
     ratios = [mean(arms[f"{g}_lm"]) / mean(arms[f"{g}_utilrank"]) for g in ("g1", "g3")]
     saving = 1 - statistics.fmean(ratios)
