@@ -208,7 +208,8 @@ class RoutedFFN(nn.Module):
     """The routed FFN step of a controlled layer: score, decide, run full or cheap.
 
     Holds the gate, the cheap FFN (``None`` when its width is 0: the cheap action is a skip), the budget,
-    the gradient estimator and the execution mode. The full FFN is the block's own (a backbone weight,
+    the gradient estimator and the execution mode. The block runs it in two steps, :meth:`decide` (score,
+    decide) and :meth:`execute` (run full or cheap); the full FFN is the block's own (a backbone weight,
     the same as the dense model's) and is passed in.
     """
 
@@ -221,14 +222,12 @@ class RoutedFFN(nn.Module):
         self.execution = r.execution
         self.estimator = r.estimator
 
-    def forward(self, h_BTD: Tensor, x_BTD: Tensor, full_ffn: FFN, force: Tensor | bool | None = None
-                ) -> tuple[Tensor, Tensor, GateOut | None]:
-        """h_BTD: hidden state entering the step (the gate reads it), (B, T, D); x_BTD = LN(h_BTD), the
-        FFNs' input; ``force``: decisions to use instead of the gate's (bool (B, T), or one bool for every
-        token; with a bool the gate does not run).
+    def decide(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, GateOut | None]:
+        """Score and decide. h_BTD: hidden state entering the FFN step (the gate reads it), (B, T, D);
+        ``force``: decisions to use instead of the gate's (bool (B, T), or one bool for every token; with
+        a bool the gate does not run).
 
-        Returns (y_BTD: the executed branch's output, to add to h; full_BT: bool (B, T); the gate's
-        output or None).
+        Returns (full_BT: bool (B, T), the gate's output or None).
         """
         gate = self.gate(h_BTD) if force is None or isinstance(force, Tensor) else None
         if force is None:
@@ -237,9 +236,14 @@ class RoutedFFN(nn.Module):
             full_BT = force.to(torch.bool)
         else:
             full_BT = torch.full(h_BTD.shape[:2], bool(force), dtype=torch.bool, device=h_BTD.device)
+        return full_BT, gate
+
+    def execute(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, gate: GateOut | None) -> Tensor:
+        """Run full or cheap per token: x_BTD = LN(h), (B, T, D) -> the executed branch's output (B, T, D),
+        with the estimator's gradient path to the gate's score. ``full_ffn`` is the block's full FFN."""
         p_BT = torch.sigmoid(gate.score_BT) if gate is not None else None
         run = self._masked if self.execution == "masked" else self._gather
-        return run(x_BTD, full_ffn, full_BT, p_BT), full_BT, gate
+        return run(x_BTD, full_ffn, full_BT, p_BT)
 
     def cheap_branch(self, x_BTD: Tensor) -> Tensor:
         """FFN_cheap(x), or zeros when the cheap action is a skip; (B, T, D) -> (B, T, D)."""
@@ -305,12 +309,12 @@ class Block(nn.Module):
 
     def forward(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, LayerRouting | None]:
         """(B, T, D) -> (B, T, D) and, for a controlled block, its routing record. ``force`` overrides the
-        gate's decisions (see :meth:`RoutedFFN.forward`)."""
+        gate's decisions (see :meth:`RoutedFFN.decide`)."""
         h_BTD = h_BTD + self.attn(self.ln1(h_BTD))
         if self.routed_ffn is None:
             return h_BTD + self.ffn(self.ln2(h_BTD)), None
-        y_BTD, full_BT, gate = self.routed_ffn(h_BTD, self.ln2(h_BTD), self.ffn, force)
-        h_out = h_BTD + y_BTD
+        full_BT, gate = self.routed_ffn.decide(h_BTD, force)  # score, decide
+        h_out = h_BTD + self.routed_ffn.execute(self.ln2(h_BTD), self.ffn, full_BT, gate)  # run full or cheap
         return h_out, LayerRouting(self.index, full_BT, gate, h_BTD, h_out)
 
 
