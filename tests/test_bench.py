@@ -21,12 +21,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import SPECS
 from specroute.bench.runner import BUDGETS, HF_MISSING, OtherLoad, full_training, realised_share, shrink
 from specroute.cli import app
 from specroute.flops.analytic import step_macs
 from specroute.spec import load_study
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 runner = CliRunner()
 FILES = ("summary.json", "report.md", "throughput_vs_budget.png")
 THREADS_BEFORE = torch.get_num_threads()

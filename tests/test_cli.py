@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from helpers import SPECS, write
 from specroute.cli import app
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 runner = CliRunner()
 
 
@@ -120,12 +119,6 @@ def test_schema_is_a_json_schema_of_the_spec_file():
 
 # --------------------------------------------------------------------------------------------------
 # bad specs: one test per kind of mistake (issue item 3)
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 @pytest.mark.parametrize(

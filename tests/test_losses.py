@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny import G3, tiny_spec, tokens
+from helpers import G3, tiny_spec, tokens
 from torch.testing import assert_close
 
 from specroute.losses import (

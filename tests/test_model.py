@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from tiny import G3, tiny_spec, tokens
+from helpers import G3, SPECS, tiny_spec, tokens
 from torch.testing import assert_close
 
 from specroute.losses import lm_loss
@@ -345,9 +345,8 @@ def test_count_params_matches_the_built_model(g3, tied, cheap, bias):
 
 def test_count_params_of_the_paper_model_built_on_the_meta_device():
     from specroute.spec import load_study
-    from tiny import SPECS_DIR
 
-    resolved = load_study(SPECS_DIR / "a3.yaml", "paper")
+    resolved = load_study(SPECS / "a3.yaml", "paper")
     for arm in ("G3_lm",):  # G3: gate, predictor and target head (G1's count is checked on tiny specs)
         spec = resolved.arm_spec(arm)
         with torch.device("meta"):

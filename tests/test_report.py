@@ -11,9 +11,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from helpers import MICRO, SPECS, micro, strip_wall
 from specroute.cli import app
 from specroute.train import StudyOptions, run_study
-from test_train import MICRO, SPECS, micro, strip_wall
 
 ARMS = ["G1_utilrank", "G3_utilrank", "G1_lm", "G3_lm"]
 SEED_KEYS = {"lm", "best_lm", "avg_lm", "final_lm", "threshold_hits", "grad_norm", "full_fraction", "flops_proxy",

@@ -13,20 +13,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
-from tiny import TINY, tiny_spec
+from helpers import SPECS, TINY, tiny_spec, write
 
 from specroute.spec import SpecError, load_study, rebuild
 from specroute.spec.loader import deep_merge, dump_run, parse_set
 from specroute.spec.models import RunSpec, SpecFile, StudySpec, Strict, ceil_budget
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
 SHIPPED = sorted(SPECS.glob("*.yaml"))
-
-
-def write(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
-    path.write_text(text)
-    return path
 
 
 # --------------------------------------------------------------------------------------------------

@@ -16,28 +16,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import MICRO, SPECS, micro, strip_wall
 from specroute.cli import app
-from specroute.spec import load_study
 from specroute.spec.models import OptimizerSpec
 from specroute.train import Interrupted, StudyOptions, run_study
 from specroute.train.trainer import lr_at
 
-SPECS = Path(__file__).resolve().parent.parent / "specs"
-
-#: A micro profile of the A3 study: 2 blocks x width 32, 30 backbone steps, 12 controller steps.
-MICRO = [
-    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.context_length=32",
-    "routing.controlled_layers=[1]", "routing.cheap_ffn_hidden=16",
-    "gates.G1.hidden=8", "gates.G3.latent_dim=4", "gates.G3.predictor_hidden=8",
-    "backbone.train.steps=30", "backbone.train.batch_size=4", "backbone.train.seq_len=32",
-    "backbone.train.eval_every=10", "backbone.train.eval_batches=2", "backbone.train.checkpoint_every=10",
-    "train.steps=12", "train.batch_size=4", "train.seq_len=32", "train.eval_every=4", "train.eval_batches=2",
-    "train.checkpoint_every=5", "train.lm_thresholds=[4.5, 3.5]", "seeds=[0, 1]",
-]
-
-
-def micro(*extra: str):
-    return load_study(SPECS / "a3.yaml", "smoke", [*MICRO, *extra])
 
 
 def test_lr_schedule():
@@ -48,10 +32,6 @@ def test_lr_schedule():
     lin = OptimizerSpec(lr_peak=1.0, warmup_steps=0, schedule="linear", min_lr_ratio=0.0)
     assert math.isclose(lr_at(5, 11, lin), 0.5)
     assert lr_at(7, 10, OptimizerSpec(lr_peak=2.0, warmup_steps=0, schedule="constant")) == 2.0
-
-
-def strip_wall(seed_summary: dict) -> dict:
-    return {k: v for k, v in seed_summary.items() if k != "wall_s"}
 
 
 def events(path: Path) -> list[dict]:

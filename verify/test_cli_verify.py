@@ -73,6 +73,7 @@ def test_flops_paper_profile_prints_both_proxies_and_the_breakdown():
 
 def test_flops_json():
     r = runner.invoke(app, ["flops", A3, "--profile", "paper", "--json"])
+    assert r.exit_code == 0, r.output
     payload = json.loads(r.output)
     g1u = payload["arms"]["G1_utilrank"]
     assert g1u["params"]["routed_model"] == 157_519_104

@@ -1,0 +1,71 @@
+"""What the tests share: the tiny specs, token ids, the shipped specs' folder, the micro profile of the A3
+study and a file writer. (Test modules import this, never each other.)
+
+``tiny_spec(update)`` builds a tiny spec (4 blocks x width 32, bytes vocabulary (256), context 32) by
+merging ``update`` (nested keys of RunSpec) into the base and validating again, so every test spec is a
+valid spec by construction.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from specroute.spec import Resolved, load_study
+from specroute.spec.loader import deep_merge
+from specroute.spec.models import RunSpec
+
+#: The shipped specs' folder (specs/).
+SPECS = Path(__file__).resolve().parent.parent / "specs"
+
+TINY: dict[str, Any] = {
+    "name": "tiny",
+    "model": {"n_layers": 4, "d_model": 32, "n_heads": 2, "context_length": 32, "vocab_size": 256, "d_ff": 64},
+    "routing": {"controlled_layers": [1, 2], "cheap_ffn_hidden": 16, "execution": "masked"},
+    "gate": {"kind": "G1", "hidden": 16},
+    "backbone": {"train": {"seq_len": 16, "batch_size": 2}},
+    "train": {"seq_len": 16, "batch_size": 2},
+}
+
+G3: dict[str, Any] = {"gate": {"kind": "G3", "latent_dim": 8, "predictor_hidden": 16}}
+
+#: A micro profile of the A3 study (``--set`` items): 2 blocks x width 32, 30 backbone steps, 12 controller
+#: steps.
+MICRO = [
+    "model.n_layers=2", "model.d_model=32", "model.n_heads=2", "model.context_length=32",
+    "routing.controlled_layers=[1]", "routing.cheap_ffn_hidden=16",
+    "gates.G1.hidden=8", "gates.G3.latent_dim=4", "gates.G3.predictor_hidden=8",
+    "backbone.train.steps=30", "backbone.train.batch_size=4", "backbone.train.seq_len=32",
+    "backbone.train.eval_every=10", "backbone.train.eval_batches=2", "backbone.train.checkpoint_every=10",
+    "train.steps=12", "train.batch_size=4", "train.seq_len=32", "train.eval_every=4", "train.eval_batches=2",
+    "train.checkpoint_every=5", "train.lm_thresholds=[4.5, 3.5]", "seeds=[0, 1]",
+]
+
+
+def tiny_spec(update: dict[str, Any] | None = None) -> RunSpec:
+    """The tiny run spec with ``update`` merged in (a gate ``kind`` change replaces the gate)."""
+    return RunSpec.model_validate(deep_merge(TINY, update or {}))
+
+
+def tokens(B: int, T: int, seed: int = 0, vocab: int = 256) -> torch.Tensor:
+    """Deterministic random token ids (B, T)."""
+    return torch.randint(0, vocab, (B, T), generator=torch.Generator().manual_seed(seed))
+
+
+def micro(*extra: str) -> Resolved:
+    """The A3 study, smoke profile, with :data:`MICRO` and then ``extra`` (``--set`` items) applied."""
+    return load_study(SPECS / "a3.yaml", "smoke", [*MICRO, *extra])
+
+
+def strip_wall(seed_summary: dict) -> dict:
+    """A seed's summary without its wall time (the one figure that differs between equal runs)."""
+    return {k: v for k, v in seed_summary.items() if k != "wall_s"}
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    """Write ``text`` to ``folder/name``; returns the path."""
+    path = folder / name
+    path.write_text(text)
+    return path
