@@ -17,7 +17,7 @@ from specroute.claims.paper import CLAIMS, Claim
 from specroute.claims.stats import (THRESHOLDS, fmt_interval, outside, paired, ratio_over_seeds, common_seeds,
                                     within)
 from specroute.claims.verdict import (INCONCLUSIVE, NECESSARY, NOT_CHECKABLE, NOT_REPRODUCED, REPRODUCED, Verdict,
-                                      combine, from_paired, judge_disappears, judge_wins, make)
+                                      combine, from_paired, judge_band, judge_disappears, judge_wins, make)
 
 GATES = ("G1", "G3")
 
@@ -103,13 +103,7 @@ def _c3(c: Claim, x: Context) -> Verdict:
     numbers = (f"grad_norm G1/G3 per seed: {', '.join(f'{r:.2f}x' for r in ratios)}; geometric mean "
                + (f"{gm:.2f}x {fmt_interval(iv, 3)}" if gm else "–") + f" (paper {P.GRAD_NORM_RATIO}x); "
                + x.scale(*arms.values()))
-    if len(ratios) < P.SEEDS or iv is None:
-        return make(c, NOT_CHECKABLE, f"n={len(ratios)} < {P.SEEDS} seeds", numbers, **kw)
-    if within(iv, lo, hi):
-        return make(c, REPRODUCED, f"the interval lies inside [{lo:.2f}, {hi:.1f}]x", numbers, **kw)
-    if outside(iv, lo, hi):
-        return make(c, NOT_REPRODUCED, f"the interval lies outside [{lo:.2f}, {hi:.1f}]x", numbers, **kw)
-    return make(c, INCONCLUSIVE, f"the interval straddles the band [{lo:.2f}, {hi:.1f}]x", numbers, **kw)
+    return make(c, *judge_band(len(ratios), iv, lo, hi, f"[{lo:.2f}, {hi:.1f}]x"), numbers, **kw)
 
 
 def _c4(c: Claim, x: Context) -> Verdict:
@@ -120,14 +114,7 @@ def _c4(c: Claim, x: Context) -> Verdict:
     gap, iv = P.ENDPOINT_GAP_NATS, p.interval
     numbers = (f"final_lm G3 - G1 {p.mean:+.4f} nats {fmt_interval(iv)} (paper: within ±{gap}); "
                f"{x.scale(*arms.values())} (the paper's endpoint is {P.STEPS} steps)") if p.n else "–"
-    if p.n < P.SEEDS or iv is None:
-        verdict, reason = NOT_CHECKABLE, f"n={p.n} < {P.SEEDS} seeds"
-    elif within(iv, -gap, gap):
-        verdict, reason = REPRODUCED, f"the interval lies inside ±{gap} nats"
-    elif outside(iv, -gap, gap):
-        verdict, reason = NOT_REPRODUCED, f"the interval lies outside ±{gap} nats"
-    else:
-        verdict, reason = INCONCLUSIVE, f"the interval straddles ±{gap} nats"
+    verdict, reason = judge_band(p.n, iv, -gap, gap, f"±{gap} nats")
     return from_paired(c, verdict, reason, p, numbers, arms=arms, values={"paired": p.as_dict()})
 
 
@@ -150,13 +137,8 @@ def _c5(c: Claim, x: Context) -> Verdict:
                + x.scale(*arms.values()))
     kw = dict(n=len(ratios), effect=gm, effect_unit="x", interval=iv, arms=arms,
               values={"rank_ratios": ratios, "effective_rank": [bare, aligned], "variance": variances})
-    if len(ratios) < P.SEEDS or iv is None:
-        return make(c, NOT_CHECKABLE, f"n={len(ratios)} < {P.SEEDS} seeds", numbers, **kw)
-    if iv[1] <= P.COLLAPSE_RATIO:
-        return make(c, REPRODUCED, f"collapsed: the interval lies at or below {P.COLLAPSE_RATIO}", numbers, **kw)
-    if iv[0] > P.COLLAPSE_RATIO:
-        return make(c, NOT_REPRODUCED, f"no collapse: the interval lies above {P.COLLAPSE_RATIO}", numbers, **kw)
-    return make(c, INCONCLUSIVE, f"the interval straddles {P.COLLAPSE_RATIO}", numbers, **kw)
+    return make(c, *judge_band(len(ratios), iv, 0.0, P.COLLAPSE_RATIO, f"(0, {P.COLLAPSE_RATIO}] (collapse)"),
+                numbers, **kw)
 
 
 def _c6(c: Claim, x: Context) -> Verdict:

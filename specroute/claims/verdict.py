@@ -108,6 +108,18 @@ def judge_disappears(p: Paired) -> tuple[str, str]:
     return REPRODUCED, f"{p.wins}/{p.n} wins and the interval {fmt_interval(iv)} does not lie below 0"
 
 
+def judge_band(n: int, iv: tuple[float, float] | None, lo: float, hi: float, band: str) -> tuple[str, str]:
+    """A claim that a quantity lies in [lo, hi] (``band`` says so in words): its interval over n >= SEEDS
+    seeds inside → reproduced, entirely outside → not reproduced, across a bound → inconclusive."""
+    if n < SEEDS or iv is None:
+        return NOT_CHECKABLE, f"n={n} < {SEEDS} seeds"
+    if lo <= iv[0] and iv[1] <= hi:
+        return REPRODUCED, f"the interval lies inside {band}"
+    if iv[1] < lo or iv[0] > hi:
+        return NOT_REPRODUCED, f"the interval lies outside {band}"
+    return INCONCLUSIVE, f"the interval straddles {band}"
+
+
 #: How parts of a claim combine: the first of these that any part has decides.
 _PRECEDENCE = (NOT_REPRODUCED, NOT_CHECKABLE, INCONCLUSIVE, NECESSARY, REPRODUCED)
 
