@@ -287,7 +287,7 @@ def run_controllers(jobs: list[Job], data: Any, device: Device,
     todo = [j for j in jobs if not done_before[j.folder]]
     workers = options.workers or auto_workers(device, jobs[0].spec, len(todo))
     parallel = workers > 1 and len(todo) > 1 and options.max_steps_this_session is None
-    fresh = {(j.arm, j.seed) for j in todo}
+    fresh = {(j.arm, j.seed): j.folder for j in todo}
     if parallel:
         done = itertools.chain(
             ((j.arm, j.seed, json.loads((j.folder / "result.json").read_text())) for j in finished),
@@ -297,8 +297,9 @@ def run_controllers(jobs: list[Job], data: Any, device: Device,
                 for j in jobs)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for arm, seed, res in done:
-        if (arm, seed) in fresh:  # how it was timed (C12 trusts only runs timed one at a time)
+        if (arm, seed) in fresh:  # how it was timed (C12 trusts only runs timed one at a time); kept on resume
             res["concurrent_runs"] = min(workers, len(todo)) if parallel else 1
+            atomic_write_json(fresh[arm, seed] / "result.json", res)
         results.setdefault(arm, {})[seed] = res
         progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
                       f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
