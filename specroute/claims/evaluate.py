@@ -50,8 +50,10 @@ class Context:
         return any(v is not None for a in arms for s in self.summary["arms"][a]["seeds"].values()
                    for v in (s.get(THRESHOLDS) or {}).values())
 
-    def seed_values(self, arm: str, read: Callable[[dict[str, Any]], Any], seeds: list[str]) -> list[Any]:
-        return [read(self.summary["arms"][arm]["seeds"][s]) for s in seeds]
+    def paired_values(self, a: str, b: str, read: Callable[[dict[str, Any]], Any]) -> tuple[list[Any], list[Any]]:
+        """``read`` of arms ``a`` and ``b``'s seed summaries, over their common seeds (in seed order)."""
+        seeds = common_seeds(self.summary, a, b)
+        return tuple([read(self.summary["arms"][arm]["seeds"][s]) for s in seeds] for arm in (a, b))  # type: ignore
 
 
 def _not_checkable(c: Claim, reason: str) -> Verdict:
@@ -94,10 +96,8 @@ def _c3(c: Claim, x: Context) -> Verdict:
     arms = x.arms("g1_utilrank", "g3_utilrank")
     if isinstance(arms, str):
         return _not_checkable(c, arms)
-    seeds = common_seeds(x.summary, *arms.values())
     norm = lambda s: (s.get("grad_norm") or {}).get("mean")  # noqa: E731
-    gm, iv, ratios = ratio_over_seeds(list(zip(x.seed_values(arms["g1_utilrank"], norm, seeds),
-                                               x.seed_values(arms["g3_utilrank"], norm, seeds))))
+    gm, iv, ratios = ratio_over_seeds(list(zip(*x.paired_values(arms["g1_utilrank"], arms["g3_utilrank"], norm))))
     lo, hi = P.GRAD_NORM_RATIO / P.GRAD_RATIO_FACTOR, P.GRAD_NORM_RATIO * P.GRAD_RATIO_FACTOR
     kw = dict(n=len(ratios), effect=gm, effect_unit="x", interval=iv, arms=arms, values={"ratios": ratios})
     numbers = (f"grad_norm G1/G3 per seed: {', '.join(f'{r:.2f}x' for r in ratios)}; geometric mean "
@@ -122,14 +122,12 @@ def _c5(c: Claim, x: Context) -> Verdict:
     arms = x.arms("g3_utilrank", "g3_unaligned")
     if isinstance(arms, str):
         return _not_checkable(c, arms)
-    seeds = common_seeds(x.summary, *arms.values())
-    rank = lambda s: (s.get("latent") or {}).get("effective_rank")  # noqa: E731
-    var = lambda s: (s.get("latent") or {}).get("variance")  # noqa: E731
-    bare, aligned = (x.seed_values(arms[r], rank, seeds) for r in ("g3_unaligned", "g3_utilrank"))
+    pair = arms["g3_unaligned"], arms["g3_utilrank"]
+    bare, aligned = x.paired_values(*pair, lambda s: (s.get("latent") or {}).get("effective_rank"))
     if None in bare or None in aligned:
         return _not_checkable(c, "the report has no latent statistics for the G3 arms")
     gm, iv, ratios = ratio_over_seeds(list(zip(bare, aligned)))
-    variances = [x.seed_values(arms[r], var, seeds) for r in ("g3_unaligned", "g3_utilrank")]
+    variances = x.paired_values(*pair, lambda s: s["latent"]["variance"])
     numbers = (f"effective rank no JEPA / JEPA per seed: {', '.join(f'{r:.2f}' for r in ratios)}; geometric mean "
                + (f"{gm:.2f} {fmt_interval(iv, 3)}" if gm else "–")
                + f" (collapse: <= {P.COLLAPSE_RATIO}); latent variance (not judged: scale-dependent) "

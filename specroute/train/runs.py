@@ -53,8 +53,10 @@ def run_steps_left(folder: Path, spec: RunSpec) -> int:
 
 def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Tensor], device: Device,
                    folder: Path, progress: StudyProgress | QueueProgress | None = None,
-                   budget: StepBudget | None = None) -> dict[str, Any]:
-    """Train (or resume, or reuse) one run; return its per-seed summary (summary.json's ``seeds`` entry)."""
+                   budget: StepBudget | None = None, concurrent_runs: int = 1) -> dict[str, Any]:
+    """Train (or resume, or reuse) one run; return its per-seed summary (summary.json's ``seeds`` entry).
+    ``concurrent_runs``: how many runs train at once beside this one (recorded: C12 trusts only the wall
+    time of runs timed one at a time)."""
     result = folder / "result.json"
     if result.is_file():
         return json.loads(result.read_text())
@@ -71,7 +73,7 @@ def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str,
         progress.start_run(name, spec.train.steps, trainer.step)
     try:
         history = trainer.run()
-        summary = seed_summary(spec, history, trainer.wall_s)
+        summary = {**seed_summary(spec, history, trainer.wall_s), "concurrent_runs": concurrent_runs}
         sink.write({"event": "end", **{k: v for k, v in summary.items() if k != "lm"}})
     finally:
         sink.close()
@@ -110,12 +112,14 @@ def _exit_without_parent(parent: int) -> None:
     os._exit(1)
 
 
-def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, Tensor], folder: str) -> dict[str, Any]:
+def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, Tensor], folder: str,
+                  concurrent_runs: int) -> dict[str, Any]:
     """:func:`run_controller` in a worker process (CPU), reporting progress through the queue."""
     device = Device("cpu", None)
     data = load_shards(Path(data_path))
     with deterministic(device):
-        return run_controller(arm, spec, data, backbone, device, Path(folder), QueueProgress(_QUEUE))
+        return run_controller(arm, spec, data, backbone, device, Path(folder), QueueProgress(_QUEUE),
+                              concurrent_runs=concurrent_runs)
 
 
 def tau_key(tau: float) -> str:

@@ -158,8 +158,9 @@ def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
     threads = max(1, (os.cpu_count() or 1) // workers)
     pool = ctx.Pool(workers, initializer=init_worker, initargs=(q, threads, os.getpid()))
     try:
-        pending = [pool.apply_async(run_in_worker, (j.arm, j.spec, str(data_path), j.backbone, str(j.folder)))
-                   for j in jobs]
+        at_once = min(workers, len(jobs))
+        pending = [pool.apply_async(run_in_worker, (j.arm, j.spec, str(data_path), j.backbone, str(j.folder),
+                                                    at_once)) for j in jobs]
         for job, res in zip(jobs, pending):
             while True:
                 try:
@@ -286,9 +287,7 @@ def run_controllers(jobs: list[Job], data: Any, device: Device,
     finished = [j for j in jobs if done_before[j.folder]]
     todo = [j for j in jobs if not done_before[j.folder]]
     workers = options.workers or auto_workers(device, jobs[0].spec, len(todo))
-    parallel = workers > 1 and len(todo) > 1 and options.max_steps_this_session is None
-    fresh = {(j.arm, j.seed): j.folder for j in todo}
-    if parallel:
+    if workers > 1 and len(todo) > 1 and options.max_steps_this_session is None:
         done = itertools.chain(
             ((j.arm, j.seed, json.loads((j.folder / "result.json").read_text())) for j in finished),
             run_parallel(todo, data.path, workers, progress))
@@ -297,9 +296,6 @@ def run_controllers(jobs: list[Job], data: Any, device: Device,
                 for j in jobs)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for arm, seed, res in done:
-        if (arm, seed) in fresh:  # how it was timed (C12 trusts only runs timed one at a time); kept on resume
-            res["concurrent_runs"] = min(workers, len(todo)) if parallel else 1
-            atomic_write_json(fresh[arm, seed] / "result.json", res)
         results.setdefault(arm, {})[seed] = res
         progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
                       f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")

@@ -102,6 +102,19 @@ class MetricsSink:
         self._f.close()
 
 
+class NoSink:
+    """The sink of a trainer that writes no file: records stay in its history only."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def offset(self) -> int:
+        return 0
+
+    def truncate(self, n: int) -> None:
+        pass
+
+
 def step_name(step: int) -> str:
     """A checkpoint's folder name: ``step_NNNNNN``."""
     return f"step_{step:06d}"
@@ -144,7 +157,7 @@ class Trainer:
         else:
             self.data_gen = torch.Generator().manual_seed(seeds["data"])
             self.loss_gen = torch.Generator().manual_seed(seeds["loss"])
-        self.ckpt_dir, self.sink = ckpt_dir, sink
+        self.ckpt_dir, self.sink = ckpt_dir, sink if sink is not None else NoSink()
         self.on_step, self.budget = on_step, budget or StepBudget()
         self.step = 0
         self.history: dict[str, Any] = {"initial": None, "train": [], "eval": []}
@@ -156,9 +169,9 @@ class Trainer:
         """Train to the last step (from a restored state, if any); return the history."""
         self._t0 = time.perf_counter()
         if self.step == 0:
-            self._truncate(0)
+            self.sink.truncate(0)
             self.history["initial"] = self.evaluate(log=False)
-            self._write({"event": "eval_initial", **self.history["initial"]})
+            self.sink.write({"event": "eval_initial", **self.history["initial"]})
         while self.step < self.spec.steps:
             self.advance()
             if self.step % self.spec.eval_every == 0 or self.step == self.spec.steps:
@@ -191,7 +204,7 @@ class Trainer:
     def log(self, record: dict[str, Any]) -> None:
         record = {"event": "train", "step": self.step, **record}
         self.history["train"].append(record)
-        self._write(record)
+        self.sink.write(record)
         if self.on_step is not None:
             self.on_step(self.step, record)
 
@@ -202,16 +215,8 @@ class Trainer:
         self.stage.model.train()
         if log:
             self.history["eval"].append(result)
-            self._write({"event": "eval", **result})
+            self.sink.write({"event": "eval", **result})
         return result
-
-    def _write(self, record: dict[str, Any]) -> None:
-        if self.sink is not None:
-            self.sink.write(record)
-
-    def _truncate(self, n: int) -> None:
-        if self.sink is not None:
-            self.sink.truncate(n)
 
     @property
     def wall_s(self) -> float:
@@ -232,7 +237,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "rng": {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()},
             "history": self.history,
-            "metrics_offset": self.sink.offset() if self.sink is not None else 0,
+            "metrics_offset": self.sink.offset(),
             "wall_s": self.wall_s,
         }, tmp / "state.pt")
         replace_dir(tmp, target)
@@ -260,5 +265,5 @@ class Trainer:
         self.history = state["history"]
         self.step = state["step"]
         self.wall_before = state["wall_s"]
-        self._truncate(state["metrics_offset"])
+        self.sink.truncate(state["metrics_offset"])
         return True
