@@ -90,7 +90,7 @@ def validate(spec: SpecArg, profile: ProfileOpt = None, set_: SetOpt = None, arm
 @command
 def schema():
     """Print the JSON Schema of the spec language (for editors)."""
-    from specroute.spec.models import SpecFile
+    from specroute.spec.study import SpecFile
 
     typer.echo(json.dumps(SpecFile.model_json_schema(), indent=2))
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from specroute.model.decoder import Decoder, DecoderOutput, G3Gate, LayerRouting
+from specroute.model.decoder import Decoder, DecoderOutput
+from specroute.model.routing import G3Gate, LayerRouting
 from specroute.spec.models import LossSpec, OracleSpec, RunSpec
 
 

@@ -12,7 +12,8 @@ from torch.testing import assert_close
 
 from specroute.losses import lm_loss
 from specroute.flops.analytic import count_params
-from specroute.model.decoder import Decoder, NonCausalRoutingError, build_model, decide
+from specroute.model.decoder import Decoder, NonCausalRoutingError, build_model
+from specroute.model.routing import decide
 from specroute.spec.loader import rebuild
 from specroute.spec.models import BudgetSpec, ceil_budget
 

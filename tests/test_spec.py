@@ -17,7 +17,9 @@ from helpers import SPECS, TINY, tiny_spec, write
 
 from specroute.spec import SpecError, load_study, rebuild
 from specroute.spec.loader import deep_merge, dump_run, parse_set
-from specroute.spec.models import RunSpec, SpecFile, StudySpec, Strict, ceil_budget
+from specroute.spec.base import Strict
+from specroute.spec.models import RunSpec, ceil_budget
+from specroute.spec.study import SpecFile, StudySpec
 
 SHIPPED = sorted(SPECS.glob("*.yaml"))
 

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from helpers import MICRO, SPECS, micro, strip_wall
 from specroute.cli import app
-from specroute.spec.models import OptimizerSpec
+from specroute.spec.training import OptimizerSpec
 from specroute.train import Interrupted, StudyOptions, run_study
 from specroute.train.step import lr_at
 

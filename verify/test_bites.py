@@ -11,9 +11,11 @@ import torch
 from torch import nn
 
 import specroute.losses as losses
-import specroute.model.decoder as decoder
+import specroute.model.layers as layers
+import specroute.model.routing as routing
 import specroute.verify.oracle as oracle_mod
-from specroute.model.decoder import Decoder, G1Gate, G3Gate, GateOut
+from specroute.model.decoder import Decoder
+from specroute.model.routing import G1Gate, G3Gate, GateOut
 from specroute.spec.models import RunSpec
 from specroute.verify import budget, causality, flops, gradients, jepa, oracle
 from specroute.verify.common import Context, Target
@@ -38,8 +40,8 @@ G3 = {"gate": {"kind": "G3", "latent_dim": 8, "predictor_hidden": 16}, "loss": {
 def test_budget_off_by_one_token_is_caught(monkeypatch):
     t = target()
     assert budget.topk_exact(t, CTX).status == "pass"
-    real = decoder.ceil_budget
-    monkeypatch.setattr(decoder, "ceil_budget", lambda b, n: max(0, real(b, n) - 1))
+    real = routing.ceil_budget
+    monkeypatch.setattr(routing, "ceil_budget", lambda b, n: max(0, real(b, n) - 1))
     r = budget.topk_exact(t, CTX)
     assert r.status == "fail"
     assert "full tokens, expected" in r.detail
@@ -109,7 +111,7 @@ def test_target_head_changed_by_the_optimiser_is_caught(monkeypatch):
 def test_future_peeking_threshold_is_caught(monkeypatch):
     t = target({"routing": {"budget": {"enforcement": "threshold"}}, "loss": {"budget": 1.0}})
     assert causality.threshold_causal(t, CTX).status == "pass"
-    real = decoder.decide
+    real = routing.decide
 
     def peeking(score_BT, budget_spec):
         if budget_spec.enforcement != "threshold":
@@ -117,7 +119,7 @@ def test_future_peeking_threshold_is_caught(monkeypatch):
         ahead = torch.cat([score_BT[:, 1:], score_BT[:, -1:]], dim=1)  # the score of token t + 1
         return (score_BT + ahead) > 0
 
-    monkeypatch.setattr(decoder, "decide", peeking)
+    monkeypatch.setattr(routing, "decide", peeking)
     r = causality.threshold_causal(t, CTX)
     assert r.status == "fail"
     assert "changed" in r.detail
@@ -155,7 +157,7 @@ def test_routed_matmul_counted_as_zero_is_caught(monkeypatch):
         h = torch.nn.functional.gelu(h, approximate="tanh")
         return (h.unsqueeze(-1) * self.proj.weight.t()).sum(-2) + self.proj.bias
 
-    monkeypatch.setattr(decoder.FFN, "forward", uncounted)
+    monkeypatch.setattr(layers.FFN, "forward", uncounted)
     r = flops.routed_forward(t, CTX)
     assert r.status == "fail"
     assert "as 0" in r.detail
@@ -200,7 +202,7 @@ def test_nan_under_extreme_hidden_states_is_caught(monkeypatch):
             self.bias if self.bias is not None else 0)
 
     monkeypatch.setattr(nn.LayerNorm, "forward", fragile)
-    monkeypatch.setattr(decoder.G1Gate, "forward", lambda self, h: GateOut(
+    monkeypatch.setattr(routing.G1Gate, "forward", lambda self, h: GateOut(
         self.score_head(torch.exp(self.fc(h))).squeeze(-1)))  # an unbounded gate: overflows at large h
     assert gradients.extreme(t, CTX).status == "fail"
 

@@ -24,14 +24,14 @@ def test_verify_prints_the_table_and_exits_0():
 
 
 def test_verify_json_and_failure_exit_code(monkeypatch):
-    import specroute.model.decoder as decoder
+    import specroute.model.routing as routing
 
     ok = runner.invoke(app, ["verify", A3, "--only", "budget.topk_exact", "--examples", "2", "--json"])
     assert ok.exit_code == 0
     payload = json.loads(ok.output)
     assert payload["failed"] == 0 and payload["results"][0]["check"] == "budget.topk_exact"
-    real = decoder.ceil_budget
-    monkeypatch.setattr(decoder, "ceil_budget", lambda b, n: max(0, real(b, n) - 1))
+    real = routing.ceil_budget
+    monkeypatch.setattr(routing, "ceil_budget", lambda b, n: max(0, real(b, n) - 1))
     bad = runner.invoke(app, ["verify", A3, "--only", "budget.topk_exact", "--examples", "6"])
     assert bad.exit_code == 1
     assert "FAIL" in bad.output

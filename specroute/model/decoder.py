@@ -1,17 +1,12 @@
 """The routed decoder: a GPT-style model whose controlled layers route each token's FFN step.
 
-Reads top to bottom: norm, attention, FFNs, gates, budget decision, routed FFN step, block, decoder.
+Reads top to bottom: block, decoder. The layers are in :mod:`specroute.model.layers` (attention, FFN),
+the routed FFN step — gates, budget decision, full or cheap per token — in :mod:`specroute.model.routing`.
 
-Shape legend: B batch, T tokens, D width (d_model), F FFN hidden, V vocab, K latent (G3), N selected
-tokens (gather), L layers.
+Shape legend: B batch, T tokens, D width (d_model), F FFN hidden, V vocab, L layers.
 
-In a controlled layer (docs/DESIGN.md, "The model") attention runs for every token; then per token t
-
-    full : h <- h + FFN_full(LN(h))
-    cheap: h <- h + FFN_cheap(LN(h))      (FFN_cheap = 0, a skip, when its width is 0)
-
-The gate reads the hidden state entering the FFN step and gives a score (a logit) per token; the budget
-turns scores into decisions; the gradient estimator puts the decision's gradient on the score.
+In a controlled layer (docs/DESIGN.md, "The model") attention runs for every token; then per token the
+routed FFN step runs full or cheap (:class:`~specroute.model.routing.RoutedFFN`).
 """
 
 from __future__ import annotations
@@ -21,272 +16,18 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specroute.spec.models import BudgetSpec, G1Spec, G3Spec, ModelSpec, RunSpec, ceil_budget
+from specroute.model.layers import FFN, CausalSelfAttention
+from specroute.model.routing import G3Gate, LayerRouting, RoutedFFN
+from specroute.spec.models import RunSpec
 
 #: A forced decision for a controlled layer: a bool tensor (B, T), or True / False for every token.
 Force = Mapping[int, "Tensor | bool"]
 
-CHEAP, FULL = 0, 1  # action indices of the G3 predictor
-
 
 class NonCausalRoutingError(RuntimeError):
     """Raised when a causal path (generation) is asked of a top-k budget, which looks ahead."""
-
-
-# --------------------------------------------------------------------------------------------------
-# backbone pieces
-
-
-class CausalSelfAttention(nn.Module):
-    def __init__(self, m: ModelSpec):
-        super().__init__()
-        self.n_heads = m.n_heads
-        self.qkv = nn.Linear(m.d_model, 3 * m.d_model, bias=m.bias)
-        self.proj = nn.Linear(m.d_model, m.d_model, bias=m.bias)
-
-    def forward(self, x_BTD: Tensor) -> Tensor:
-        """Causal multi-head self-attention, (B, T, D) -> (B, T, D); H heads of width E = D / H."""
-        B, T, D = x_BTD.shape
-        q, k, v = self.qkv(x_BTD).split(D, dim=2)  # 3 x (B, T, D)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, E)
-        y_BHTE = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.proj(y_BHTE.transpose(1, 2).reshape(B, T, D))  # heads concatenated: (B, T, D)
-
-
-class FFN(nn.Module):
-    """Two-layer GELU MLP, D -> hidden -> D (GPT-2's tanh GELU)."""
-
-    def __init__(self, d_model: int, hidden: int, bias: bool):
-        super().__init__()
-        self.fc = nn.Linear(d_model, hidden, bias=bias)
-        self.proj = nn.Linear(hidden, d_model, bias=bias)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.gelu(self.fc(x), approximate="tanh"))
-
-
-# --------------------------------------------------------------------------------------------------
-# gates
-
-
-@dataclass
-class GateOut:
-    """What a gate computes for one controlled layer.
-
-    score_BT: the routing logit; higher means "more useful to run full".
-    pred_full_BTK / pred_cheap_BTK: G3's predicted outcome latents for each action (None for G1).
-    """
-
-    score_BT: Tensor
-    pred_full_BTK: Tensor | None = None
-    pred_cheap_BTK: Tensor | None = None
-
-
-class G1Gate(nn.Module):
-    """G1: s_t = MLP(LN(h_t)) (docs/CLAIMS.md G1).
-
-    Like G3's, the layer that outputs the score is ``score_head`` (its bias starts at ``init_bias``).
-    """
-
-    def __init__(self, m: ModelSpec, g: G1Spec):
-        super().__init__()
-        self.ln = nn.LayerNorm(m.d_model, bias=m.bias)
-        self.fc = nn.Linear(m.d_model, g.hidden)
-        self.score_head = nn.Linear(g.hidden, 1)
-        self.init_bias = g.init_bias
-
-    def forward(self, h_BTD: Tensor) -> GateOut:
-        """(B, T, D) -> GateOut(score_BT (B, T))."""
-        return GateOut(self.score_head(F.gelu(self.fc(self.ln(h_BTD)))).squeeze(-1))
-
-
-class G3Gate(nn.Module):
-    """G3: JEPA-guided gate (docs/CLAIMS.md G3, docs/DESIGN.md "Gates").
-
-    z = E(LN(h)) in R^K; the action-conditional predictor P(z, a) = MLP([z, onehot(a)]) forecasts the
-    latent of the outcome of each action; score = w . (P(z, full) - P(z, cheap)) + bias. The fixed target
-    head T (random, seeded by ``target_seed``, never trained) maps an executed outcome's hidden state to
-    the latent that P is aligned to (loss ``jepa``).
-
-    P's output layer has no bias: a bias shared by both actions cancels in P(z, full) - P(z, cheap), so the
-    LM loss could never reach it (every gate parameter must get a gradient from the LM loss alone).
-    """
-
-    def __init__(self, m: ModelSpec, g: G3Spec):
-        super().__init__()
-        self.ln = nn.LayerNorm(m.d_model, bias=m.bias)
-        self.encoder = nn.Linear(m.d_model, g.latent_dim)
-        self.predictor = nn.Sequential(
-            nn.Linear(g.latent_dim + 2, g.predictor_hidden),
-            nn.GELU(),
-            nn.Linear(g.predictor_hidden, g.latent_dim, bias=False),
-        )
-        self.score_head = nn.Linear(g.latent_dim, 1)
-        self.target = nn.Linear(m.d_model, g.latent_dim, bias=False)
-        self.target.requires_grad_(False)
-        self.init_bias = g.init_bias
-        self.target_seed = g.target_seed
-
-    def predict(self, z_BTK: Tensor, action: int) -> Tensor:
-        onehot = z_BTK.new_zeros(*z_BTK.shape[:-1], 2)
-        onehot[..., action] = 1.0
-        return self.predictor(torch.cat([z_BTK, onehot], dim=-1))
-
-    def forward(self, h_BTD: Tensor) -> GateOut:
-        """(B, T, D) -> GateOut(score_BT (B, T), predicted outcome latents (B, T, K) for full and cheap)."""
-        z = self.encoder(self.ln(h_BTD))
-        pred_full, pred_cheap = self.predict(z, FULL), self.predict(z, CHEAP)
-        score = self.score_head(pred_full - pred_cheap).squeeze(-1)
-        return GateOut(score, pred_full, pred_cheap)
-
-    def target_latent(self, h_after_BTD: Tensor) -> Tensor:
-        """T(sg(h)): the fixed target latent of an executed outcome, (B, T, D) -> (B, T, K)."""
-        return self.target(h_after_BTD.detach())
-
-
-def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> G1Gate | G3Gate:
-    """The gate of the spec's kind; either has a ``score_head`` (the layer whose output is the score)."""
-    return G1Gate(m, g) if isinstance(g, G1Spec) else G3Gate(m, g)
-
-
-# --------------------------------------------------------------------------------------------------
-# budget
-
-
-def decide(score_BT: Tensor, budget: BudgetSpec) -> Tensor:
-    """Turn gate scores into full / cheap decisions under the budget (docs/DESIGN.md, "Budget").
-
-    Args:
-        score_BT: gate logits, (B, T).
-    Returns:
-        full_BT: bool (B, T). topk_sequence: exactly ceil(b*T) True per row; topk_batch: exactly
-        ceil(b*B*T) True in all; threshold: score > 0 (causal). Ties are broken by ``torch.topk``.
-    """
-    B, T = score_BT.shape
-    b = budget.full_fraction
-    if budget.enforcement == "threshold":
-        return score_BT > 0
-    if budget.enforcement == "topk_sequence":
-        k = ceil_budget(b, T)
-        idx = score_BT.detach().topk(k, dim=1).indices
-        return torch.zeros_like(score_BT, dtype=torch.bool).scatter_(1, idx, 1)
-    k = ceil_budget(b, B * T)
-    idx = score_BT.detach().reshape(-1).topk(k).indices
-    return torch.zeros(B * T, dtype=torch.bool, device=score_BT.device).scatter_(0, idx, 1).view(B, T)
-
-
-# --------------------------------------------------------------------------------------------------
-# the routed FFN step, and the block
-
-
-@dataclass
-class LayerRouting:
-    """Routing record of one controlled layer in one forward pass.
-
-    full_BT: bool decisions (B, T); gate: the gate's output, with the scores ``gate.score_BT`` (None when
-    the layer was forced without its gate); h_in_BTD: hidden state entering the FFN step (after
-    attention), used by the oracle; h_out_BTD: hidden state after the executed action (the JEPA target's
-    input).
-    """
-
-    layer: int
-    full_BT: Tensor
-    gate: GateOut | None
-    h_in_BTD: Tensor
-    h_out_BTD: Tensor
-
-    @property
-    def full_fraction(self) -> float:
-        """Realised share of full tokens in this layer (0..1)."""
-        return self.full_BT.float().mean().item()
-
-
-class RoutedFFN(nn.Module):
-    """The routed FFN step of a controlled layer: score, decide, run full or cheap.
-
-    Holds the gate, the cheap FFN (``None`` when its width is 0: the cheap action is a skip), the budget,
-    the gradient estimator and the execution mode. The block runs it in two steps, :meth:`decide` (score,
-    decide) and :meth:`execute` (run full or cheap); the full FFN is the block's own (a backbone weight,
-    the same as the dense model's) and is passed in.
-    """
-
-    def __init__(self, spec: RunSpec):
-        super().__init__()
-        m, r = spec.model, spec.routing
-        self.cheap = FFN(m.d_model, r.cheap_ffn_hidden, m.bias) if r.cheap_ffn_hidden else None
-        self.gate = build_gate(m, spec.gate)
-        self.budget = r.budget
-        self.execution = r.execution
-        self.estimator = r.estimator
-
-    def decide(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, GateOut | None]:
-        """Score and decide. h_BTD: hidden state entering the FFN step (the gate reads it), (B, T, D);
-        ``force``: decisions to use instead of the gate's (bool (B, T), or one bool for every token; with
-        a bool the gate does not run).
-
-        Returns (full_BT: bool (B, T), the gate's output or None).
-        """
-        gate = self.gate(h_BTD) if force is None or isinstance(force, Tensor) else None
-        if force is None:
-            full_BT = decide(gate.score_BT, self.budget)
-        elif isinstance(force, Tensor):
-            full_BT = force.to(torch.bool)
-        else:
-            full_BT = torch.full(h_BTD.shape[:2], bool(force), dtype=torch.bool, device=h_BTD.device)
-        return full_BT, gate
-
-    def execute(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, gate: GateOut | None) -> Tensor:
-        """Run full or cheap per token: x_BTD = LN(h), (B, T, D) -> the executed branch's output (B, T, D),
-        with the estimator's gradient path to the gate's score. ``full_ffn`` is the block's full FFN."""
-        p_BT = torch.sigmoid(gate.score_BT) if gate is not None else None
-        run = self._masked if self.execution == "masked" else self._gather
-        return run(x_BTD, full_ffn, full_BT, p_BT)
-
-    def cheap_branch(self, x_BTD: Tensor) -> Tensor:
-        """FFN_cheap(x), or zeros when the cheap action is a skip; (B, T, D) -> (B, T, D)."""
-        return self.cheap(x_BTD) if self.cheap is not None else torch.zeros_like(x_BTD)
-
-    @staticmethod
-    def _scales(p_BT: Tensor | None) -> tuple[Tensor | float, Tensor | float]:
-        """score_scaling weights: value exactly 1 (p - sg(p) is exactly 0), gradient +dp on full,
-        -dp on cheap."""
-        if p_BT is None:
-            return 1.0, 1.0
-        zero = p_BT - p_BT.detach()
-        return (1 + zero).unsqueeze(-1), (1 - zero).unsqueeze(-1)
-
-    def _masked(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
-        """Both branches on every token, then select."""
-        full, cheap = full_ffn(x_BTD), self.cheap_branch(x_BTD)
-        if self.estimator == "straight_through" and p_BT is not None:
-            m = (full_BT.to(p_BT.dtype) + (p_BT - p_BT.detach())).unsqueeze(-1)  # value exactly 0/1
-            return m * full + (1 - m) * cheap
-        w_full, w_cheap = self._scales(p_BT)
-        return torch.where(full_BT.unsqueeze(-1), full * w_full, cheap * w_cheap)
-
-    def _gather(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
-        """Each branch on its own tokens only (gather, run, scatter back)."""
-        B, T, D = x_BTD.shape
-        x_ND = x_BTD.reshape(B * T, D)
-        flat = full_BT.reshape(B * T)
-        sel, rest = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
-        w_full, w_cheap = self._scales(p_BT)
-        if isinstance(w_full, Tensor):
-            w_full, w_cheap = w_full.reshape(B * T, 1), w_cheap.reshape(B * T, 1)
-        full_ND = full_ffn(x_ND[sel]) * _rows(w_full, sel)
-        # the buffer takes the branch outputs' dtype (bf16 under autocast, where x is float32)
-        out = full_ND.new_zeros(B * T, D).index_copy(0, sel, full_ND)
-        if self.cheap is not None:
-            cheap_ND = self.cheap(x_ND[rest]) * _rows(w_cheap, rest)
-            out = out.index_copy(0, rest, cheap_ND.to(out.dtype))
-        return out.view(B, T, D)
-
-
-def _rows(w: Tensor | float, idx: Tensor) -> Tensor | float:
-    return w[idx] if isinstance(w, Tensor) else w
 
 
 class Block(nn.Module):

@@ -21,8 +21,9 @@ from pydantic import ValidationError
 
 from specroute.spec.errors import (NOT_ON_ITS_OWN, Origin, Path_, Problem, SpecError, leaf_paths, lookup,
                                    problems_of, sets, unique, validate)
+from specroute.spec.models import DEFAULT_KINDS, RunSpec, with_default_kinds
 from specroute.spec.roles import role_problems
-from specroute.spec.models import DEFAULT_KINDS, RunSpec, StudySpec, with_default_kinds
+from specroute.spec.study import StudySpec
 from specroute.spec.yaml_io import SpecLoader, deep_merge, load_raw
 
 #: Top-level keys that only the loader reads (they are consumed before validation).

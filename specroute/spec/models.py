@@ -1,8 +1,8 @@
 """The spec language: strict, immutable Pydantic v2 models.
 
 A *run spec* (:class:`RunSpec`) fully determines one training run: the decoder, the routing, the gate,
-the loss recipe, the data, the two training stages and the seed. A *study spec* (:class:`StudySpec`) is a
-run spec plus the study's arms (named overrides), its seeds and its profiles; every (arm, seed) pair
+the loss recipe, the data, the two training stages and the seed. A *study spec* (:class:`specroute.spec.study.StudySpec`)
+is a run spec plus the study's arms (named overrides), its seeds and its profiles; every (arm, seed) pair
 resolves to one :class:`RunSpec` (see :mod:`specroute.spec.loader`).
 
 Terms follow docs/DESIGN.md: controlled layer, budget (``full_fraction``), full / cheap FFN, oracle label,
@@ -21,9 +21,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import Field, computed_field, model_validator
 
-from specroute.spec.roles import RolesSpec
+from specroute.spec.base import Strict
+from specroute.spec.training import BackboneSpec, ControllerTrainSpec
 
 #: Kind a discriminated-union field takes when its mapping leaves ``kind`` out (the field's default).
 DEFAULT_KINDS = {"gate": "G1", "data": "embedded"}
@@ -39,18 +40,6 @@ def with_default_kinds(data: Any) -> Any:
             if isinstance(value, dict) and "kind" not in value:
                 data[key] = {"kind": kind, **value}
     return data
-
-
-class Strict(BaseModel):
-    """Base for every spec model: unknown keys are errors, instances are immutable, and values are not
-    coerced across types (``true`` is not the integer 1, ``"4"`` is not a number; an integer is a valid
-    float).
-
-    Cross-field validators raise ``ValueError("field.path: reason")``; the loader turns the leading
-    path (relative to the model) into the error's field path.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -296,83 +285,6 @@ DataSpec = Annotated[EmbeddedData | FinewebEduData | LocalData, Field(discrimina
 
 
 # --------------------------------------------------------------------------------------------------
-# training
-
-
-class OptimizerSpec(Strict):
-    """AdamW with a warmup + decay schedule."""
-
-    lr_peak: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    betas: tuple[float, float] = Field(
-        (0.9, 0.95), strict=False, description="AdamW betas (a YAML list of two numbers)."
-    )
-    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
-    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warmup from 0 to lr_peak.")
-    schedule: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Decay after warmup, down to lr_peak * min_lr_ratio."
-    )
-    min_lr_ratio: float = Field(
-        0.1, ge=0, le=1, description="Final learning rate as a share of lr_peak (cosine, linear)."
-    )
-
-
-class TrainSpec(Strict):
-    """One training stage: steps, batch, optimiser and schedule, clipping, eval and checkpoint cadence.
-
-    The stage is the field that holds it: ``backbone.train`` (stage 1) or ``train`` (stage 2).
-    """
-
-    steps: int = Field(100, ge=1, description="Optimiser steps.")
-    batch_size: int = Field(8, ge=1, description="Sequences per step (B).")
-    seq_len: int = Field(64, ge=1, description="Tokens per sequence (T).")
-    optimizer: OptimizerSpec = Field(
-        default_factory=OptimizerSpec, description="AdamW settings and the learning-rate schedule."
-    )
-    grad_clip: float | None = Field(1.0, gt=0, description="Global-norm clip; null = none.")
-    eval_every: int = Field(20, ge=1, description="Steps between held-out evaluations.")
-    eval_batches: int = Field(4, ge=1, description="Held-out batches per evaluation.")
-    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens per optimiser step: batch_size * seq_len."""
-        return self.batch_size * self.seq_len
-
-
-class BackboneSpec(Strict):
-    """Stage 1: dense pretraining of the backbone, or a checkpoint to load instead."""
-
-    checkpoint: str | None = Field(
-        None, description="Path of a safetensors backbone to load; null = pretrain (cached)."
-    )
-    train: TrainSpec = Field(
-        default_factory=TrainSpec, description="Stage 1 schedule (unused when a checkpoint is given)."
-    )
-
-
-class ControllerTrainSpec(TrainSpec):
-    """Stage 2: controller training on the stage-1 backbone; controller-only unless ``trainable``
-    names ``backbone``."""
-
-    trainable: list[Literal["gate", "cheap_ffn", "backbone"]] = Field(
-        default_factory=lambda: ["gate", "cheap_ffn"],
-        description="Parameter groups trained: gate (G1 MLP; G3 encoder, predictor, score head — "
-        "never the target head), cheap_ffn, backbone (everything else; not controller-only).",
-    )
-    lm_thresholds: list[float] = Field(
-        default_factory=list, description="LM levels tau (nats/token) for threshold_hits."
-    )
-
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def controller_only(self) -> bool:
-        """Whether the backbone is frozen in this stage (``backbone`` not in ``trainable``)."""
-        return "backbone" not in self.trainable
-
-
-# --------------------------------------------------------------------------------------------------
 # run and study
 
 
@@ -436,103 +348,6 @@ class RunSpec(Strict):
     def n_controlled(self) -> int:
         """Number of controlled layers."""
         return len(self.routing.controlled_layers)
-
-
-class ArmSpec(Strict):
-    """One arm of a study: a label and nested overrides applied on top of the base run spec."""
-
-    label: str = Field("", description="Human-readable name in reports.")
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, description="Nested keys of RunSpec to override for this arm."
-    )
-
-
-class ComparisonSpec(Strict):
-    """A per-seed comparison the report makes, written 'k/n seeds' (lower metric wins)."""
-
-    id: str = Field(..., description="Name of the comparison in the report.")
-    better: str = Field(..., description="Arm expected to be better (the paper's claim).")
-    worse: str = Field(..., description="Arm it is compared against.")
-    claim: str | None = Field(None, description="Claim id in docs/CLAIMS.md, if any.")
-
-
-class StudySpec(RunSpec):
-    """A study: the base run spec plus arms x seeds (docs/DESIGN.md, "Specs and profiles")."""
-
-    profile: str = Field("default", description="Profile this spec was resolved with.")
-    seeds: list[int] = Field(
-        default_factory=lambda: [0], min_length=1, description="Seeds; every (arm, seed) is one run."
-    )
-    arms: dict[str, ArmSpec] = Field(
-        default_factory=lambda: {"default": ArmSpec()},
-        min_length=1,
-        description="Named arms of the study, each a set of overrides on the base run spec (at least one; "
-        "without the key, one arm named 'default').",
-    )
-    gates: dict[str, GateSpec] = Field(
-        default_factory=dict,
-        description="Per-kind gate settings (e.g. sizes per profile); an arm that sets gate.kind "
-        "starts from gates[kind] (keys are gate kinds).",
-    )
-    comparisons: list[ComparisonSpec] = Field(
-        default_factory=list, description="Per-seed arm comparisons the report makes."
-    )
-    roles: RolesSpec = Field(
-        default_factory=RolesSpec,
-        description="Which arm plays which part in the paper's claims (docs/CLAIMS.md); the claims "
-        "evaluator reads these and never guesses an arm.",
-    )
-    equivalence_margin_nats: float = Field(
-        0.005, gt=0, le=1,
-        description="LM difference (nats/token) within which two arms count as equivalent: C6's margin, "
-        "and the 'no effect' bound of the seed claims (default: the paper's 0.005, C4).",
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _preset_kinds(cls, data: Any) -> Any:
-        """Give ``gates`` entries without ``kind`` the kind of their key."""
-        if isinstance(data, dict) and isinstance(data.get("gates"), dict):
-            data = dict(data)
-            data["gates"] = {
-                k: ({"kind": k, **v} if isinstance(v, dict) and "kind" not in v else v)
-                for k, v in data["gates"].items()
-            }
-        return data
-
-    @model_validator(mode="after")
-    def _comparisons_name_arms(self) -> StudySpec:
-        for key, gate in self.gates.items():
-            if key != gate.kind:
-                raise ValueError(f"gates.{key}: has kind {gate.kind!r}; the key must be the kind")
-        for c in self.comparisons:
-            for arm in (c.better, c.worse):
-                if arm not in self.arms:
-                    raise ValueError(
-                        f"comparisons: comparison {c.id!r} names arm {arm!r}, which is not one of "
-                        f"{sorted(self.arms)}"
-                    )
-        for path, arm in self.roles.arm_names():
-            if arm not in self.arms:
-                raise ValueError(f"roles.{path}: names arm {arm!r}, which is not one of {sorted(self.arms)}")
-        return self
-
-
-class SpecFile(StudySpec):
-    """A spec file as written: a study plus the keys only the loader reads (``extends``, ``profiles``,
-    ``default_profile``). Used for the JSON Schema (``specroute schema``); the loader consumes these
-    keys and validates the rest as :class:`StudySpec`."""
-
-    extends: str | list[str] | None = Field(
-        None, description="Spec file(s) this one builds on, relative to this file; merged base first."
-    )
-    profiles: dict[str, dict[str, Any]] = Field(
-        default_factory=dict,
-        description="Named overrides (e.g. smoke, paper) applied on top of the file by --profile.",
-    )
-    default_profile: str | None = Field(
-        None, description="Profile used when --profile is not given; null = none."
-    )
 
 
 def ceil_budget(full_fraction: float, n: int) -> int:

@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from specroute.spec.base import Strict
 
 
 class RoleRule(NamedTuple):
@@ -62,11 +64,9 @@ def _role_field(name: str) -> Any:
     return Field(None, description=f"Arm playing {name} [{rule.claims}]: {_describe(rule)}. Null: not declared.")
 
 
-class RolesSpec(BaseModel):
+class RolesSpec(Strict):
     """Which arm plays which part in the paper's claims; an undeclared role makes the claims that need
     it ``not checkable``."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     g1_utilrank: str | None = _role_field("g1_utilrank")
     g3_utilrank: str | None = _role_field("g3_utilrank")

@@ -28,7 +28,8 @@ from specroute.data.sampler import WindowSampler
 from specroute.losses import compute_losses, executed_latent, lm_loss, token_ce
 from specroute.metrics import effective_rank, latent_variance
 from specroute.model.decoder import Decoder, build_model
-from specroute.spec.models import RunSpec, TrainSpec
+from specroute.spec.models import RunSpec
+from specroute.spec.training import TrainSpec
 from specroute.train.device import Device
 
 #: Tokens (rows) of predicted latents used for the collapse metrics at each evaluation.

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from specroute.spec.models import OptimizerSpec
+from specroute.spec.training import OptimizerSpec
 
 
 def lr_at(step: int, steps: int, opt: OptimizerSpec) -> float:

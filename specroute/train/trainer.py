@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from specroute.spec.models import TrainSpec
+from specroute.spec.training import TrainSpec
 from specroute.store import atomic_write_text, replace_dir, temp_dir_beside
 from specroute.train.device import Device
 from specroute.train.step import lr_at, make_optimizer, optimizer_step

@@ -15,7 +15,7 @@ import torch
 from hypothesis import strategies as st
 
 from specroute.metrics import effective_rank, latent_variance
-from specroute.model.decoder import FULL, G3Gate
+from specroute.model.routing import FULL, G3Gate
 from specroute.spec.models import G1Spec
 from specroute.train.stages import trainable_params
 from specroute.verify.common import (CheckResult, Context, Target, batch, prose_tokens, result, run_property,

@@ -1,0 +1,84 @@
+"""The two training stages' settings: optimiser and schedule, steps and batches, evaluation and
+checkpoints (:class:`TrainSpec`), stage 1's backbone (:class:`BackboneSpec`) and stage 2's trained groups
+(:class:`ControllerTrainSpec`; docs/DESIGN.md, "Training stages")."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, computed_field
+
+from specroute.spec.base import Strict
+
+
+class OptimizerSpec(Strict):
+    """AdamW with a warmup + decay schedule."""
+
+    lr_peak: float = Field(1e-3, gt=0, description="Peak learning rate.")
+    betas: tuple[float, float] = Field(
+        (0.9, 0.95), strict=False, description="AdamW betas (a YAML list of two numbers)."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
+    eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warmup from 0 to lr_peak.")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warmup, down to lr_peak * min_lr_ratio."
+    )
+    min_lr_ratio: float = Field(
+        0.1, ge=0, le=1, description="Final learning rate as a share of lr_peak (cosine, linear)."
+    )
+
+
+class TrainSpec(Strict):
+    """One training stage: steps, batch, optimiser and schedule, clipping, eval and checkpoint cadence.
+
+    The stage is the field that holds it: ``backbone.train`` (stage 1) or ``train`` (stage 2).
+    """
+
+    steps: int = Field(100, ge=1, description="Optimiser steps.")
+    batch_size: int = Field(8, ge=1, description="Sequences per step (B).")
+    seq_len: int = Field(64, ge=1, description="Tokens per sequence (T).")
+    optimizer: OptimizerSpec = Field(
+        default_factory=OptimizerSpec, description="AdamW settings and the learning-rate schedule."
+    )
+    grad_clip: float | None = Field(1.0, gt=0, description="Global-norm clip; null = none.")
+    eval_every: int = Field(20, ge=1, description="Steps between held-out evaluations.")
+    eval_batches: int = Field(4, ge=1, description="Held-out batches per evaluation.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens per optimiser step: batch_size * seq_len."""
+        return self.batch_size * self.seq_len
+
+
+class BackboneSpec(Strict):
+    """Stage 1: dense pretraining of the backbone, or a checkpoint to load instead."""
+
+    checkpoint: str | None = Field(
+        None, description="Path of a safetensors backbone to load; null = pretrain (cached)."
+    )
+    train: TrainSpec = Field(
+        default_factory=TrainSpec, description="Stage 1 schedule (unused when a checkpoint is given)."
+    )
+
+
+class ControllerTrainSpec(TrainSpec):
+    """Stage 2: controller training on the stage-1 backbone; controller-only unless ``trainable``
+    names ``backbone``."""
+
+    trainable: list[Literal["gate", "cheap_ffn", "backbone"]] = Field(
+        default_factory=lambda: ["gate", "cheap_ffn"],
+        description="Parameter groups trained: gate (G1 MLP; G3 encoder, predictor, score head — "
+        "never the target head), cheap_ffn, backbone (everything else; not controller-only).",
+    )
+    lm_thresholds: list[float] = Field(
+        default_factory=list, description="LM levels tau (nats/token) for threshold_hits."
+    )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def controller_only(self) -> bool:
+        """Whether the backbone is frozen in this stage (``backbone`` not in ``trainable``)."""
+        return "backbone" not in self.trainable
