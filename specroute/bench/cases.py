@@ -19,11 +19,10 @@ from torch import Tensor, nn
 from specroute.bench.reference import HF_ACTIVATION, hf_lm_loss, hf_reference
 from specroute.claims.paper import WALL_HOURS
 from specroute.flops.analytic import dense_step_macs, flops_proxy, step_macs
-from specroute.model.decoder import build_model
 from specroute.spec import Resolved, rebuild
 from specroute.spec.models import RunSpec, ceil_budget
 from specroute.train.device import Device
-from specroute.train.stages import ControllerStage, DenseStage
+from specroute.train.stages import ControllerStage, DenseStage, seeded_model
 from specroute.train.step import lr_at
 from specroute.train.trainer import FixedBatch, Stage, Trainer
 
@@ -225,11 +224,6 @@ class ForwardStep:
 # the cases
 
 
-def _seeded_model(spec: RunSpec, device: Device, routed: bool = True) -> nn.Module:
-    torch.manual_seed(0)
-    return build_model(spec, routed=routed).to(device.torch)
-
-
 def _routed_macs(spec: RunSpec) -> tuple[float, float]:
     """(training step, forward) MACs of a routed case at its realised share."""
     parts = step_macs(spec, full_fraction=realised_share(spec))
@@ -265,13 +259,16 @@ def build_cases(resolved: Resolved, options: BenchOptions, device: Device) -> tu
     # MACs: the routed cases at their realised share; dense and GPT-2 under the same accounting
     dense_macs = dense_step_macs(masked_spec, "full_training"), dense_step_macs(masked_spec, "forward_only")
 
-    cases = _lm_cases("dense", "dense", None, DenseStage(_seeded_model(masked_spec, device, routed=False), train,
-                      device), dense_macs, batch, device, True)
-    cases += _lm_cases("masked", "masked", spec_budget, DenseStage(_seeded_model(masked_spec, device), train, device),
+    def model(s: RunSpec, routed: bool = True) -> nn.Module:
+        return seeded_model(s, 0, routed).to(device.torch)
+
+    cases = _lm_cases("dense", "dense", None, DenseStage(model(masked_spec, routed=False), train, device),
+                      dense_macs, batch, device, True)
+    cases += _lm_cases("masked", "masked", spec_budget, DenseStage(model(masked_spec), train, device),
                        _routed_macs(masked_spec), batch, device, True)
     for b in budgets:
         s = full_training(base, "gather", b)
-        cases += _lm_cases(f"gather@{b:g}", "gather", b, DenseStage(_seeded_model(s, device), s.train, device),
+        cases += _lm_cases(f"gather@{b:g}", "gather", b, DenseStage(model(s), s.train, device),
                            _routed_macs(s), batch, device, b == spec_budget)
 
     hf = hf_reference(masked_spec, device) if options.reference else "skipped (--no-reference)"
@@ -287,7 +284,7 @@ def build_cases(resolved: Resolved, options: BenchOptions, device: Device) -> tu
         s = arms[name] = rebuild(s, {"train": {"batch_size": B, "seq_len": T}})
         # each arm's trainer draws its labelled layers and rank pairs from its own loss generator with the
         # same seed, so the util/rank arms label the same layer at the same step
-        step = TrainingStep(ControllerStage(s, _seeded_model(s, device), device), *batch, device)
+        step = TrainingStep(ControllerStage(s, model(s), device), *batch, device)
         cases.append(Case(f"recipe/{name}", "recipe", name, s.routing.budget.full_fraction,
                           step_macs(s)["total"], step, step.state_bytes, step.release,
                           extra={"gate": s.gate.kind, "uses_oracle": s.loss.uses_oracle,

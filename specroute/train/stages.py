@@ -50,6 +50,13 @@ def build_seeded(spec: RunSpec, seed: int, routed: bool) -> Decoder:
         return build_model(spec, routed=routed)
 
 
+def seeded_model(spec: RunSpec, seed: int, routed: bool = True) -> Decoder:
+    """Build the model on the CPU after ``torch.manual_seed(seed)`` (the global RNG: the verifiers' and the
+    benchmark's models; a study's come from :func:`build_seeded`)."""
+    torch.manual_seed(seed)
+    return build_model(spec, routed=routed)
+
+
 def eval_batches(heldout: WindowSampler, train: TrainSpec, device: Device) -> list[tuple[Tensor, Tensor]]:
     return [(i.to(device.torch), t.to(device.torch)) for i, t in heldout.fixed(train.eval_batches, train.batch_size)]
 

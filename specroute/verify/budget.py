@@ -14,9 +14,9 @@ import torch
 from hypothesis import strategies as st
 
 from specroute.spec.models import ceil_budget
-from specroute.verify.common import (CheckResult, Context, Target, fmt, prose_tokens, result, run_property,
-                                     seeded_model,
-                                     shrink, skipped, tokens, train_controller, batch)
+from specroute.train.stages import seeded_model
+from specroute.verify.common import (CheckResult, Context, Target, fmt, prose_tokens, result, run_property, shrink,
+                                     skipped, tokens, train_controller, batch)
 
 #: Peak learning rate of the threshold-adherence training (controller only, a few dozen steps, decaying
 #: linearly to a tenth so that the realised share settles).

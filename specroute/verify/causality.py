@@ -14,7 +14,8 @@ import torch
 from hypothesis import strategies as st
 
 from specroute.model.decoder import NonCausalRoutingError
-from specroute.verify.common import (CheckResult, Context, Target, result, run_property, seeded_model, shrink,
+from specroute.train.stages import seeded_model
+from specroute.verify.common import (CheckResult, Context, Target, result, run_property, shrink,
                                      tokens)
 
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from specroute.losses import lm_loss
-from specroute.model.decoder import Decoder, build_model
+from specroute.model.decoder import Decoder
 from specroute.spec.loader import deep_merge, dump_run
 from specroute.spec.models import G1Spec, RunSpec
 from specroute.spec.training import TrainSpec
@@ -121,11 +121,6 @@ def shrink(spec: RunSpec, update: dict[str, Any] | None = None, seq_len: int = 1
     raw["backbone"] = {"checkpoint": None, "train": {"seq_len": seq_len, "batch_size": batch_size}}
     raw["train"] = {**raw["train"], "seq_len": seq_len, "batch_size": batch_size, "lm_thresholds": []}
     return RunSpec.model_validate(deep_merge(raw, update or {}))
-
-
-def seeded_model(spec: RunSpec, seed: int, routed: bool = True) -> Decoder:
-    torch.manual_seed(seed)
-    return build_model(spec, routed=routed)
 
 
 def tokens(B: int, T: int, seed: int, vocab: int = SHRUNK_VOCAB) -> Tensor:

@@ -35,7 +35,8 @@ from specroute.model.decoder import Decoder
 from specroute.flops.counters import CountMACs, forward_macs_mode, fvcore_forward_macs
 from specroute.spec import rebuild
 from specroute.spec.models import RunSpec
-from specroute.verify.common import (CheckResult, Context, Target, result, run_property, seeded_model, shrink,
+from specroute.train.stages import seeded_model
+from specroute.verify.common import (CheckResult, Context, Target, result, run_property, shrink,
                                      skipped, tokens)
 
 PAPER_PARAMS = 157.5e6

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from specroute.losses import compute_losses
 from specroute.spec.models import G1Spec
-from specroute.verify.common import (CheckResult, Context, Target, result, run_property, seeded_model, shrink,
+from specroute.train.stages import seeded_model
+from specroute.verify.common import (CheckResult, Context, Target, result, run_property, shrink,
                                      skipped, tokens)
 
 TERMS = ("lm", "util", "rank", "jepa", "budget")

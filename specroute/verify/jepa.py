@@ -18,8 +18,9 @@ from specroute.metrics import effective_rank, latent_variance
 from specroute.model.routing import FULL, G3Gate
 from specroute.spec.models import G1Spec
 from specroute.train.stages import trainable_params
-from specroute.verify.common import (CheckResult, Context, Target, batch, prose_tokens, result, run_property,
-                                     seeded_model, shrink, skipped, tokens, train_controller)
+from specroute.train.stages import seeded_model
+from specroute.verify.common import (CheckResult, Context, Target, batch, prose_tokens, result, run_property, shrink,
+                                     skipped, tokens, train_controller)
 
 
 def target_frozen(target: Target, ctx: Context) -> CheckResult:

@@ -25,8 +25,9 @@ from torch.testing import assert_close
 from specroute.losses import oracle_labels, token_ce
 from specroute.metrics import spearman
 from specroute.spec.models import RunSpec
-from specroute.verify.common import (CheckResult, Context, Target, batch, prose_tokens, result, run_property,
-                                     seeded_model, shrink, skipped, tokens, train_controller, train_dense)
+from specroute.train.stages import seeded_model
+from specroute.verify.common import (CheckResult, Context, Target, batch, prose_tokens, result, run_property, shrink,
+                                     skipped, tokens, train_controller, train_dense)
 
 LABELINGS = ("off_policy", "on_policy")
 
