@@ -4,19 +4,31 @@ The cache (token shards, backbones, the GPT-2 tokenizer) lives under, in order o
 ``--cache-dir`` option, the ``SPECROUTE_CACHE`` environment variable, ``~/.cache/specroute``.
 
 Every file a run or report produces is written to a temporary name beside its target and moved into
-place with ``os.replace``, so a crash never leaves a half-written file.
+place with ``os.replace``, so a crash never leaves a half-written file. A write the user can fix (disk
+full, quota, read-only filesystem, no permission) fails as a :class:`UserError` naming the path and the
+cause (:func:`writing`), with its temporary removed. A folder that one process writes is held with
+:func:`hold_lock`, so that a second process is refused instead of writing into it too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fnmatch
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
-from collections.abc import Callable, Collection
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+import filelock
 
 
 #: The process's umask, read once at import: files written through a temporary (mkstemp: mode 0600)
@@ -59,23 +71,95 @@ def sha256_json(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
 
 
+# --------------------------------------------------------------------------------------------------
+# filesystem errors the user can fix
+
+#: The errors of a write that the user can fix, and how a message says them.
+FS_CAUSES = {
+    errno.ENOSPC: "the disk is full",
+    errno.EDQUOT: "the disk quota is used up",
+    errno.EFBIG: "the file is too large for this filesystem",
+    errno.EROFS: "the filesystem is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+
+
+def os_errno(e: BaseException) -> int | None:
+    """The errno of a failed operation: an OSError's, or the ``(os error N)`` of an I/O error that a
+    compiled library reports in its message (safetensors); None if it has none."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return e.errno
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    return int(m.group(1)) if m else None
+
+
+def fs_error(e: BaseException, path: Path, doing: str = "write") -> UserError | None:
+    """The UserError for ``e`` if it is a filesystem failure the user can fix (:data:`FS_CAUSES`), else None
+    (a bug, to be raised as it is). The message names ``path``, what failed (``doing``) and the cause."""
+    code = os_errno(e)
+    if code not in FS_CAUSES:
+        return None
+    fix = ("free some space there or choose another location" if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+           else "choose a location you can write to")
+    return UserError(f"cannot {doing} {path}: {FS_CAUSES[code]} ({os.strerror(code)}); {fix} "
+                     "(--out, --cache-dir or $SPECROUTE_CACHE)")
+
+
+@contextlib.contextmanager
+def writing(path: Path, doing: str = "write") -> Iterator[None]:
+    """Turn a filesystem failure the user can fix (:data:`FS_CAUSES`) inside the block into a UserError
+    naming ``path`` (:func:`fs_error`); anything else propagates unchanged. Every write helper here uses
+    it; code that writes files some other way (a log kept open, shards) wraps its writes in it."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        err = fs_error(e, path, doing)
+        if err is None:
+            raise
+        raise err from None
+
+
+def make_dir(path: Path) -> list[Path]:
+    """Create the folder ``path`` and its missing parents; return the folders created, outermost first.
+
+    Raises UserError when it cannot be created (a file in the way, a filesystem that does not allow it,
+    such as /proc, read-only, no permission, disk full), naming the folder and the reason."""
+    created = []
+    for p in [*reversed(path.parents), path]:
+        if not p.exists():
+            created.append(p)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise (fs_error(e, path, "create the folder")
+               or UserError(f"cannot create the folder {path}: {e.strerror or e}; choose another location")) from None
+    return created
+
+
 def atomic_write_with(path: Path, write: Callable[[Path], None]) -> None:
     """Write ``path`` atomically through ``write(tmp)``, which writes the whole file at ``tmp`` (a fresh
     temporary name beside ``path``; e.g. ``safetensors.torch.save_file``). The file is synced, given the
-    mode an ordinary ``open`` would have, and moved into place; on any error the temporary is removed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_UMASK)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    mode an ordinary ``open`` would have, and moved into place; on any error the temporary is removed.
+
+    Raises UserError for a failure the user can fix (disk full, read-only, no permission: :func:`writing`),
+    naming ``path``; other errors of ``write`` propagate."""
+    make_dir(path.parent)
+    with writing(path):
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(name)
+        try:
+            write(tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -91,22 +175,25 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def temp_dir_beside(target: Path) -> Path:
-    """A fresh temporary folder in ``target``'s parent (for building a folder, then renaming it)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700
+    """A fresh temporary folder in ``target``'s parent (for building a folder, then renaming it).
+    Raises UserError when it cannot be made (:func:`writing`)."""
+    make_dir(target.parent)
+    with writing(target):
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes it 0700
     return tmp
 
 
 def replace_dir(tmp: Path, target: Path) -> None:
     """Move a finished temporary folder (:func:`temp_dir_beside`) to ``target``, replacing the folder
     there, if any: the old one is moved aside first and deleted after, so ``target`` is always whole."""
-    if not target.exists():
+    with writing(target):
+        if not target.exists():
+            os.replace(tmp, target)
+            return
+        old = temp_dir_beside(target)
+        os.replace(target, old / target.name)
         os.replace(tmp, target)
-        return
-    old = temp_dir_beside(target)
-    os.replace(target, old / target.name)
-    os.replace(tmp, target)
     shutil.rmtree(old, ignore_errors=True)
 
 
@@ -115,56 +202,200 @@ def publish_dir(tmp: Path, target: Path) -> None:
     theirs (same key, same content) and drop ours."""
     try:
         os.replace(tmp, target)
-    except OSError:
+    except OSError as e:
         if target.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
         else:
+            raise fs_error(e, target) or e from None
+
+
+# --------------------------------------------------------------------------------------------------
+# locks: one writer per folder
+
+#: The lock file a writer holds in its folder (removed when it is done; one left by a killed process is
+#: taken over). It never makes a folder count as "not empty".
+LOCK_NAME = ".specroute.lock"
+
+
+def _holder_record(what: str) -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
+            "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+
+
+def _describe_holder(record: Any) -> str:
+    if not isinstance(record, dict) or "pid" not in record:
+        return "another process (it has not recorded itself yet)"
+    return (f"pid {record.get('pid')} on host {record.get('host')}, started {record.get('started')}"
+            + (f": {record['command']}" if record.get("command") else ""))
+
+
+def _read_record(raw: bytes) -> Any:
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def hold_lock(folder: Path, what: str, wait_s: float = 0.0) -> Iterator[str | None]:
+    """Hold an exclusive lock on ``folder`` (created if missing) for the duration of the block.
+
+    The lock is an ``flock`` on ``folder/.specroute.lock`` (:data:`LOCK_NAME`, through ``filelock``): the
+    kernel releases it when the holding process ends in any way (kill -9 included), so a lock file left by
+    a killed process is taken over. The file records the holder (pid, host, start time, command) for the
+    message of whoever is refused. On leaving the block the lock file is removed, and so are the folders
+    this call created if they are still empty (a failed start leaves nothing behind).
+
+    Args:
+        folder: the folder to hold. what: what holds it, in messages ("the output folder", "the run folder").
+        wait_s: how long to wait for another holder to finish (0: refuse at once).
+    Yields:
+        A note for the user when a lock left by a process that ended without releasing it was taken
+        over, or when this filesystem cannot lock (the block then runs unlocked); else None.
+    Raises:
+        UserError: another process holds the lock (after ``wait_s``): the message names its pid, host,
+            start time and command; ``folder`` cannot be created or written (:func:`make_dir`, :func:`writing`).
+    """
+    created = make_dir(folder)
+    path = folder / LOCK_NAME
+    before: list[bytes] = []
+
+    def on_acquired(fd: int) -> None:
+        before.append(os.pread(fd, 4096, 0))
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(_holder_record(what)).encode(), 0)
+
+    lock = filelock.UnixFileLock(path, timeout=wait_s, on_acquired=on_acquired)
+    note = None
+    try:
+        with writing(path, "lock"):
+            lock.acquire()
+    except filelock.Timeout:
+        try:
+            holder = _read_record(path.read_bytes())
+        except OSError:
+            holder = None
+        raise UserError(f"{what} {folder} is in use by another specroute process ({_describe_holder(holder)}); "
+                        "wait for it to finish or stop it, or choose another folder") from None
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):
             raise
+        lock = None  # the filesystem has no flock
+        note = (f"cannot lock {folder} on this filesystem ({e.strerror or e}); make sure no other specroute "
+                "process writes there meanwhile")
+    if lock is not None and before and before[0].strip():
+        note = (f"took over the lock of {folder} left by a process that ended without releasing it "
+                f"({_describe_holder(_read_record(before[0]))})")
+    try:
+        yield note
+    finally:
+        if lock is not None:
+            with contextlib.suppress(OSError):  # while still held, so no one can lock the removed file
+                path.unlink()
+            lock.release()
+        for p in reversed(created):
+            try:
+                p.rmdir()
+            except OSError:  # not empty (the writer wrote there) or gone
+                break
 
 
 # --------------------------------------------------------------------------------------------------
 # output folders (``specroute run --out``, ``specroute bench --out``)
 
 
-def check_out_dir(out: Path, owned: Collection[str], what: str, overwrite: bool,
-                  resume: bool | None = None) -> list[str]:
+#: A folder's layout: for each name pattern (``fnmatch``) what an entry of that name must be: ``FILE`` (a
+#: regular file), ``ANY`` (a file or a folder, not looked into) or, for a folder, its own layout.
+Layout = Mapping[str, Any]
+FILE = "file"
+ANY = "any"
+#: What a killed writer may leave anywhere (:func:`atomic_write_with`, :func:`temp_dir_beside`).
+TEMPORARY = ".*.tmp"
+
+
+def _as_layout(owned: Layout | Collection[str]) -> Layout:
+    return owned if isinstance(owned, Mapping) else {name: ANY for name in owned}
+
+
+def _matching(layout: Layout, name: str) -> Any:
+    return next((kind for pattern, kind in layout.items() if fnmatch.fnmatchcase(name, pattern)), None)
+
+
+def foreign_entries(folder: Path, layout: Layout, prefix: str = "") -> list[str]:
+    """The entries under ``folder`` (relative paths, sorted) that ``layout`` does not describe: a name no
+    pattern matches, a folder where a file is expected or the reverse, a symbolic link. The lock file
+    (:data:`LOCK_NAME`) and temporaries (:data:`TEMPORARY`) belong to every folder."""
+    foreign = []
+    for p in sorted(folder.iterdir()):
+        rel = f"{prefix}{p.name}"
+        if p.name == LOCK_NAME or fnmatch.fnmatchcase(p.name, TEMPORARY):
+            continue
+        kind = _matching(layout, p.name)
+        if kind is None or p.is_symlink():
+            foreign.append(rel)
+        elif kind == FILE:
+            if not p.is_file():
+                foreign.append(rel)
+        elif isinstance(kind, Mapping):
+            foreign += foreign_entries(p, kind, rel + "/") if p.is_dir() else [rel]
+    return foreign
+
+
+def check_out_dir(out: Path, owned: Layout | Collection[str], what: str, overwrite: bool,
+                  resume: bool | None = None, marker: str | None = None) -> list[str]:
     """The one rule for a command's output folder: nothing already written is lost unless asked.
 
-    ``out`` may be absent or empty. A non-empty one is used only with ``overwrite`` (replace the result
-    there; refused when ``out`` holds any entry outside ``owned``, the names its writer produces, so
-    nothing else is ever deleted) or ``resume`` (continue it; the caller checks that it is its own).
+    ``out`` may be absent or empty (the lock file, :data:`LOCK_NAME`, does not count). A non-empty one is
+    used only with ``overwrite`` (replace the result there: refused when ``out`` does not hold ``marker``,
+    the file that shows a result is there, or holds anything outside ``owned``, the files its writer
+    produces, so nothing else is ever deleted) or ``resume`` (continue it; the caller checks that it is its
+    own).
 
     Args:
-        out: the folder. owned: the names its writer produces. what: what that writer's result is called
-            in messages ("a study", "a benchmark result"). resume: whether the caller asked to continue;
-            None when its writer cannot continue a result (no ``--resume`` option).
+        out: the folder. owned: what its writer produces: a :data:`Layout` (looked into, folder by folder),
+            or top-level names. what: what that writer's result is called in messages ("a study", "a
+            benchmark result"). resume: whether the caller asked to continue; None when its writer cannot
+            continue a result (no ``--resume`` option). marker: the file every result holds (None: any).
     Returns:
-        The entries of ``out`` (names, sorted; empty when it is absent or empty).
+        The entries of ``out`` (names, sorted, the lock file left out; empty when it is absent or empty).
     Raises:
-        UserError: ``out`` is not a folder; it is not empty and neither ``overwrite`` nor ``resume`` was
-            asked; ``overwrite`` with entries not in ``owned``. Nothing is changed.
+        UserError: ``out`` is not a folder or cannot be read; it is not empty and neither ``overwrite`` nor
+            ``resume`` was asked; ``overwrite`` where ``marker`` is missing or with entries not in
+            ``owned``. Nothing is changed.
     """
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another --out")
-    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    with writing(out, "read the folder"):
+        entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
     if not entries or resume:
         return entries
     if not overwrite:
         raise UserError(f"the output folder {out} is not empty ({', '.join(entries[:5])}); pass "
                         f"{'' if resume is None else '--resume to continue it, '}--overwrite to replace it, "
                         "or choose another --out")
-    foreign = [name for name in entries if name not in owned]
+    if marker is not None and marker not in entries:
+        raise UserError(f"--out {out} holds no {what.removeprefix('a ').removeprefix('an ')} (no {marker}) but "
+                        f"other files ({', '.join(entries[:5])}); --overwrite replaces only {what}; nothing was "
+                        "changed; choose another --out or empty it yourself")
+    with writing(out, "read the folder"):
+        foreign = foreign_entries(out, _as_layout(owned))
     if foreign:
-        raise UserError(f"--out {out} holds files that are not {what} ({', '.join(foreign[:5])}); "
-                        "nothing was changed; choose another --out")
+        raise UserError(f"--out {out} holds files that are not {what}'s ({', '.join(foreign[:5])}"
+                        f"{f' and {len(foreign) - 5} more' if len(foreign) > 5 else ''}); nothing was changed; "
+                        "move them away or choose another --out")
     return entries
 
 
-def clear_out_dir(out: Path, owned: Collection[str]) -> None:
-    """Delete the entries of ``out`` named in ``owned`` (after :func:`check_out_dir` with ``overwrite``)."""
-    for name in owned:
-        p = out / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        elif p.exists():
-            p.unlink()
+def clear_out_dir(out: Path, owned: Layout | Collection[str]) -> None:
+    """Delete the entries of ``out`` that ``owned`` describes, and temporaries (after :func:`check_out_dir`
+    with ``overwrite``, which made sure they hold nothing else). The lock file stays."""
+    layout = _as_layout(owned)
+    with writing(out, "delete from"):
+        for p in sorted(out.iterdir()):
+            if p.name == LOCK_NAME or not (_matching(layout, p.name) or fnmatch.fnmatchcase(p.name, TEMPORARY)):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()

@@ -29,7 +29,8 @@ from specroute.data.embedded import cached_embedded_documents
 from specroute.data.sources import fineweb_documents, local_documents
 from specroute.data.tokenizer import DataUnavailable, Tokenizer, load_tokenizer
 from specroute.spec.models import EmbeddedData, FinewebEduData, LocalData
-from specroute.store import atomic_write_json, cache_dir, publish_dir, sha256_file, sha256_json, temp_dir_beside
+from specroute.store import (atomic_write_json, cache_dir, publish_dir, sha256_file, sha256_json, temp_dir_beside,
+                             writing)
 
 #: Version of the shard layout; part of every cache key.
 FORMAT = 1
@@ -76,6 +77,8 @@ def prepare_data(
         progress: called with (tokens so far, target or None) while tokenising.
     Raises:
         DataUnavailable: offline without a cached copy, missing files or columns, a corpus too small.
+        UserError: the cache cannot be written (disk full, read-only, no permission), naming it; the
+            half-written shards are removed.
     """
     tokenizer = load_tokenizer(data.tokenizer, cache)
     docs: Iterable[str]
@@ -103,12 +106,12 @@ def prepare_data(
         tmp = temp_dir_beside(target)
         try:
             meta = write_shards(docs, tokenizer, tmp, data.heldout_fraction, max_tokens, progress)
+            meta.update(kind=data.kind, source=source, cache_key=key)
+            atomic_write_json(tmp / "meta.json", meta)
+            publish_dir(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        meta.update(kind=data.kind, source=source, cache_key=key)
-        atomic_write_json(tmp / "meta.json", meta)
-        publish_dir(tmp, target)
     return load_shards(target, tokenizer.vocab_size)
 
 
@@ -157,7 +160,9 @@ class _ShardWriter:
 
     def _write(self, chunk: np.ndarray) -> None:
         name = f"{self.prefix}_{len(self.files):04d}.bin"
-        chunk.astype(np.uint16).tofile(self.folder / name)
+        # not ndarray.tofile: its error on a full disk has no errno
+        with writing(self.folder.parent, "write the token cache in"), open(self.folder / name, "wb") as f:
+            f.write(memoryview(chunk.astype(np.uint16)))
         self.files.append([name, int(len(chunk))])
 
 

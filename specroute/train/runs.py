@@ -3,7 +3,9 @@
 Files in the run's folder (``runs/<arm>/seed<k>/``): ``metrics.jsonl`` (every step and evaluation),
 ``ckpt/`` (resumable checkpoints), and once the run is complete ``controller.safetensors`` (the trained
 controller), ``spec.json`` (the resolved run spec) and ``result.json`` (the run's summary, written last:
-its presence means the run is done and a resumed study skips it).
+its presence means the run is done and a resumed study skips it). While it trains, the run holds its
+folder's lock (:func:`specroute.store.hold_lock`), so that no other process (a worker of a killed study
+still ending, say) writes into it too.
 
 Metrics (docs/DESIGN.md, "Metrics"): ``lm`` is evaluated every ``eval_every`` steps and at the last step;
 ``best_lm`` / ``avg_lm`` / ``final_lm`` are over those evaluations (the evaluation before the first step,
@@ -33,11 +35,19 @@ from specroute.data.shards import TokenData, load_shards
 from specroute.flops.analytic import flops_proxy
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
-from specroute.store import atomic_write_json, atomic_write_with
+from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with, hold_lock
 from specroute.train.device import Device, deterministic
 from specroute.train.progress import QueueProgress, StudyProgress
 from specroute.train.stages import ControllerStage, derive_seed
 from specroute.train.trainer import MetricsSink, StepBudget, Trainer, checkpoint_step
+
+
+#: What a run writes into its folder (:data:`specroute.store.Layout`; what a study's ``--overwrite`` may delete).
+RUN_LAYOUT = {"metrics.jsonl": FILE, "result.json": FILE, "controller.safetensors": FILE, "spec.json": FILE,
+              "ckpt": {"latest": FILE, "step_[0-9][0-9][0-9][0-9][0-9][0-9]": ANY}}
+#: Seconds a run waits for another holder of its folder's lock: the worker of a killed study ends by
+#: itself within a second or so (:func:`init_worker`), a live one does not.
+RUN_LOCK_WAIT_S = 10.0
 
 
 def run_dir(out: Path, arm: str, seed: int) -> Path:
@@ -56,10 +66,20 @@ def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str,
                    budget: StepBudget | None = None, concurrent_runs: int = 1) -> dict[str, Any]:
     """Train (or resume, or reuse) one run; return its per-seed summary (summary.json's ``seeds`` entry).
     ``concurrent_runs``: how many runs train at once beside this one (recorded: C12 trusts only the wall
-    time of runs timed one at a time)."""
+    time of runs timed one at a time). Raises UserError when another process holds the run folder's lock
+    for longer than :data:`RUN_LOCK_WAIT_S`."""
     result = folder / "result.json"
     if result.is_file():
         return json.loads(result.read_text())
+    with hold_lock(folder, "the run folder", wait_s=RUN_LOCK_WAIT_S):
+        return _train_run(arm, spec, data, backbone, device, folder, progress, budget, concurrent_runs)
+
+
+def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Tensor], device: Device,
+               folder: Path, progress: StudyProgress | QueueProgress | None, budget: StepBudget | None,
+               concurrent_runs: int) -> dict[str, Any]:
+    """The training of :func:`run_controller` (which holds the run folder's lock)."""
+    result = folder / "result.json"
     heldout = WindowSampler(data.heldout, spec.train.seq_len, "held-out")
     stage = ControllerStage.on_backbone(spec, backbone, heldout, device)
     sink = MetricsSink(folder / "metrics.jsonl")

@@ -7,8 +7,16 @@ hash and the run selection), ``runs/<arm>/seed<k>/`` (see :mod:`specroute.train.
 Nothing already written is lost: a non-empty output folder is refused unless ``resume`` (continue it:
 finished runs are kept, interrupted ones continue from their last checkpoint, the spec must be the same)
 or ``overwrite`` (delete what a previous study wrote there, then start afresh; refused when the folder
-holds anything a study does not write). The rule is :func:`specroute.store.check_out_dir`'s, shared with
-``specroute bench``.
+holds no ``study.json`` or anything a study does not write, :data:`LAYOUT`, even inside ``plots/`` and
+``runs/``). The rule is :func:`specroute.store.check_out_dir`'s, shared with ``specroute bench``. A folder
+that holds only the ``study.json`` of the same spec (a start that failed before any run began) is
+started again as if empty.
+
+One process writes a study at a time: the study holds the lock of its output folder
+(:func:`specroute.store.hold_lock`) from before the folder is checked until the report is written, and
+each controller run the lock of its run folder; a second ``specroute run`` into the same folder is
+refused at once, naming the holder. ``study.json`` is written once the data and the backbone are ready,
+so a start that fails before (bad data, disk full, Ctrl-C in the backbone) leaves no study behind.
 """
 
 from __future__ import annotations
@@ -31,18 +39,30 @@ from specroute.data.shards import prepare_data
 from specroute.flops.analytic import count_params
 from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
-from specroute.store import UserError, atomic_write_json, check_out_dir, clear_out_dir, sha256_json
+from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir, hold_lock,
+                             sha256_json)
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.progress import StudyProgress, TokenisingProgress
-from specroute.train.runs import init_worker, run_controller, run_dir, run_in_worker, run_steps_left
+from specroute.train.runs import RUN_LAYOUT, init_worker, run_controller, run_dir, run_in_worker, run_steps_left
 from specroute.train.trainer import StepBudget
 
 #: Above this many parameters controller runs go one at a time by default (memory per worker).
 PARALLEL_MAX_PARAMS = 20_000_000
-#: What a study writes into its output folder (and what ``overwrite`` deletes).
-OWNED = ("study.json", "runs", "plots", "report.md", "summary.json")
+#: The plots any version of the report has written (beside :data:`specroute.report.plots.PLOTS`).
+EARLIER_PLOTS = ("lm_curves.png", "grad_norm.png", "full_fraction.png")
+
+
+def study_layout() -> dict[str, object]:
+    """What a study writes into its output folder (and all that ``overwrite`` deletes), as a
+    :data:`specroute.store.Layout`: ``study.json``, ``report.md``, ``summary.json``, the report's plots in
+    ``plots/`` and ``runs/<arm>/seed<k>/`` (:data:`specroute.train.runs.RUN_LAYOUT`)."""
+    from specroute.report.plots import PLOTS
+
+    return {"study.json": FILE, "report.md": FILE, "summary.json": FILE,
+            "plots": {name: FILE for name in {*PLOTS.values(), *EARLIER_PLOTS}},
+            "runs": {"*": {"seed[0-9]*": RUN_LAYOUT}}}
 
 
 @dataclass
@@ -103,15 +123,18 @@ def select_runs(resolved: Resolved, arms: list[str], seeds: list[int]) -> list[t
 def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | None:
     """Check (and with ``overwrite`` clear) the output folder (:func:`specroute.store.check_out_dir`;
     see the module docstring); ``resume`` needs the same study there (its ``study.json`` and spec hash).
+    The caller holds the folder's lock.
 
     Returns a notice for the user (``resume`` with nothing to resume), else None. Raises UserError for a
-    folder that cannot be used as asked.
+    folder that cannot be used as asked; nothing is changed then.
     """
-    entries = check_out_dir(out, OWNED, "a study", overwrite, resume)
+    if out.is_dir() and _only_study_json(out, sha):  # a failed start of this same study: nothing to keep
+        (out / "study.json").unlink()
+    entries = check_out_dir(out, study_layout(), "a study", overwrite, resume, marker="study.json")
     if not entries:
         return f"--resume: no study in {out} yet; starting one" if resume else None
     if overwrite:
-        clear_out_dir(out, OWNED)
+        clear_out_dir(out, study_layout())
         return None
     meta = out / "study.json"
     if not meta.is_file():
@@ -126,6 +149,17 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
         raise UserError(f"--resume: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
                         f"now {sha[:12]}); use --overwrite or another --out")
     return None
+
+
+def _only_study_json(out: Path, sha: str) -> bool:
+    """Whether ``out`` holds nothing but the ``study.json`` of the study with spec hash ``sha``."""
+    if sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) != ["study.json"]:
+        return False
+    try:
+        recorded = json.loads((out / "study.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(recorded, dict) and recorded.get("spec_sha256") == sha
 
 
 def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
@@ -192,7 +226,9 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     Returns:
         The output folder and the summary (summary.json's content).
     Raises:
-        UserError: bad output folder, data unavailable, refused confirmation. SpecError: unknown arm.
+        UserError: bad output folder, one another process is writing (its lock), data unavailable, a
+            filesystem that cannot take the writes (disk full, read-only), refused confirmation.
+            SpecError: unknown arm.
         specroute.train.trainer.Interrupted: the session's step budget ran out (tests).
     """
     t_start = time.perf_counter()
@@ -200,52 +236,55 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     runs = select_runs(resolved, options.arms, options.seeds)
     out = Path(options.out) if options.out else default_out(resolved)
     sha = spec_sha256(resolved)
-    notice = prepare_out(out, sha, options.resume, options.overwrite)
-    device = pick_device(options.device)
     note = console.print if console else (lambda *a, **k: None)
-    if notice:
-        note(f"[yellow]{escape(notice)}[/]")
-    first = runs[0][2]
-    note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {len(runs)} runs "
-         f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
-         f"({device.dtype_name}); output {escape(str(out))}")
-    with deterministic(device):
-        rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
-        note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
-        if any(s.data != first.data for _, _, s in runs):
-            raise UserError("arms with different data are not supported in one study")
-        with TokenisingProgress(console) as tokenising:
-            data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update)
-        note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
-             f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {escape(str(data.path))}")
-        backbone_specs = {backbone_key(s, data): s for _, _, s in runs}
-        steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
-        runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
-        note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate))
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "study.json", {
-            "study": study.name, "profile": study.profile, "spec_sha256": sha, "source": str(resolved.source),
-            "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms}, "seeds": study.seeds,
-        })
-        budget = StepBudget(options.max_steps_this_session)
-        with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress:
-            backbones = {}
-            for key, spec in backbone_specs.items():
-                backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
-                                              progress, budget)
-                info = backbones[key].info
-                progress.note(f"backbone ({info['source']}): held-out LM {info['heldout_lm']:.3f} nats/token vs "
-                              f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
-            jobs = [Job(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
-                    for arm, seed, spec in runs]
-            results = run_controllers(jobs, data, device, options, progress, budget)
-    results = with_earlier_runs(results, resolved, out)
+    with hold_lock(out, "the output folder") as lock_note:
+        if lock_note:
+            note(f"[yellow]{escape(lock_note)}[/]")
+        notice = prepare_out(out, sha, options.resume, options.overwrite)
+        device = pick_device(options.device)
+        if notice:
+            note(f"[yellow]{escape(notice)}[/]")
+        first = runs[0][2]
+        note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {len(runs)} runs "
+             f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
+             f"({device.dtype_name}); output {escape(str(out))}")
+        with deterministic(device):
+            rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
+            note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
+            if any(s.data != first.data for _, _, s in runs):
+                raise UserError("arms with different data are not supported in one study")
+            with TokenisingProgress(console) as tokenising:
+                data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update)
+            note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
+                 f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {escape(str(data.path))}")
+            backbone_specs = {backbone_key(s, data): s for _, _, s in runs}
+            steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
+            runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
+            note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate))
+            budget = StepBudget(options.max_steps_this_session)
+            with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress:
+                backbones = {}
+                for key, spec in backbone_specs.items():
+                    backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
+                                                  progress, budget)
+                    info = backbones[key].info
+                    progress.note(f"backbone ({info['source']}): held-out LM {info['heldout_lm']:.3f} nats/token "
+                                  f"vs unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
+                atomic_write_json(out / "study.json", {  # only now: a start that failed before leaves no study
+                    "study": study.name, "profile": study.profile, "spec_sha256": sha,
+                    "source": str(resolved.source), "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms},
+                    "seeds": study.seeds,
+                })
+                jobs = [Job(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
+                        for arm, seed, spec in runs]
+                results = run_controllers(jobs, data, device, options, progress, budget)
+        results = with_earlier_runs(results, resolved, out)
 
-    from specroute.report import build_summary, write_report
+        from specroute.report import build_summary, write_report
 
-    summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
-                            environment(device), time.perf_counter() - t_start)
-    write_report(out, summary, resolved)
+        summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
+                                environment(device), time.perf_counter() - t_start)
+        write_report(out, summary, resolved)
     note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
 

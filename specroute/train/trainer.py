@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from specroute.spec.training import TrainSpec
-from specroute.store import atomic_write_text, replace_dir, temp_dir_beside
+from specroute.store import atomic_write_text, make_dir, replace_dir, temp_dir_beside, writing
 from specroute.train.device import Device
 from specroute.train.step import lr_at, make_optimizer, optimizer_step
 
@@ -80,16 +80,19 @@ class FixedBatch:
 
 
 class MetricsSink:
-    """Append-only JSONL log of one run (one record per line, flushed as written)."""
+    """Append-only JSONL log of one run (one record per line, flushed as written). A write the user can
+    fix (disk full, read-only) raises UserError naming the file (:func:`specroute.store.writing`)."""
 
     def __init__(self, path: Path):
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._f = open(path, "ab")
+        make_dir(path.parent)
+        with writing(path):
+            self._f = open(path, "ab")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._f.write((json.dumps(record, allow_nan=True) + "\n").encode())
-        self._f.flush()
+        with writing(self.path):
+            self._f.write((json.dumps(record, allow_nan=True) + "\n").encode())
+            self._f.flush()
 
     def offset(self) -> int:
         return self._f.tell()
@@ -99,7 +102,8 @@ class MetricsSink:
         self._f.seek(n)
 
     def close(self) -> None:
-        self._f.close()
+        with writing(self.path):
+            self._f.close()
 
 
 class NoSink:
@@ -224,23 +228,31 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------------
     def save(self) -> Path:
-        """Write a checkpoint of the current step (atomically) and point ``latest`` at it."""
+        """Write a checkpoint of the current step (atomically) and point ``latest`` at it. Raises UserError
+        for a write the user can fix (disk full, read-only: :func:`specroute.store.writing`), leaving the
+        previous checkpoint in place and no temporary behind."""
         if self.ckpt_dir is None:
             raise RuntimeError("this trainer has no checkpoint folder")
         name = step_name(self.step)
         target = self.ckpt_dir / name
         tmp = temp_dir_beside(target)
-        save_file({k: p.detach().cpu().contiguous() for k, p in self.params.items()},
-                  str(tmp / "trainable.safetensors"))
-        torch.save({
-            "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
-            "rng": {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()},
-            "history": self.history,
-            "metrics_offset": self.sink.offset(),
-            "wall_s": self.wall_s,
-        }, tmp / "state.pt")
-        replace_dir(tmp, target)
+        try:
+            with writing(target):
+                save_file({k: p.detach().cpu().contiguous() for k, p in self.params.items()},
+                          str(tmp / "trainable.safetensors"))
+                with open(tmp / "state.pt", "wb") as f:  # a file, not a path: a full disk is then an OSError
+                    torch.save({
+                        "step": self.step,
+                        "optimizer": self.optimizer.state_dict(),
+                        "rng": {"data": self.data_gen.get_state(), "loss": self.loss_gen.get_state()},
+                        "history": self.history,
+                        "metrics_offset": self.sink.offset(),
+                        "wall_s": self.wall_s,
+                    }, f)
+            replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         atomic_write_text(self.ckpt_dir / "latest", name)
         for old in self.ckpt_dir.glob("step_*"):
             if old.name != name:
