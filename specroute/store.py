@@ -131,6 +131,8 @@ def make_dir(path: Path) -> list[Path]:
     for p in [*reversed(path.parents), path]:
         if not p.exists():
             created.append(p)
+        elif not p.is_dir():
+            raise UserError(f"{p} exists and is not a folder; choose another location")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -220,7 +222,11 @@ LOCK_NAME = ".specroute.lock"
 def _holder_record(what: str) -> dict[str, Any]:
     return {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
             "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:300]}
+            "command": _shorten(" ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), 120)}
+
+
+def _shorten(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 3] + "..."
 
 
 def _describe_holder(record: Any) -> str:
@@ -258,6 +264,20 @@ def hold_lock(folder: Path, what: str, wait_s: float = 0.0) -> Iterator[str | No
             start time and command; ``folder`` cannot be created or written (:func:`make_dir`, :func:`writing`).
     """
     created = make_dir(folder)
+    try:
+        with _locked(folder, what, wait_s) as note:
+            yield note
+    finally:
+        for p in reversed(created):
+            try:
+                p.rmdir()
+            except OSError:  # not empty (the writer wrote there) or gone
+                break
+
+
+@contextlib.contextmanager
+def _locked(folder: Path, what: str, wait_s: float) -> Iterator[str | None]:
+    """:func:`hold_lock` on an existing folder."""
     path = folder / LOCK_NAME
     before: list[bytes] = []
 
@@ -266,7 +286,7 @@ def hold_lock(folder: Path, what: str, wait_s: float = 0.0) -> Iterator[str | No
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder_record(what)).encode(), 0)
 
-    lock = filelock.UnixFileLock(path, timeout=wait_s, on_acquired=on_acquired)
+    lock: filelock.UnixFileLock | None = filelock.UnixFileLock(path, timeout=wait_s, on_acquired=on_acquired)
     note = None
     try:
         with writing(path, "lock"):
@@ -294,11 +314,6 @@ def hold_lock(folder: Path, what: str, wait_s: float = 0.0) -> Iterator[str | No
             with contextlib.suppress(OSError):  # while still held, so no one can lock the removed file
                 path.unlink()
             lock.release()
-        for p in reversed(created):
-            try:
-                p.rmdir()
-            except OSError:  # not empty (the writer wrote there) or gone
-                break
 
 
 # --------------------------------------------------------------------------------------------------
