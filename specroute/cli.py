@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from specroute.spec import SpecError, load_study
-from specroute.store import UserError
+from specroute.store import UserError, hold_lock
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Wide enough for the tables when output is piped (rich defaults to 80 columns there).
@@ -112,10 +112,11 @@ def bench(
 
     resolved = load_study(spec, profile, set_ or [])
     out = out or default_out_dir(resolved.study.name, resolved.study.profile, quick)
-    check_out_dir(out, overwrite)
-    summary = run_bench(resolved, BenchOptions(repeats=repeats, quick=quick, device=device),
-                        progress=_progress(json_out))
-    write_results(summary, out, overwrite)
+    with hold_lock(out, "the output folder"):  # one benchmark at a time into one folder
+        check_out_dir(out, overwrite)
+        summary = run_bench(resolved, BenchOptions(repeats=repeats, quick=quick, device=device),
+                            progress=_progress(json_out))
+        write_results(summary, out, overwrite)
     if json_out:
         typer.echo(json.dumps(summary, indent=2))
         return

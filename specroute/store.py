@@ -86,12 +86,20 @@ FS_CAUSES = {
 
 
 def os_errno(e: BaseException) -> int | None:
-    """The errno of a failed operation: an OSError's, or the ``(os error N)`` of an I/O error that a
-    compiled library reports in its message (safetensors); None if it has none."""
-    if isinstance(e, OSError) and e.errno is not None:
-        return e.errno
-    m = re.search(r"\(os error (\d+)\)", str(e))
-    return int(m.group(1)) if m else None
+    """The errno of a failed operation: an OSError's, the ``(os error N)`` of an I/O error that a compiled
+    library reports in its message (safetensors), or that of the error it was raised while handling
+    (``torch.save`` into a file on a full disk raises a RuntimeError whose context is the OSError); None
+    if there is none."""
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            return None
+        if isinstance(seen, OSError) and seen.errno is not None:
+            return seen.errno
+        if m := re.search(r"\(os error (\d+)\)", str(seen)):
+            return int(m.group(1))
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def fs_error(e: BaseException, path: Path, doing: str = "write") -> UserError | None:

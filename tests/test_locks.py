@@ -176,6 +176,14 @@ def test_a_run_folder_held_by_another_process_is_refused(tmp_path, lone, holder,
     assert not list(out.rglob(LOCK_NAME))
 
 
+def test_a_benchmark_into_a_folder_in_use_is_refused(tmp_path, holder):
+    out = tmp_path / "bench"
+    h = holder(out)
+    r = runner.invoke(app, ["bench", str(SPECS / "a3.yaml"), "--profile", "smoke", "--quick", "--out", str(out)])
+    assert_user_error(r, f"the output folder {out} is in use by another specroute process (pid {h.pid}")
+    assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
+
+
 # --------------------------------------------------------------------------------------------------
 # the output folder, --overwrite and filesystem failures: one row per case
 
@@ -237,9 +245,12 @@ def _disk_full_in_shards(monkeypatch, out: Path, cache: Path) -> None:
 
 
 def _disk_full_at_checkpoint(monkeypatch, out: Path, cache: Path) -> None:
-    def full(obj, f, *a, **k):
+    def full(obj, f, *a, **k):  # as torch.save into a file on a full disk: a RuntimeError raised on the OSError
         f.write(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        try:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662") from None
 
     monkeypatch.setattr(torch, "save", full)
 

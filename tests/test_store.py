@@ -106,6 +106,16 @@ def test_overwrite_needs_the_marker_and_the_lock_file_does_not_count(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
 
 
+def _raised_while_handling(first: BaseException, second: BaseException) -> BaseException:
+    try:
+        try:
+            raise first
+        except type(first):
+            raise second
+    except type(second) as e:
+        return e
+
+
 @pytest.mark.parametrize(("error", "words"), [
     (OSError(errno.ENOSPC, "No space left on device"), "the disk is full (No space left on device); free some space"),
     (OSError(errno.EDQUOT, "Disk quota exceeded"), "the disk quota is used up"),
@@ -113,7 +123,10 @@ def test_overwrite_needs_the_marker_and_the_lock_file_does_not_count(tmp_path):
     (PermissionError(errno.EACCES, "Permission denied"), "permission denied"),
     (OSError(errno.EPERM, "Operation not permitted"), "operation not permitted"),
     (RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)"), "the disk is full"),
-], ids=["ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "safetensors-ENOSPC"])
+    (_raised_while_handling(OSError(errno.ENOSPC, "No space left on device"),
+                            RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 768 vs 662")),
+     "the disk is full"),
+], ids=["ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "safetensors-ENOSPC", "torch-save-ENOSPC"])
 def test_filesystem_failures_the_user_can_fix_become_user_errors(tmp_path, error, words):
     err = fs_error(error, tmp_path / "f.bin")
     assert isinstance(err, UserError) and f"cannot write {tmp_path / 'f.bin'}: {words}" in str(err)
