@@ -54,14 +54,18 @@ PARALLEL_MAX_PARAMS = 20_000_000
 EARLIER_PLOTS = ("lm_curves.png", "grad_norm.png", "full_fraction.png")
 
 
-def study_layout() -> dict[str, object]:
+def study_layout(out: Path | None = None) -> dict[str, object]:
     """What a study writes into its output folder (and all that ``overwrite`` deletes), as a
     :data:`specroute.store.Layout`: ``study.json``, ``report.md``, ``summary.json``, the report's plots in
-    ``plots/`` and ``runs/<arm>/seed<k>/`` (:data:`specroute.train.runs.RUN_LAYOUT`)."""
-    from specroute.report.plots import PLOTS
+    ``plots/`` (:data:`EARLIER_PLOTS` and :data:`specroute.report.plots.PLOTS`) and ``runs/<arm>/seed<k>/``
+    (:data:`specroute.train.runs.RUN_LAYOUT`). ``out``: the folder to be checked (the report's plot names
+    are imported only when its ``plots/`` holds other names: it takes seconds)."""
+    plots = set(EARLIER_PLOTS)
+    if out is None or ((out / "plots").is_dir() and {p.name for p in (out / "plots").iterdir()} - plots):
+        from specroute.report.plots import PLOTS
 
-    return {"study.json": FILE, "report.md": FILE, "summary.json": FILE,
-            "plots": {name: FILE for name in {*PLOTS.values(), *EARLIER_PLOTS}},
+        plots |= set(PLOTS.values())
+    return {"study.json": FILE, "report.md": FILE, "summary.json": FILE, "plots": {name: FILE for name in plots},
             "runs": {"*": {"seed[0-9]*": RUN_LAYOUT}}}
 
 
@@ -130,11 +134,11 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
     """
     if out.is_dir() and _only_study_json(out, sha):  # a failed start of this same study: nothing to keep
         (out / "study.json").unlink()
-    entries = check_out_dir(out, study_layout(), "a study", overwrite, resume, marker="study.json")
+    entries = check_out_dir(out, study_layout(out), "a study", overwrite, resume, marker="study.json")
     if not entries:
         return f"--resume: no study in {out} yet; starting one" if resume else None
     if overwrite:
-        clear_out_dir(out, study_layout())
+        clear_out_dir(out, study_layout(out))
         return None
     meta = out / "study.json"
     if not meta.is_file():
