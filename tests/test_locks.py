@@ -62,7 +62,9 @@ def tree(folder: Path) -> dict[str, bytes | None]:
 
 
 def events(path: Path) -> list[dict]:
-    return [r for r in map(json.loads, path.read_text().splitlines()) if r["event"] in ("train", "eval", "eval_initial")]
+    """A run's train and eval records (what a lone run and a run beside a refused one must share)."""
+    records = map(json.loads, path.read_text().splitlines())
+    return [r for r in records if r["event"] in ("train", "eval", "eval_initial")]
 
 
 class Holder:
@@ -256,7 +258,7 @@ def _disk_full_at_checkpoint(monkeypatch, out: Path, cache: Path) -> None:
 
 
 CASES = [
-    # id, prepare(out) or None, extra args ({out}: the output folder), environment(monkeypatch, out, cache),
+    # id, prepare(out) or None, extra args ({tmp}: the test's folder), environment(monkeypatch, out, cache),
     # message fragments, whether `out` must be left exactly as it was (else: must not exist afterwards)
     ("overwrite-a-folder-without-a-study", _user_files, ["--overwrite"], None,
      ["holds no study (no study.json)", "plots", "report.md", "nothing was changed"], True),
@@ -268,7 +270,7 @@ CASES = [
      None, ["(runs/G1_lm/seed0/ckpt/mine.pt)"], True),
     ("no-flag-on-a-folder-with-user-files", _user_files, [], None, ["is not empty", "--overwrite"], True),
     ("resume-a-folder-without-a-study", _user_files, ["--resume"], None, ["holds no study"], True),
-    ("out-is-a-file", None, ["--out", "{out}/file"], None, ["exists and is not a folder"], False),
+    ("out-is-a-file", None, ["--out", "{tmp}/file"], None, ["exists and is not a folder"], False),
     ("out-read-only", None, [], lambda mp, out, cache: mp.setattr("pathlib.Path.mkdir", _raising(errno.EROFS)),
      ["cannot create the folder", "/out: the filesystem is read-only (Read-only file system)"], False),
     ("out-no-permission", None, [], lambda mp, out, cache: mp.setattr("filelock.UnixFileLock.acquire",
@@ -280,6 +282,8 @@ CASES = [
      ["cannot write the token cache in", "/tokens: the disk is full (No space left on device)"], False),
     ("disk-full-at-a-backbone-checkpoint", None, [], _disk_full_at_checkpoint,
      ["/ckpt/step_000010: the disk is full"], False),
+    ("missing-data-file", None, ["--set", "data={kind: local, paths: [missing.jsonl]}"], None,
+     ["data file(s) not found", "missing.jsonl"], False),
 ]
 
 
@@ -295,12 +299,31 @@ def test_bad_output_folder_or_filesystem_exits_2_and_loses_nothing(tmp_path, mon
     before = tree(out)
     if env:
         env(monkeypatch, out, cache)
-    args = [a.replace("{out}", str(tmp_path)) for a in args]
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     r = cli(*(args if "--out" in args else ["--out", out, *args]), "--cache-dir", cache)
     monkeypatch.undo()
     assert_user_error(r, *fragments)
     assert tree(out) == (before if kept else {})  # untouched; or (a failed start) nothing left behind
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name == LOCK_NAME]
+
+
+def test_a_full_disk_while_logging_metrics_names_the_log(tmp_path):
+    from specroute.train.trainer import MetricsSink
+
+    sink = MetricsSink(tmp_path / "run" / "metrics.jsonl")
+
+    class Full:
+        def write(self, *data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        flush = close = write
+
+    real, sink._f = sink._f, Full()
+    with pytest.raises(UserError, match=f"cannot write {tmp_path / 'run' / 'metrics.jsonl'}: the disk is full"):
+        sink.write({"event": "train", "step": 1})
+    with pytest.raises(UserError, match="the disk is full"):
+        sink.close()
+    real.close()
 
 
 @pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs /proc (Linux)")
