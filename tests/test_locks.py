@@ -356,6 +356,21 @@ def test_overwrite_deletes_a_study_and_keeps_the_lock(tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_overwrite_waits_for_no_run_held_by_another_process(tmp_path, holder, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    _study_plus()(out)
+    h = holder(out / "runs" / "G1_lm" / "seed0", "the run folder")
+    monkeypatch.setattr(study_module, "RUN_LOCK_WAIT_S", 0.2)
+    before = tree(out)
+    with pytest.raises(UserError, match=f"the run folder .* is in use by another specroute process \\(pid {h.pid}"):
+        prepare_out(out, "1" * 64, resume=False, overwrite=True)
+    assert tree(out) == before
+    h.kill()  # its lock file stays; taken over, then deleted with the study
+    assert prepare_out(out, "1" * 64, resume=False, overwrite=True) is None
+    assert list(out.iterdir()) == []
+
+
 def test_study_layout_names_every_plot_the_report_writes():
     from specroute.report.plots import PLOTS
 

@@ -45,7 +45,7 @@ from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.progress import StudyProgress, TokenisingProgress
-from specroute.train.runs import RUN_LAYOUT, init_worker, run_controller, run_dir, run_in_worker, run_steps_left
+from specroute.train.runs import RUN_LAYOUT, RUN_LOCK_WAIT_S, init_worker, run_controller, run_dir, run_in_worker, run_steps_left
 from specroute.train.trainer import StepBudget
 
 #: Above this many parameters controller runs go one at a time by default (memory per worker).
@@ -138,6 +138,9 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
     if not entries:
         return f"--resume: no study in {out} yet; starting one" if resume else None
     if overwrite:
+        for lock in sorted(out.glob(f"runs/*/*/{LOCK_NAME}")):  # a worker of a killed study may still be ending
+            with hold_lock(lock.parent, "the run folder", wait_s=RUN_LOCK_WAIT_S):
+                pass
         clear_out_dir(out, study_layout(out))
         return None
     meta = out / "study.json"
