@@ -160,11 +160,11 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
 
 def _only_study_json(out: Path, sha: str) -> bool:
     """Whether ``out`` holds nothing but the ``study.json`` of the study with spec hash ``sha``."""
-    if sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) != ["study.json"]:
-        return False
     try:
+        if sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) != ["study.json"]:
+            return False
         recorded = json.loads((out / "study.json").read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # unreadable: check_out_dir says so
         return False
     return isinstance(recorded, dict) and recorded.get("spec_sha256") == sha
 
