@@ -144,8 +144,11 @@ def make_dir(path: Path) -> list[Path]:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        why = e.strerror or str(e)
+        if e.errno == errno.ENOENT:  # the parents exist (/proc, say), yet the folder cannot be made there
+            why = f"its filesystem does not allow it ({why})"
         raise (fs_error(e, path, "create the folder")
-               or UserError(f"cannot create the folder {path}: {e.strerror or e}; choose another location")) from None
+               or UserError(f"cannot create the folder {path}: {why}; choose another location")) from None
     return created
 
 
