@@ -57,10 +57,9 @@ def failed_runs(summary: dict[str, Any]) -> list[str]:
              "usually prevents this.", "",
              "| arm | seed | step | non-finite | last finite | learning rate |", "|---|---|---|---|---|---|"]
     for arm, seed, f in failed:
-        label = (summary["arms"].get(arm) or {}).get("label", arm)
         bad = ", ".join(f"{k} {v}" for k, v in f["nonfinite"].items())
         during = "training step" if f["during"] == "train" else "evaluation"
-        lines.append(_row(label, seed, f"{f['step']} of {f['steps']} ({during})", bad,
+        lines.append(_row(arm, seed, f"{f['step']} of {f['steps']} ({during})", bad,
                           last_finite_text(f["last_finite"]), "–" if f["lr"] is None else f"{f['lr']:.3g}"))
     return [*lines, ""]
 

@@ -90,10 +90,18 @@ class StudyResult:
         if not failed:
             return None
         total = sum(len(a["seeds"]) for a in self.summary["arms"].values()) + len(failed)
-        each = "; ".join(f"{arm} seed {seed} at step {f['step']} of {f['steps']} "
-                         f"({', '.join(f'{k} {v}' for k, v in f['nonfinite'].items())})" for arm, seed, f in failed)
+        by_arm: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for arm, seed, f in failed:
+            by_arm.setdefault(arm, []).append((seed, f))
+        each = []
+        for arm, runs in by_arm.items():
+            seeds = ", ".join(seed for seed, _ in runs)
+            steps = "/".join(dict.fromkeys(str(f["step"]) for _, f in runs))
+            values = {k: v for _, f in runs for k, v in f["nonfinite"].items()}
+            each.append(f"{arm} seed{'s' if len(runs) > 1 else ''} {seeds} at step {steps} of {runs[0][1]['steps']} "
+                        f"({', '.join(f'{k} {v}' for k, v in values.items())})")
         return (f"{len(failed)} of {total} {'run' if total == 1 else 'runs'} failed (non-finite values): "
-                f"{each}. The report ({self.out / 'report.md'}) covers the finished runs and lists these under "
+                f"{'; '.join(each)}. The report ({self.out / 'report.md'}) covers the finished runs and lists these under "
                 "\"Failed runs\"; a smaller learning rate (train.optimizer.lr_peak) or a gradient clip "
                 "(train.grad_clip) usually prevents this")
 

@@ -37,8 +37,8 @@ class Interrupted(Exception):
 
 
 class Diverged(UserError):
-    """A training stopped because a value it must keep finite was not: the step's total loss or gradient
-    norm (``event`` ``train``), or the held-out LM of an evaluation (``eval``).
+    """A training stopped because a value it must keep finite was not: a step's total loss or gradient norm,
+    or an evaluation's held-out LM. A UserError: the spec's values (learning rate, clip, ...) caused it.
 
     Attributes:
         run: the training's name (``backbone``, ``G1_lm seed 0``).
@@ -63,7 +63,7 @@ class Diverged(UserError):
         return (f"{self.run}: non-finite {what} at step {self.step} of {self.steps} ({bad}{lr}); last finite "
                 f"{last_finite_text(self.last_finite)}")
 
-    def as_dict(self) -> dict[str, object]:
+    def as_dict(self) -> dict[str, Any]:
         """The failure as standard JSON (a failed run's ``failure`` in result.json and summary.json)."""
         return {"run": self.run, "step": self.step, "steps": self.steps, "during": self.during, "lr": self.lr,
                 "nonfinite": self.nonfinite, "last_finite": self.last_finite, "message": self.describe()}
