@@ -18,7 +18,6 @@ reviewed like code).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
