@@ -22,7 +22,7 @@ from specroute.cli import app
 from specroute.report.markdown import render
 from specroute.spec.training import TrainSpec
 from specroute.store import atomic_write_json, json_text, nonfinite_paths
-from specroute.train import StudyOptions, run_study
+from specroute.train import StudyOptions, StudyResult, run_study
 from specroute.train.device import Device
 from specroute.train.stages import ControllerStage
 from specroute.train.trainer import Diverged, FixedBatch, MetricsSink, Trainer
@@ -315,3 +315,12 @@ def test_the_report_of_a_study_whose_every_run_failed(reference):
     text = render(s, {})
     assert "**21 failed runs**" in text and "No run finished." in text
     assert text.count("(training step)") == 21
+
+
+def test_the_study_message_counts_the_failed_runs_and_groups_an_arms_seeds(reference):
+    result = StudyResult(Path("out"), _fail(_fail(reference, "G1_lm", "0", "2"), "G3_lm", "1"))
+    assert [(f.arm, f.seed) for f in result.failed] == [("G1_lm", "0"), ("G1_lm", "2"), ("G3_lm", "1")]
+    message = result.failure_message()
+    assert message.startswith("3 of 21 runs failed (non-finite values): G1_lm seeds 0, 2 at step 2 of 6 (loss nan); "
+                              "G3_lm seed 1 at step 2 of 6 (loss nan). The report (out/report.md)")
+    assert StudyResult(Path("out"), reference).failure_message() is None

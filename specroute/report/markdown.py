@@ -11,6 +11,7 @@ from specroute.claims.paper import PARAMS as PAPER_PARAMS
 from specroute.claims.paper import SEEDS
 from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
+from specroute.report.summary import failed_runs
 from specroute.train.trainer import last_finite_text
 
 #: The paper's per-seed figure for (claim of a comparison, metric), from docs/CLAIMS.md.
@@ -41,11 +42,10 @@ def pm(a: dict[str, Any], metric: str, digits: int = 4) -> str:
     return text + (f" (n={len(a['seeds'])})" if a.get("failed_seeds") else "")
 
 
-def failed_runs(summary: dict[str, Any]) -> list[str]:
+def failed_section(summary: dict[str, Any]) -> list[str]:
     """The "Failed runs" section (empty when every run finished): per failed run the step, the values that
     were not finite and their last finite ones."""
-    failed = [(arm, seed, r["failure"]) for arm, seeds in (summary.get("failed") or {}).items()
-              for seed, r in seeds.items()]
+    failed = failed_runs(summary)
     if not failed:
         return []
     lines = ["## Failed runs", "",
@@ -78,7 +78,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
     arms = summary["arms"]
     first = next(iter(arms.values()), {"steps": "–", "lm_thresholds": None})  # None: every run failed
     n_seeds = {len(a["seeds"]) for a in arms.values()}
-    n_failed = sum(len(s) for s in (summary.get("failed") or {}).values())
+    n_failed = len(failed_runs(summary))
     lines = [
         f"# {summary['study']} — profile `{summary['profile']}`",
         "",
@@ -116,7 +116,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         f"({(1 - bb['heldout_lm'] / ent) * 100:.0f}% lower"
         + (f"; {bb['initial_lm']:.3f} before training" if bb.get("initial_lm") is not None else "") + ")."
     )
-    lines += ["", *failed_runs(summary)] if n_failed else []
+    lines += ["", *failed_section(summary)] if n_failed else []
     lines += ["", "## Results per arm", "",
               "Mean ± standard deviation over seeds (ddof 1). LM losses are held-out nats/token; "
               "`full` is the realised full fraction (mean over controlled layers, train).", "",

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from typing import Any, NamedTuple
 
 from specroute.claims.stats import paired
 from specroute.spec.loader import Resolved
@@ -58,6 +58,21 @@ AGGREGATES = {
     "latent_effective_rank": lambda s: (s.get("latent") or {}).get("effective_rank"),
 }
 LM_METRICS = ("avg_lm", "best_lm")
+
+
+class FailedRun(NamedTuple):
+    """A failed run of a summary: its arm, seed (as summary.json keys it) and ``failure`` (step, steps,
+    during, lr, nonfinite, last_finite, message: :meth:`specroute.train.trainer.Diverged.as_dict`)."""
+
+    arm: str
+    seed: str
+    failure: dict[str, Any]
+
+
+def failed_runs(summary: dict[str, Any]) -> list[FailedRun]:
+    """The summary's failed runs (its ``failed``), in spec order."""
+    return [FailedRun(arm, seed, r["failure"]) for arm, seeds in (summary.get("failed") or {}).items()
+            for seed, r in seeds.items()]
 
 
 def _mean_or_none(values: Any) -> float | None:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console
 from rich.markup import escape
@@ -43,6 +43,9 @@ from specroute.train.device import Device, deterministic, environment, pick_devi
 from specroute.train.progress import StudyProgress, TokenisingProgress
 from specroute.train.runs import init_worker, is_failed, run_controller, run_dir, run_in_worker, run_steps_left
 from specroute.train.trainer import Diverged, StepBudget
+
+if TYPE_CHECKING:
+    from specroute.report.summary import FailedRun
 
 #: Above this many parameters controller runs go one at a time by default (memory per worker).
 PARALLEL_MAX_PARAMS = 20_000_000
@@ -78,10 +81,11 @@ class StudyResult:
     summary: dict[str, Any]
 
     @property
-    def failed(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """The failed runs of the report as (arm, seed, failure), in spec order (summary.json's ``failed``)."""
-        return [(arm, seed, r["failure"]) for arm, seeds in self.summary.get("failed", {}).items()
-                for seed, r in seeds.items()]
+    def failed(self) -> list[FailedRun]:
+        """The failed runs of the report (:class:`specroute.report.summary.FailedRun`), in spec order."""
+        from specroute.report.summary import failed_runs
+
+        return failed_runs(self.summary)
 
     def failure_message(self) -> str | None:
         """One paragraph on the failed runs (None when every run finished): how many, each one's step and
@@ -101,8 +105,8 @@ class StudyResult:
             each.append(f"{arm} seed{'s' if len(runs) > 1 else ''} {seeds} at step {steps} of {runs[0][1]['steps']} "
                         f"({', '.join(f'{k} {v}' for k, v in values.items())})")
         return (f"{len(failed)} of {total} {'run' if total == 1 else 'runs'} failed (non-finite values): "
-                f"{'; '.join(each)}. The report ({self.out / 'report.md'}) covers the finished runs and lists these under "
-                "\"Failed runs\"; a smaller learning rate (train.optimizer.lr_peak) or a gradient clip "
+                f"{'; '.join(each)}. The report ({self.out / 'report.md'}) covers the finished runs and lists "
+                "these under \"Failed runs\"; a smaller learning rate (train.optimizer.lr_peak) or a gradient clip "
                 "(train.grad_clip) usually prevents this")
 
 
