@@ -324,3 +324,9 @@ def test_the_study_message_counts_the_failed_runs_and_groups_an_arms_seeds(refer
     assert message.startswith("3 of 21 runs failed (non-finite values): G1_lm seeds 0, 2 at step 2 of 6 (loss nan); "
                               "G3_lm seed 1 at step 2 of 6 (loss nan). The report (out/report.md)")
     assert StudyResult(Path("out"), reference).failure_message() is None
+
+
+def test_json_on_stdout_is_standard_json():
+    r = runner.invoke(app, ["validate", str(SPECS / "a3.yaml"), "--profile", "smoke", "--json"])
+    assert r.exit_code == 0, r.output
+    assert set(strict_loads(r.stdout)["arms"]) == {"G1_utilrank", "G3_utilrank", "G1_lm", "G3_lm"}
