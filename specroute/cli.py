@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from specroute.spec import SpecError, load_study
-from specroute.store import UserError
+from specroute.store import UserError, json_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Wide enough for the tables when output is piped (rich defaults to 80 columns there).
@@ -79,7 +79,7 @@ def validate(spec: SpecArg, profile: ProfileOpt = None, set_: SetOpt = None, arm
     study = resolved.study
     arms = {a: resolved.arm_spec(a) for a in (arm or study.arms)}
     if json_out:
-        typer.echo(json.dumps({
+        typer.echo(json_text({
             "study": study.name, "profile": study.profile, "seeds": study.seeds,
             "arms": {a: {"spec": dump_run(s), "params": count_params(s).as_dict()} for a, s in arms.items()},
         }, indent=2))
@@ -92,7 +92,7 @@ def schema():
     """Print the JSON Schema of the spec language (for editors)."""
     from specroute.spec.study import SpecFile
 
-    typer.echo(json.dumps(SpecFile.model_json_schema(), indent=2))
+    typer.echo(json_text(SpecFile.model_json_schema(), indent=2))
 
 
 @command
@@ -117,7 +117,7 @@ def bench(
                         progress=_progress(json_out))
     write_results(summary, out, overwrite)
     if json_out:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json_text(summary, indent=2))
         return
     for table in rich_tables(summary):
         console.print(table)
@@ -161,6 +161,9 @@ def run(
         err_console.print("interrupted; continue with the same command plus --resume")
         raise typer.Exit(130) from None
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
+    failed = result.failure_message()
+    if failed:
+        fail(failed, code=1)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -219,7 +222,7 @@ def verify(
     reports = run_verification(specs, profile, ctx, only, progress=_progress(json_out))
     failed = [r for r in reports if r.status == "fail"]
     if json_out:
-        typer.echo(json.dumps({"profile": profile, "specs": [str(p) for p in specs], "examples": examples,
+        typer.echo(json_text({"profile": profile, "specs": [str(p) for p in specs], "examples": examples,
                                "results": [r.as_dict() for r in reports], "failed": len(failed)}, indent=2))
     else:
         print_verify(console, reports, profile)
@@ -255,7 +258,7 @@ def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> No
     proxies, mech = _claim_inputs(specs)
     verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies)
     if json_out:
-        typer.echo(json.dumps({"report": str(report) if report else None, "claims": [c.as_dict() for c in CLAIMS],
+        typer.echo(json_text({"report": str(report) if report else None, "claims": [c.as_dict() for c in CLAIMS],
                                "verdicts": [v.as_dict() for v in verdicts]}, indent=2))
     else:
         print_claims(console, verdicts, report)
@@ -316,7 +319,7 @@ def _verify_regression(reference: Path, specs: list[Path], ctx: Any, json_out: b
     current = collect(specs, micro_summary, micro_spec, ctx)
     problems, notes = compare(ref, current), fragile(ref, current)
     if json_out:
-        typer.echo(json.dumps({"reference": str(reference), "problems": problems, "fragile": notes}, indent=2))
+        typer.echo(json_text({"reference": str(reference), "problems": problems, "fragile": notes}, indent=2))
     else:
         print_regression(console, problems, notes, reference)
     if problems:
@@ -333,7 +336,7 @@ def flops(spec: SpecArg, profile: ProfileOpt = None,
 
     rep = flops_report(spec, profile)
     if json_out:
-        typer.echo(json.dumps(rep, indent=2))
+        typer.echo(json_text(rep, indent=2))
     else:
         print_flops(console, rep)
 

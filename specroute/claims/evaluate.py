@@ -3,6 +3,10 @@
 Arms are read from the roles the study declares (``roles:`` in its spec, copied into the summary), never
 guessed; a claim whose roles are not declared is ``not checkable``. Every criterion, margin and seed rule
 is stated in docs/CLAIMS.md and in each claim's ``criterion``; every verdict carries the numbers it rests on.
+
+Failed runs (``failed`` in the summary: their training diverged) are not among an arm's seeds, so a claim
+rests on the seeds both arms finished; with fewer than the claim needs it is ``not checkable`` (``n=2 <
+3 seeds``), and an arm whose every seed failed makes its roles' claims not checkable, saying so.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Context:
             if not arm:
                 return f"role {role} not declared"
             if arm not in self.summary["arms"]:
+                if arm in (self.summary.get("failed") or {}):
+                    return f"role {role}: every seed of arm {arm!r} failed (non-finite training; see Failed runs)"
                 return f"role {role}: arm {arm!r} has no results in this report"
             out[role] = arm
         return out
@@ -124,6 +130,8 @@ def _c5(c: Claim, x: Context) -> Verdict:
         return _not_checkable(c, arms)
     pair = arms["g3_unaligned"], arms["g3_utilrank"]
     bare, aligned = x.paired_values(*pair, lambda s: (s.get("latent") or {}).get("effective_rank"))
+    if not bare:
+        return _not_checkable(c, f"n=0 < {P.SEEDS} seeds (no seed finished in both arms)")
     if None in bare or None in aligned:
         return _not_checkable(c, "the report has no latent statistics for the G3 arms")
     gm, iv, ratios = ratio_over_seeds(list(zip(bare, aligned)))
@@ -152,10 +160,10 @@ def _c6(c: Claim, x: Context) -> Verdict:
         iv = p.interval
         state.append("undecided" if iv is None or p.n < P.SEEDS else "inside" if within(iv, -m, m)
                      else "outside" if outside(iv, -m, m) else "undecided")
-        rows.append(f"{a} - {b} {metric} {p.mean:+.4f} {fmt_interval(iv)}")
+        rows.append(f"{a} - {b} {metric} " + (f"{p.mean:+.4f} {fmt_interval(iv)}" if p.n else "no common seed"))
         values[f"{a}-{b}.{metric}"] = p.as_dict()
     n = min(v["n"] for v in values.values())
-    biggest = max(values.values(), key=lambda v: abs(v["mean_diff"]))
+    biggest = max(values.values(), key=lambda v: abs(v["mean_diff"] or 0.0))
     kw = dict(n=n, effect=biggest["mean_diff"], effect_unit="nats", interval=biggest["interval"],
               arms={"jepa_sweep": sweep}, values=values)
     numbers = "; ".join(rows) + f" (margin ±{m:g} nats); {x.scale(*sweep)}"

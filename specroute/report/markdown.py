@@ -11,6 +11,8 @@ from specroute.claims.paper import PARAMS as PAPER_PARAMS
 from specroute.claims.paper import SEEDS
 from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
+from specroute.report.summary import failed_runs
+from specroute.train.trainer import last_finite_text
 
 #: The paper's per-seed figure for (claim of a comparison, metric), from docs/CLAIMS.md.
 PAPER_WINS = {
@@ -32,10 +34,34 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 
 def pm(a: dict[str, Any], metric: str, digits: int = 4) -> str:
+    """Mean ± std over the arm's finished seeds; "(n=k)" added when some of its seeds failed."""
     m, s = a["mean"].get(metric), a["std"].get(metric)
     if m is None:
         return "–"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(a["seeds"]) > 1 else f"{m:.{digits}f}"
+    text = f"{m:.{digits}f} ± {s:.{digits}f}" if len(a["seeds"]) > 1 else f"{m:.{digits}f}"
+    return text + (f" (n={len(a['seeds'])})" if a.get("failed_seeds") else "")
+
+
+def failed_section(summary: dict[str, Any]) -> list[str]:
+    """The "Failed runs" section (empty when every run finished): per failed run the step, the values that
+    were not finite and their last finite ones."""
+    failed = failed_runs(summary)
+    if not failed:
+        return []
+    lines = ["## Failed runs", "",
+             f"{len(failed)} {'run' if len(failed) == 1 else 'runs'} stopped because a value the NaN guard checks "
+             "(a step's total loss or gradient norm, an evaluation's held-out LM) was not finite. They are left "
+             "out of every mean, comparison and claim below, which rest on the finished seeds (n shown where "
+             "an arm lost some); `--resume` keeps them as they are (delete a run's folder to run it again). A "
+             "smaller learning rate (`train.optimizer.lr_peak`) or a gradient clip (`train.grad_clip`) "
+             "usually prevents this.", "",
+             "| arm | seed | step | non-finite | last finite | learning rate |", "|---|---|---|---|---|---|"]
+    for arm, seed, f in failed:
+        bad = ", ".join(f"{k} {v}" for k, v in f["nonfinite"].items())
+        during = "training step" if f["during"] == "train" else "evaluation"
+        lines.append(_row(arm, seed, f"{f['step']} of {f['steps']} ({during})", bad,
+                          last_finite_text(f["last_finite"]), "–" if f["lr"] is None else f"{f['lr']:.3g}"))
+    return [*lines, ""]
 
 
 def _cell(text: Any) -> str:
@@ -50,16 +76,18 @@ def _row(*cells: Any) -> str:
 def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
     env, data, bb = summary["environment"], summary["data"], summary["backbone"]
     arms = summary["arms"]
-    first = next(iter(arms.values()))
+    first = next(iter(arms.values()), {"steps": "–", "lm_thresholds": None})  # None: every run failed
     n_seeds = {len(a["seeds"]) for a in arms.values()}
+    n_failed = len(failed_runs(summary))
     lines = [
         f"# {summary['study']} — profile `{summary['profile']}`",
         "",
         summary.get("description") or "",
         "",
         f"- resolved spec sha256: `{summary['spec_sha256']}`",
-        f"- arms: {len(arms)} × seeds: {'/'.join(map(str, sorted(n_seeds)))}; controller steps per run: "
-        f"{first['steps']}; total wall time {summary['wall_s']:.0f} s",
+        f"- arms: {len(arms)} × seeds: {'/'.join(map(str, sorted(n_seeds))) or '0'}; controller steps per run: "
+        f"{first['steps']}; total wall time {summary['wall_s']:.0f} s"
+        + (f"; **{n_failed} failed {'run' if n_failed == 1 else 'runs'}** (see Failed runs)" if n_failed else ""),
         "",
         "## Environment",
         "",
@@ -88,6 +116,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         f"({(1 - bb['heldout_lm'] / ent) * 100:.0f}% lower"
         + (f"; {bb['initial_lm']:.3f} before training" if bb.get("initial_lm") is not None else "") + ")."
     )
+    lines += ["", *failed_section(summary)] if n_failed else []
     lines += ["", "## Results per arm", "",
               "Mean ± standard deviation over seeds (ddof 1). LM losses are held-out nats/token; "
               "`full` is the realised full fraction (mean over controlled layers, train).", "",
@@ -102,7 +131,9 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
             f"| {pm(a, 'full_fraction_train', 3)} | {pm(a, 'full_fraction_eval', 3)} |")
     lines += ["", "### Threshold hits", ""]
     taus = first["lm_thresholds"]
-    if not taus:
+    if taus is None:
+        lines.append("No run finished.")
+    elif not taus:
         lines.append("No `train.lm_thresholds` in this spec.")
     else:
         lines += ["First step with held-out LM ≤ τ, per seed (– = never).", "",
@@ -170,8 +201,9 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
 
 def _scale_note(summary: dict[str, Any]) -> str:
     d = summary["data"]
+    seeds = sorted({len(a["seeds"]) for a in summary["arms"].values()}) or [0]
     return (f"{d['train_tokens']:,} training tokens of `{d['kind']}` data, tokenizer `{d['tokenizer']}`, "
-            f"{len(next(iter(summary['arms'].values()))['seeds'])} seed(s) per arm.")
+            f"{'/'.join(map(str, seeds))} seed(s) per arm.")
 
 
 def write_markdown(summary: dict[str, Any], plots: dict[str, str], path: Path) -> None:

@@ -9,6 +9,11 @@ finished runs are kept, interrupted ones continue from their last checkpoint, th
 or ``overwrite`` (delete what a previous study wrote there, then start afresh; refused when the folder
 holds anything a study does not write). The rule is :func:`specroute.store.check_out_dir`'s, shared with
 ``specroute bench``.
+
+A controller run whose training diverges (non-finite loss, gradient norm or held-out LM) is recorded as
+failed (:mod:`specroute.train.runs`) while the others go on; the report is written with a "Failed runs"
+section and :attr:`StudyResult.failed` lists them (the CLI then exits 1). A diverged backbone stops the
+study at once (UserError: nothing to route).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console
 from rich.markup import escape
@@ -36,8 +41,11 @@ from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.progress import StudyProgress, TokenisingProgress
-from specroute.train.runs import init_worker, run_controller, run_dir, run_in_worker, run_steps_left
-from specroute.train.trainer import StepBudget
+from specroute.train.runs import init_worker, is_failed, run_controller, run_dir, run_in_worker, run_steps_left
+from specroute.train.trainer import Diverged, StepBudget
+
+if TYPE_CHECKING:
+    from specroute.report.summary import FailedRun
 
 #: Above this many parameters controller runs go one at a time by default (memory per worker).
 PARALLEL_MAX_PARAMS = 20_000_000
@@ -71,6 +79,35 @@ class StudyOptions:
 class StudyResult:
     out: Path
     summary: dict[str, Any]
+
+    @property
+    def failed(self) -> list[FailedRun]:
+        """The failed runs of the report (:class:`specroute.report.summary.FailedRun`), in spec order."""
+        from specroute.report.summary import failed_runs
+
+        return failed_runs(self.summary)
+
+    def failure_message(self) -> str | None:
+        """One paragraph on the failed runs (None when every run finished): how many, each one's step and
+        non-finite values, and where the report is."""
+        failed = self.failed
+        if not failed:
+            return None
+        total = sum(len(a["seeds"]) for a in self.summary["arms"].values()) + len(failed)
+        by_arm: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for arm, seed, f in failed:
+            by_arm.setdefault(arm, []).append((seed, f))
+        each = []
+        for arm, runs in by_arm.items():
+            seeds = ", ".join(seed for seed, _ in runs)
+            steps = "/".join(dict.fromkeys(str(f["step"]) for _, f in runs))
+            values = {k: v for _, f in runs for k, v in f["nonfinite"].items()}
+            each.append(f"{arm} seed{'s' if len(runs) > 1 else ''} {seeds} at step {steps} of {runs[0][1]['steps']} "
+                        f"({', '.join(f'{k} {v}' for k, v in values.items())})")
+        return (f"{len(failed)} of {total} {'run' if total == 1 else 'runs'} failed (non-finite values): "
+                f"{'; '.join(each)}. The report ({self.out / 'report.md'}) covers the finished runs and lists "
+                "these under \"Failed runs\"; a smaller learning rate (train.optimizer.lr_peak) or a gradient clip "
+                "(train.grad_clip) usually prevents this")
 
 
 def default_out(resolved: Resolved) -> Path:
@@ -231,8 +268,13 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress:
             backbones = {}
             for key, spec in backbone_specs.items():
-                backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
-                                              progress, budget)
+                try:
+                    backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
+                                                  progress, budget)
+                except Diverged as e:
+                    raise UserError(f"{e}. The study stops: every controller run needs the trained backbone; "
+                                    "a smaller backbone.train.optimizer.lr_peak or a backbone.train.grad_clip "
+                                    "usually prevents this") from None
                 info = backbones[key].info
                 progress.note(f"backbone ({info['source']}): held-out LM {info['heldout_lm']:.3f} nats/token vs "
                               f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
@@ -297,6 +339,9 @@ def run_controllers(jobs: list[Job], data: Any, device: Device,
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for arm, seed, res in done:
         results.setdefault(arm, {})[seed] = res
+        if is_failed(res):
+            progress.note(f"[red]{escape(arm)} seed {seed}: failed[/] ({escape(res['failure']['message'])})")
+            continue
         progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
                       f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
     return results
