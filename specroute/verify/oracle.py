@@ -270,6 +270,8 @@ def measure_mechanism(spec: RunSpec, backbone_steps: int = 100, controller_steps
 # --------------------------------------------------------------------------------------------------
 # all-flip vs per-token labels, measured
 
+#: Held-out batches (16 x 32 tokens each) of ``oracle.per_token_agreement``.
+AGREEMENT_BATCHES = 2
 #: Tokens per sequence the parity part of ``oracle.per_token_agreement`` checks by brute force (2 sequences).
 PARITY_TOKENS = 3
 
@@ -286,7 +288,7 @@ def _agreement(spec_json: str, backbone_steps: int, controller_steps: int, seed:
     flip, exact, own = {l: [] for l in layers}, {l: [] for l in layers}, {l: [] for l in layers}
     parity_err = 0.0
     with torch.no_grad():
-        for i in range(4):
+        for i in range(AGREEMENT_BATCHES):
             x, y = batch(held, 16, spec.train.seq_len, g)
             out = model(x)
             T = x.shape[1]
@@ -326,7 +328,8 @@ def _agreement(spec_json: str, backbone_steps: int, controller_steps: int, seed:
 def measure_per_token_agreement(spec: RunSpec, backbone_steps: int = 100, controller_steps: int = 40,
                                 seed: int = 0) -> dict[str, Any]:
     """All-flip vs exact one-token labels (every token, the spec's labeling) on the small trained model of
-    ``spec`` (the one :func:`measure_mechanism` uses), on 4 held-out batches of 16 x 32 tokens.
+    ``spec`` (the one :func:`measure_mechanism` uses), on AGREEMENT_BATCHES held-out batches of 16 x 32
+    tokens.
 
     Keys: spearman, sign_flips (share of tokens whose label changes sign), spearman_own (against the
     one-token label's own-loss part), pooled over the controlled layers with attention after them (absent
