@@ -140,7 +140,7 @@ def paper_comparison(specs: dict[str, RunSpec], acc: dict[str, dict[str, Any]]) 
             f"with util/rank: {ours['utilrank']:.3f}x vs {PAPER['utilrank']}x. The oracle adds {oracle:.3f}x (paper's "
             f"implied {implied:.2f}x): {k} labelled layer(s) per step, {copies} no-grad continuations each over "
             f"on average {cov:.1f} of {s.model.n_layers} blocks plus the LM head. The paper's 0.46x would "
-            f"correspond to ~{cov * implied / oracle:.1f} blocks per continuation (e.g. controlled layers "
+            f"correspond to ~{cov * (implied / 2) / (oracle / copies):.1f} blocks per continuation (e.g. controlled layers "
             "placed deeper, or continuations without the head); where its controlled layers sit is not "
             "published.")
         cf = acc[ur[0]]["oracle_counterfactual"]
