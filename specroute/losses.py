@@ -180,7 +180,9 @@ def per_token_labels(
         full_BRT = torch.cat([rec.full_BT[:, None], rec.full_BT[:, None] != flip_BST], dim=1)  # R = 1 + S rows
         h_rows = torch.where(full_BRT[..., None], h_full[:, None], h_cheap[:, None]).flatten(0, 1)
         h_end, _ = model.run_blocks(h_rows, layer + 1, all_full=off)
-        ce_BRT = token_ce(model.head(h_end), targets_BT.repeat_interleave(S + 1, dim=0)).view(B, S + 1, T)
+        # the head in chunks of B rows: the logits never take more memory than one forward's
+        rows = zip(h_end.split(B), targets_BT.repeat_interleave(S + 1, dim=0).split(B))
+        ce_BRT = torch.cat([token_ce(model.head(h), t) for h, t in rows]).view(B, S + 1, T)
         delta_BST = ce_BRT[:, 1:] - ce_BRT[:, :1]  # CE_s(one token flipped) - CE_s(the gate's decisions)
         if causal:
             after_BST = torch.arange(T, device=device) >= pos_BS[..., None]

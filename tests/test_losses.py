@@ -430,10 +430,12 @@ def test_jepa_needs_g3():
         jepa_loss(model, model(tokens(1, 4)).routing)
 
 
+@pytest.mark.parametrize("counterfactual", ["all_flip", "per_token"])
 @pytest.mark.parametrize(("B", "T"), [(1, 1), (1, 2), (3, 1), (2, 7)])
-def test_every_loss_is_finite_at_edge_shapes(B, T):
+def test_every_loss_is_finite_at_edge_shapes(B, T, counterfactual):
     spec, model = built({**G3, "routing": {"execution": "gather"},
-                         "loss": {"util": 1.0, "rank": 1.0, "jepa": 1.0, "budget": 1.0}})
+                         "loss": {"util": 1.0, "rank": 1.0, "jepa": 1.0, "budget": 1.0,
+                                  "oracle": {"counterfactual": counterfactual, "tokens_per_sequence": 2}}})
     terms = compute_losses(model, tokens(B, T), tokens(B, T, seed=1), spec, torch.Generator().manual_seed(0))
     terms.total.backward()
     assert math.isfinite(terms.total.item())
@@ -441,9 +443,10 @@ def test_every_loss_is_finite_at_edge_shapes(B, T):
         assert p.grad is None or torch.isfinite(p.grad).all(), name
 
 
-def test_recipe_runs_under_bf16_autocast():
+@pytest.mark.parametrize("counterfactual", ["all_flip", "per_token"])
+def test_recipe_runs_under_bf16_autocast(counterfactual):
     spec, model = built({**G3, "routing": {"execution": "gather"},
-                         "loss": {"util": 1.0, "rank": 1.0, "jepa": 1.0}})
+                         "loss": {"util": 1.0, "rank": 1.0, "jepa": 1.0, "oracle": {"counterfactual": counterfactual}}})
     with torch.autocast("cpu", dtype=torch.bfloat16):
         terms = compute_losses(model, tokens(2, 8), tokens(2, 8, seed=1), spec, torch.Generator().manual_seed(0))
     terms.total.backward()

@@ -336,10 +336,9 @@ def measure_per_token_agreement(spec: RunSpec, backbone_steps: int = 100, contro
     when there is none); ``layers`` per layer; ``parity_err``: max |batched - brute force| of one-token
     labels of a few tokens on this model; tokens per layer. Cached per spec and settings.
     Raises ValueError where per_token labels are refused (on-policy under ``topk_batch``)."""
-    small = _small(spec)
-    if _per_token_refused(RunSpec.model_validate_json(small), spec.loss.oracle.labeling):
+    if _per_token_refused(spec, spec.loss.oracle.labeling):
         raise ValueError("per_token on-policy labels need a per-sequence budget, not topk_batch")
-    return _one_thread(lambda: _agreement(small, backbone_steps, controller_steps, seed))
+    return _one_thread(lambda: _agreement(_small(spec), backbone_steps, controller_steps, seed))
 
 
 #: The most |batched - brute force| one-token labels of the trained model may differ by (nats, T = 32).
@@ -348,7 +347,7 @@ AGREEMENT_PARITY_TOLERANCE = 2e-4
 
 def per_token_agreement(target: Target, ctx: Context) -> CheckResult:
     labeling = target.spec.loss.oracle.labeling
-    if _per_token_refused(shrink(target.spec), labeling):
+    if _per_token_refused(target.spec, labeling):
         return skipped("oracle.per_token_agreement", target,
                        "per_token on-policy labels need a per-sequence budget (topk_batch here)")
     m = measure_per_token_agreement(target.spec)
