@@ -243,9 +243,12 @@ def _mechanism(spec_json: str, backbone_steps: int, controller_steps: int, seed:
 
 
 def _small(spec: RunSpec) -> str:
-    """The small trained model's spec (a shrunk copy with the recipe's util/rank on), as its cache key."""
+    """The small trained model's spec (a shrunk copy with the recipe's util/rank on), as its cache key; its
+    name and description are dropped (they change nothing it computes), so equal arms of different studies
+    share one training."""
     loss = {"util": spec.loss.util or 1.0, "rank": spec.loss.rank or 1.0}
-    return shrink(spec, {"loss": loss, "train": {"seq_len": 32}}).model_dump_json(exclude_computed_fields=True)
+    small = shrink(spec, {"loss": loss, "train": {"seq_len": 32}, "name": "small", "description": ""})
+    return small.model_dump_json(exclude_computed_fields=True)
 
 
 def _one_thread(measure: Callable[[], dict[str, Any]]) -> dict[str, Any]:
