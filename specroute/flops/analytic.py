@@ -94,6 +94,18 @@ def gate_macs_per_token(spec: RunSpec) -> int:
     return D * K + 2 * ((K + 2) * P + P * K) + K
 
 
+def oracle_copies(spec: RunSpec, seq_len: int | None = None) -> int:
+    """How many copies of the batch one labelled layer's continuations run (each from the layer after l
+    through the LM head; layer l's two FFN branches run once on the batch). ``all_flip``: 2 (layer l all
+    full, all cheap). ``per_token``: 1 + S, S = min(tokens_per_sequence, T): per sequence one row with the
+    gate's decisions and one per labelled token (whole rows: the positions before the flipped token are
+    recomputed, see :func:`specroute.losses.per_token_labels`)."""
+    o = spec.loss.oracle
+    if o.counterfactual == "all_flip":
+        return 2
+    return 1 + min(o.tokens_per_sequence, seq_len or spec.train.seq_len)
+
+
 def step_macs(
     spec: RunSpec,
     full_fraction: float | None = None,
@@ -110,7 +122,8 @@ def step_macs(
     Returns:
         {component: MACs}: ``routed_forward`` (backbone + routed FFNs + head), ``gate`` (gates, G3
         predictor), ``jepa_target`` (the fixed head on executed outcomes, when jepa > 0), ``oracle``
-        (the no-grad counterfactual continuations, expected over the sampled layers), ``backward_act``
+        (the no-grad counterfactual continuations, expected over the sampled layers; the copies of the
+        batch they run: :func:`oracle_copies`), ``backward_act``
         (input gradients: head, attention, FFN branches and gates inside the gradient path),
         ``backward_weight`` (weight gradients of the trainable set), and ``total``.
     """
@@ -144,6 +157,7 @@ def step_macs(
     oracle = 0.0
     if w.uses_oracle and controlled:
         k = min(w.oracle.layers_per_step or n_ctrl, n_ctrl)
+        copies = oracle_copies(spec, T)
         on_policy = w.oracle.labeling == "on_policy"
         # a later controlled layer forced full still runs the cheap branch under masked execution
         forced_full = ffn_full + (ffn_cheap if masked else 0)
@@ -158,8 +172,8 @@ def step_macs(
                     later += ffn_step(i) + gate_N
                 else:
                     later += forced_full
-                cost += 2 * later  # two continuations (layer l full, layer l cheap)
-            per_layer.append(cost + 2 * head)
+                cost += copies * later  # all_flip: layer l full, layer l cheap; per_token: 1 + S rows
+            per_layer.append(cost + copies * head)
         oracle = k * sum(per_layer) / len(per_layer)
 
     trainable = set(spec.train.trainable)

@@ -49,8 +49,9 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
         f"execution {r.execution}, estimator {r.estimator}"
     )
     o = first.loss.oracle
+    cf = f"per_token ({o.tokens_per_sequence} tokens/sequence)" if o.counterfactual == "per_token" else o.counterfactual
     console.print(
-        f"oracle (util/rank): {o.labeling}, {o.layers_per_step or 'all'} controlled layer(s) per step, "
+        f"oracle (util/rank): {o.labeling}, {cf}, {o.layers_per_step or 'all'} controlled layer(s) per step, "
         f"util {o.util_target} {o.util_loss}, rank margin {o.rank_margin:g}, "
         f"{o.rank_pairs_per_token or 'all'} pairs/token"
     )

@@ -205,6 +205,19 @@ class OracleSpec(Strict):
         ge=1,
         description="Controlled layers that get labels each step, sampled uniformly; null = all.",
     )
+    counterfactual: Literal["all_flip", "per_token"] = Field(
+        "all_flip",
+        description="all_flip: layer l runs all-full vs all-cheap for every token at once and each token "
+        "reads its own loss (the paper's); per_token: one token at a time flips at layer l (the others keep "
+        "the gate's decisions there) and its label is the change of its sequence's summed loss, for "
+        "tokens_per_sequence sampled tokens (docs/DESIGN.md, \"Losses\").",
+    )
+    tokens_per_sequence: int = Field(
+        8,
+        ge=1,
+        description="per_token only: tokens S of each sequence that get exact labels each step, sampled "
+        "uniformly without replacement (every token if S >= T); only they enter util and rank.",
+    )
     util_target: Literal["raw", "standardized"] = Field(
         "standardized",
         description="raw: regress the score on u (nats); standardized: on (u - mean) / std over "
@@ -326,6 +339,13 @@ class RunSpec(Strict):
             raise ValueError(
                 f"routing.controlled_layers: layer {bad[0]} is beyond model.n_layers={m.n_layers} "
                 f"(valid indices 0..{m.n_layers - 1})"
+            )
+        o = self.loss.oracle
+        if o.counterfactual == "per_token" and o.labeling == "on_policy" and r.budget.enforcement == "topk_batch":
+            raise ValueError(
+                "loss.oracle.counterfactual: per_token with labeling=on_policy needs a per-sequence budget: "
+                "under routing.budget.enforcement=topk_batch one token's flip moves the later layers' decisions "
+                "of every sequence in the batch; use topk_sequence or threshold, or labeling=off_policy"
             )
         if self.loss.jepa > 0 and self.gate.kind != "G3":
             raise ValueError(
