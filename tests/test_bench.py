@@ -9,12 +9,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import re
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest

@@ -102,7 +102,8 @@ def plot_grad_norm(summary: dict[str, Any], runs_dir: Path, path: Path) -> None:
     ax.set_xlabel("controller step")
     ax.set_ylabel("controller gradient norm (before clipping)")
     ax.set_title("gradient norm, moving average; mean and min-max over seeds")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no run wrote metrics: an empty plot, without an empty legend
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     _save(fig, path)
 
