@@ -306,7 +306,8 @@ def test_bench_timing_finds_the_studys_newest_bench(tmp_path):
     from specroute.claims import bench_timing
 
     assert bench_timing({"study": "a3"}, tmp_path) is None
-    for name, body in (("a3_bench", _bench(0.6)), ("a3_quick", "not json"), ("a4_bench", {**_bench(0.5), "study": "a4"})):
+    for name, body in (("a3_bench", _bench(0.6)), ("a3_quick", "not json"),
+                       ("a4_bench", {**_bench(0.5), "study": "a4"})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "summary.json").write_text(body if isinstance(body, str) else json.dumps(body))
     found = bench_timing({"study": "a3"}, tmp_path)

@@ -137,7 +137,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"controlled layers {st['routing']['controlled_layers']}, cheap FFN {st['routing']['cheap_ffn_hidden']}, "
         f"gate {st['gate']['kind']} (routed cases built from arm `{st['base_arm']}`).",
         f"- Batch {st['batch_size']} x {st['seq_len']} = {st['tokens_per_step']} tokens per step (random ids); "
-        f"{plural(st['warmup'], 'warm-up step')} per case, then {plural(st['repeats'], 'round')} with the cases interleaved "
+        f"{plural(st['warmup'], 'warm-up step')} per case, then {plural(st['repeats'], 'round')} with the cases "
+        "interleaved "
         "round-robin, each case an untimed lead-in step then a timed step (so the timed step starts from its "
         "own steady state, not the previous case's); figures are medians; spread = (Q3 - Q1) / median of the rounds.",
         f"- `train/*`: full-parameter training step (forward, LM loss, backward of every parameter, clip "

@@ -289,9 +289,10 @@ def _c11(c: Claim, x: Context) -> Verdict:
 
 def _c12(c: Claim, x: Context) -> Verdict:
     """C12 rests on a timing that can carry a 10-point judgement: the bench's controlled controller-step
-    timing (:func:`_c12_bench`) when given, else the study's wall times only from CUDA runs timed one at a
-    time. CPU wall times of a study's runs are never judged: parallel workers share the cores, evaluation and
-    other processes are inside them, and two studies with bit-identical losses gave opposite verdicts."""
+    timing (:func:`_c12_bench`) when given, else the study's wall times only from accelerator (CUDA) runs
+    timed one at a time. CPU wall times of a study's runs are never judged: parallel workers share the cores,
+    evaluation and other processes are inside them, and two studies with bit-identical losses gave opposite
+    verdicts."""
     arms = x.arms("g1_utilrank", "g3_utilrank", "g1_lm", "g3_lm")
     if isinstance(arms, str):
         return _not_checkable(c, arms)
@@ -299,7 +300,7 @@ def _c12(c: Claim, x: Context) -> Verdict:
         return _c12_bench(c, x.bench, arms)
     env = x.summary.get("environment") or {}
     concurrent = [s.get("concurrent_runs") for a in arms.values() for s in x.summary["arms"][a]["seeds"].values()]
-    if env.get("device") != "cuda":
+    if env.get("device") in (None, "cpu"):
         at_once = max((n for n in concurrent if n), default=None)
         return _not_checkable(c, f"the study's wall times are CPU wall times of runs ({at_once or '?'} at once, with "
                                  "evaluation and other processes inside them), which cannot support "
@@ -313,14 +314,16 @@ def _c12(c: Claim, x: Context) -> Verdict:
                                  "machine; time the steps with `specroute bench` instead")
     mean = lambda a: x.summary["arms"][a]["mean"].get("wall_s")  # noqa: E731
     ratios = [mean(arms[f"{g}_lm"]) / mean(arms[f"{g}_utilrank"]) for g in ("g1", "g3")]
-    return _c12_judge(c, ratios, f"wall time of runs one at a time on {env.get('device_name') or 'cuda'}", arms)
+    return _c12_judge(c, ratios, f"wall time of runs one at a time on {env.get('device_name') or env['device']}",
+                      arms)
 
 
 def _c12_bench(c: Claim, bench: dict[str, Any], arms: dict[str, str]) -> Verdict:
     """C12 from a ``specroute bench`` summary of the same study: the mean controller-step time without
     util/rank over the mean with it, per gate (``recipes``). A ``--quick`` bench is not checkable; a bench
     that warned of a busy machine is inconclusive."""
-    where = f"`specroute bench` ({bench.get('profile', '?')} profile, {(bench.get('environment') or {}).get('device', '?')})"
+    device = (bench.get("environment") or {}).get("device", "?")
+    where = f"`specroute bench` ({bench.get('profile', '?')} profile, {device})"
     if bench.get("quick"):
         return _not_checkable(c, f"{where} ran with --quick (a smoke test, not a timing)")
     ratios = [r["measured_ratio"] for r in bench.get("recipes") or [] if r.get("measured_ratio") is not None]

@@ -156,7 +156,8 @@ def print_verify(console: Console, reports: list[Any], profile: str | None) -> N
     console.print(table)
     counts = {s: sum(r.status == s for r in reports) for s in ("pass", "fail", "skip")}
     console.print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
-                  f"({plural(len({r.check for r in reports}), 'check')} x {plural(len({r.spec for r in reports}), 'spec')})")
+                  f"({plural(len({r.check for r in reports}), 'check')} x "
+                  f"{plural(len({r.spec for r in reports}), 'spec')})")
     for r in reports:
         if r.status == "fail":
             console.print(Text.assemble(("FAIL", "bold red"), f" {r.check} on {r.spec}: {r.detail}"), soft_wrap=True)

@@ -135,7 +135,8 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
                           paper))
     rows = paper_figures(summary)
     if rows:
-        lines += ["", "## The paper's figures beside ours", "", *md_table(("claim", "figure", "ours", "paper", "note"), [])]
+        lines += ["", "## The paper's figures beside ours", "",
+                  *md_table(("claim", "figure", "ours", "paper", "note"), [])]
         for r in rows:
             digits = 4 if r["unit"] == "nats" else 2
             ours = f"{r['ours']:.{digits}f}{'×' if r['unit'] == 'x' else ''}" if r["ours"] is not None else "–"

@@ -168,7 +168,8 @@ class ControllerStage:
                                   "full_fraction": {k: v / n for k, v in full.items()}}
         result["latent"] = latent_metrics(latents) if latents else None
         q = torch.tensor(SCORE_QUANTILES)
-        result["score_quantiles"] = {l: torch.quantile(torch.cat(v)[:1 << 24].cpu(), q).tolist() for l, v in scores.items()}
+        result["score_quantiles"] = {l: torch.quantile(torch.cat(v)[:1 << 24].cpu(), q).tolist()
+                                     for l, v in scores.items()}
         return result
 
 

@@ -210,7 +210,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         note(f"[yellow]{escape(notice)}[/]")
     first = runs[0][2]
     note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {plural(len(runs), 'run')} "
-         f"({plural(len({a for a, _, _ in runs}), 'arm')} x {plural(len({s for _, s, _ in runs}), 'seed')}) on {device.type} "
+         f"({plural(len({a for a, _, _ in runs}), 'arm')} x {plural(len({s for _, s, _ in runs}), 'seed')}) "
+         f"on {device.type} "
          f"({device.dtype_name}); output {escape(str(out))}")
     with deterministic(device):
         rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
