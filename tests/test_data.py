@@ -188,7 +188,8 @@ BAD_DATA = [
     ("ints.parquet", lambda p: _parquet_file(p, [1, 2, 3]), ["ints.parquet: column 'text' has type int64, not string"]),
     ("lists.parquet", lambda p: _parquet_file(p, [["a"], ["b"]]), ["column 'text' has type list<"]),
     ("nulls.parquet", lambda p: _parquet_file(p, ["a", None, "b"]), ["nulls.parquet: row 2: 'text' is null"]),
-    ("latin1.csv", "text\nfine\ncaf\xe9\n".encode("latin-1"), ["latin1.csv: not UTF-8 text", "save the csv as UTF-8"]),
+    ("latin1.csv", "text\nfine\ncaf\xe9\n".encode("latin-1"), ["latin1.csv:3: not UTF-8 text", "a .csv file?"]),
+    ("multiline.csv", 'text\n"one\ntwo"\n"three\n'.encode(), ["multiline.csv:", "malformed csv", "unexpected end"]),
     ("short.csv", b"id,text\n1,fine\n2\n", ["short.csv:3: the row has no 'text' field"]),
 ]
 

@@ -13,6 +13,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from specroute.data.tokenizer import ALTERNATIVES, DataUnavailable, hub_reachable
 
@@ -51,8 +52,8 @@ def local_documents(paths: list[Path], text_column: str = "text") -> Iterator[st
     """Texts of local files, file by file in the given order, rows in file order.
 
     Formats by suffix: ``.jsonl`` (one JSON object per line, UTF-8), ``.parquet`` (read with pyarrow, column
-    by column batches; the column must be of string type), ``.csv`` (UTF-8, header row; fields may span
-    lines). Every text must be a string: null, a number, a list or an object is refused, not converted.
+    by column batches; the column must be of string type), ``.csv`` (UTF-8, header row, strict quoting;
+    fields may span lines). Every text must be a string: null, a number, a list or an object is refused, not converted.
     Empty texts are skipped.
 
     Raises:
@@ -154,8 +155,8 @@ def _parquet(path: Path, column: str) -> Iterator[str]:
 
 def _csv(path: Path, column: str) -> Iterator[str]:
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    with open(path, "rb") as f:
+        reader = csv.DictReader(_utf8_lines(path, f), strict=True)
         try:
             if reader.fieldnames is None or column not in reader.fieldnames:
                 raise _missing(path, column, list(reader.fieldnames or []))
@@ -165,8 +166,15 @@ def _csv(path: Path, column: str) -> Iterator[str]:
                     raise DataUnavailable(f"{path}:{reader.line_num}: the row has no {column!r} field "
                                           f"(fewer fields than the header)")
                 yield value
-        except UnicodeDecodeError as e:
-            raise DataUnavailable(f"{path}: not UTF-8 text near line {reader.line_num + 1} (byte "
-                                  f"0x{e.object[e.start]:02x}); save the csv as UTF-8") from None
         except csv.Error as e:
             raise DataUnavailable(f"{path}:{reader.line_num}: malformed csv: {e}") from None
+
+
+def _utf8_lines(path: Path, f: Any) -> Iterator[str]:
+    """The lines of binary file ``f`` decoded as UTF-8 (line endings kept, as csv wants them); a line that
+    is not UTF-8 is a DataUnavailable naming its number."""
+    for lineno, raw in enumerate(f, 1):
+        try:
+            yield raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+        except UnicodeDecodeError as e:
+            raise _not_utf8(path, lineno, e) from None
