@@ -165,6 +165,7 @@ def plot_scores(summary: dict[str, Any], path: Path) -> None:
             ax.bar(x, q75 - q25, width * 0.8, bottom=q25, color=colours[arm], alpha=0.6,
                    label=a["label"] if k == 0 else None)
             ax.hlines(q50, x - width * 0.4, x + width * 0.4, color="k", lw=1)
+            ax.plot([x], [q50], marker="o", ms=4, color=colours[arm])  # visible when the box is thin
     ax.axhline(0, color="grey", ls=":", lw=1)
     ax.set_xticks(np.arange(len(layers)), [f"layer {l}" for l in layers])
     ax.set_ylabel("gate score (routing logit)")
