@@ -19,6 +19,10 @@ from specroute.flops.analytic import count_params
 from specroute.report.text import plural
 
 
+#: How the parameter groups of ``train.trainable`` are written in what the CLI prints.
+GROUP_NAMES = {"backbone": "backbone", "cheap_ffn": "cheap FFN", "gate": "gate"}
+
+
 def millions(n: int) -> str:
     """A count in millions with two decimals: ``157_520_000`` -> ``"157.52M"``."""
     return f"{n / 1e6:.2f}M"
@@ -73,7 +77,7 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
     console.print(
         f"parameter count: routed model (backbone + cheap FFNs) = [bold]{millions(pc.routed_model)}[/]; gate params "
         "(the controller) counted apart" + (f", G3's fixed target head {pc.target_head:,}" if pc.target_head else "")
-        + f"; trained params = {' + '.join(g.replace('_', ' ') for g in first.train.trainable)} "
+        + f"; trained params = {' + '.join(GROUP_NAMES[g] for g in first.train.trainable)} "
         "(train.trainable)."
     )
     console.print("[green]valid[/]")
