@@ -251,12 +251,12 @@ def _split_paths(paths: list[Path], claims: bool, only: list[str] | None) -> tup
 
 
 def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> None:
-    from specroute.claims import CLAIMS, evaluate_claims
+    from specroute.claims import CLAIMS, bench_timing, evaluate_claims
     from specroute.report.console import print_claims
 
     summary, specs = _read_summary(report, specs)
     proxies, mech = _claim_inputs(specs)
-    verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies)
+    verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies, bench=bench_timing(summary))
     if json_out:
         typer.echo(json_text({"report": str(report) if report else None, "claims": [c.as_dict() for c in CLAIMS],
                                "verdicts": [v.as_dict() for v in verdicts]}, indent=2))

@@ -2,8 +2,11 @@
 spec, no model built. Tested against ``sum(p.numel())`` and, through :mod:`specroute.flops.counters`,
 against fvcore and FlopCounterMode (``specroute verify``, :mod:`specroute.verify.flops`).
 
+Parameter groups (the names of ``train.trainable``): ``backbone``, ``cheap_ffn``, ``gate`` (the controller: G1's
+MLP; G3's encoder, predictor and score head) and ``target_head`` (G3's fixed projection, never trained).
 Which parameters make "the model" is a documented choice: ``routed_model`` = backbone + cheap FFNs, the
-network that computes the logits; the gate (and G3's fixed target head) is the *controller*, counted apart.
+network that computes the logits; the gate and the target head are counted apart. ``trained`` is what
+controller training updates: the groups named in ``train.trainable`` (default gate + cheap FFN).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from specroute.spec.models import G1Spec, RunSpec
 
 @dataclass(frozen=True)
 class ParamCount:
-    """Parameter counts by group (numbers of scalars)."""
+    """Parameter counts by group (numbers of scalars); ``trained`` = the groups in ``train.trainable``."""
 
     backbone: int
     cheap_ffn: int
     gate: int
     target_head: int
+    trained: int
 
     @property
     def routed_model(self) -> int:
@@ -28,17 +32,11 @@ class ParamCount:
         return self.backbone + self.cheap_ffn
 
     @property
-    def controller(self) -> int:
-        """Trainable controller parameters in controller-only training (gate + cheap FFN)."""
-        return self.gate + self.cheap_ffn
-
-    @property
     def total(self) -> int:
         return self.backbone + self.cheap_ffn + self.gate + self.target_head
 
     def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "routed_model": self.routed_model, "controller": self.controller,
-                "total": self.total}
+        return {**asdict(self), "routed_model": self.routed_model, "total": self.total}
 
 
 def count_params(spec: RunSpec) -> ParamCount:
@@ -58,7 +56,8 @@ def count_params(spec: RunSpec) -> ParamCount:
         K, P = g.latent_dim, g.predictor_hidden
         gate = ln + (D * K + K) + ((K + 2) * P + P) + P * K + (K + 1)  # predictor output: no bias
         target = D * K
-    return ParamCount(backbone, cheap, n * gate, n * target)
+    groups = {"backbone": backbone, "cheap_ffn": cheap, "gate": n * gate}
+    return ParamCount(backbone, cheap, n * gate, n * target, sum(groups[g] for g in set(spec.train.trainable)))
 
 
 # --------------------------------------------------------------------------------------------------

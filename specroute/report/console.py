@@ -16,6 +16,11 @@ from rich.text import Text
 
 from specroute.claims.paper import PROXY
 from specroute.flops.analytic import count_params
+from specroute.report.text import plural
+
+
+#: How the parameter groups of ``train.trainable`` are written in what the CLI prints.
+GROUP_NAMES = {"backbone": "backbone", "cheap_ffn": "cheap FFN", "gate": "gate"}
 
 
 def millions(n: int) -> str:
@@ -60,18 +65,21 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
     console.print(f"train: {t.steps} steps x {t.batch_size} x {t.seq_len} tokens, trainable {t.trainable}; "
                   f"backbone: {first.backbone.checkpoint or f'pretrain {first.backbone.train.steps} steps'}")
     table = Table(title="arms")
-    for col in ("arm", "gate", "util", "rank", "jepa", "budget", "labeling", "routed model params",
-                "controller params"):
+    for col in ("arm", "gate", "util", "rank", "jepa", "budget", "labeling", "routed model params", "gate params",
+                "trained params"):
         table.add_column(col, justify="right" if "params" in col else "left")
     for name, s in arms.items():
         pc = count_params(s)
         table.add_row(name, gate_summary(s.gate), f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
                       f"{s.loss.budget:g}", s.loss.oracle.labeling, f"{pc.routed_model:,} ({millions(pc.routed_model)})",
-                      f"{pc.controller:,}")
+                      f"{pc.gate:,}", f"{pc.trained:,}")
     console.print(table)
+    pc = count_params(first)
     console.print(
-        "parameter count: routed model (backbone + cheap FFNs) = "
-        f"[bold]{millions(count_params(first).routed_model)}[/]; the gate is the controller, counted apart."
+        f"parameter count: routed model (backbone + cheap FFNs) = [bold]{millions(pc.routed_model)}[/]; gate params "
+        "(the controller) counted apart" + (f", G3's fixed target head {pc.target_head:,}" if pc.target_head else "")
+        + f"; trained params = {' + '.join(GROUP_NAMES[g] for g in first.train.trainable)} "
+        "(train.trainable)."
     )
     console.print("[green]valid[/]")
 
@@ -90,12 +98,12 @@ def print_flops(console: Console, rep: dict[str, Any]) -> None:
                   f"{st['seq_len']} tokens; controlled layers {st['controlled_layers']} of {st['n_layers']}, budget "
                   f"{st['full_fraction']}; oracle labels {st['labelled_layers_per_step'] or 'all'} layer(s)/step")
     params = Table(title="parameters")
-    for col in ("arm", "routed model", "backbone", "cheap FFNs", "gate", "target head", "controller (trained)"):
+    for col in ("arm", "routed model", "backbone", "cheap FFNs", "gate", "target head", "trained"):
         params.add_column(col, justify="left" if col == "arm" else "right")
     for arm, a in rep["arms"].items():
         p = a["params"]
         params.add_row(arm, *(millions(p[k]) for k in ("routed_model", "backbone", "cheap_ffn", "gate",
-                                                         "target_head", "controller")))
+                                                         "target_head", "trained")))
     console.print(params)
     for execution in EXECUTIONS:
         t = Table(title=f"training GFLOPs per step, {execution} execution (FLOPs = 2 x MACs)")
@@ -153,7 +161,8 @@ def print_verify(console: Console, reports: list[Any], profile: str | None) -> N
     console.print(table)
     counts = {s: sum(r.status == s for r in reports) for s in ("pass", "fail", "skip")}
     console.print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
-                  f"({len({r.check for r in reports})} checks x {len({r.spec for r in reports})} specs)")
+                  f"({plural(len({r.check for r in reports}), 'check')} x "
+                  f"{plural(len({r.spec for r in reports}), 'spec')})")
     for r in reports:
         if r.status == "fail":
             console.print(Text.assemble(("FAIL", "bold red"), f" {r.check} on {r.spec}: {r.detail}"), soft_wrap=True)
@@ -183,4 +192,4 @@ def print_regression(console: Console, problems: list[str], fragile: list[str], 
         console.print(f"[bold red]regression[/] {p}", markup=True, highlight=False)
     for p in fragile:
         console.print(f"[yellow]fragile[/] {p}", markup=True, highlight=False)
-    console.print(f"claim regression: {len(problems)} problem(s) against {reference}")
+    console.print(f"claim regression: {plural(len(problems), 'problem')} against {reference}")

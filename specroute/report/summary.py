@@ -6,12 +6,14 @@ Layout (a contract: the claims evaluator reads it)::
      "data": {"kind", "corpus_sha256", "tokenizer", "tokenizer_sha256", "train_tokens", "heldout_tokens",
               "unigram_entropy_nats"},
      "backbone": {"heldout_lm", "steps", "cache_key", "wall_s", ...},
-     "arms": {ARM: {"label", "gate", "loss": {"util", "rank", "jepa", "budget"},
+     "arms": {ARM: {"label", "gate", "loss": {"util", "rank", "jepa", "budget"}, "steps",
+                    "enforcement" (topk_sequence | topk_batch | threshold), "full_fraction_budget",
                     "seeds": {"<seed>": {"lm": [[step, value], ...], "best_lm", "avg_lm", "final_lm",
                                           "threshold_hits": {"<tau>": step_or_null},
                                           "grad_norm": {"mean", "median"},
                                           "full_fraction": {"train": {"<layer>": x}, "eval": {...}},
                                           "flops_proxy", "wall_s", "latent": {...} or null,
+                                          "score_quantiles": {"<layer>": [q05, q25, q50, q75, q95]},
                                           "lm_by_batch": {"avg_lm" | "best_lm" | "final_lm": [x per
                                                           held-out batch]} or null, ...}},
                     "mean": {metric: x}, "std": {metric: x}, "n": seeds finished, "failed_seeds": ["<seed>"]}},
@@ -20,7 +22,7 @@ Layout (a contract: the claims evaluator reads it)::
      "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
      "comparisons": [{"id", "claim", "better", "worse", "metric", "n", "wins", "ties", "losses",
                       "mean_diff", "interval", "p_sign", "per_seed": [...]}],
-     "wall_s"}
+     "wall_s" (total over sessions), "sessions": [{"started", "wall_s", "ended"}, ...]}
 
 A failed run (its training diverged: :mod:`specroute.train.runs`) is kept out of its arm's ``seeds`` and
 in ``failed`` instead, so every mean, comparison and claim rests on the finished seeds only (``n`` of
@@ -99,6 +101,8 @@ def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]], faile
         "gate": spec.gate.kind,
         "loss": {"util": spec.loss.util, "rank": spec.loss.rank, "jepa": spec.loss.jepa, "budget": spec.loss.budget},
         "steps": spec.train.steps,
+        "enforcement": spec.routing.budget.enforcement,
+        "full_fraction_budget": spec.routing.budget.full_fraction,
         "lm_thresholds": list(spec.train.lm_thresholds),
         "seeds": per_seed,
         "mean": mean,
@@ -110,8 +114,10 @@ def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]], faile
 
 def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, int, RunSpec]],
                   results: dict[str, dict[int, dict[str, Any]]], data: Any, backbone: Any,
-                  environment: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    """The summary of a study (see the module docstring for the layout)."""
+                  environment: dict[str, Any], wall_s: float,
+                  sessions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The summary of a study (see the module docstring for the layout). ``wall_s``: the study's total wall
+    time (seconds, summed over ``sessions``, :mod:`specroute.report.sessions`)."""
     study = resolved.study
     arms, failed = {}, {}
     for arm in study.arms:
@@ -147,4 +153,5 @@ def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, in
         "equivalence_margin_nats": study.equivalence_margin_nats,
         "comparisons": comparisons,
         "wall_s": wall_s,
+        "sessions": list(sessions or []),
     }

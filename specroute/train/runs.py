@@ -17,7 +17,8 @@ Metrics (docs/DESIGN.md, "Metrics"): ``lm`` is evaluated every ``eval_every`` st
 before clipping at every step; ``full_fraction.train`` is the mean realised share per layer over the
 steps, ``full_fraction.eval`` the share at the last evaluation; ``flops_proxy`` is the analytic proxy
 of :func:`specroute.flops.analytic.flops_proxy` (denominator ``controller_only``) at the realised train
-full fraction.
+full fraction; ``score_quantiles`` are the gate's score quantiles per layer at the last evaluation
+(:data:`specroute.train.stages.SCORE_QUANTILES`; None for an older history).
 """
 
 from __future__ import annotations
@@ -172,6 +173,7 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
         "flops_proxy": flops_proxy(spec, "controller_only", full_fraction=realised),
         "wall_s": wall_s,
         "latent": evals[-1].get("latent"),
+        "score_quantiles": evals[-1].get("score_quantiles"),
         "lm_by_batch": _lm_by_batch(evals, values),
     }
 

@@ -37,6 +37,7 @@ from specroute.flops.analytic import count_params
 from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
 from specroute.store import UserError, atomic_write_json, check_out_dir, clear_out_dir, sha256_json
+from specroute.report.text import plural
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
@@ -50,7 +51,7 @@ if TYPE_CHECKING:
 #: Above this many parameters controller runs go one at a time by default (memory per worker).
 PARALLEL_MAX_PARAMS = 20_000_000
 #: What a study writes into its output folder (and what ``overwrite`` deletes).
-OWNED = ("study.json", "runs", "plots", "report.md", "summary.json")
+OWNED = ("study.json", "runs", "plots", "report.md", "summary.json", "sessions.json")
 
 
 @dataclass
@@ -232,6 +233,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         UserError: bad output folder, data unavailable, refused confirmation. SpecError: unknown arm.
         specroute.train.trainer.Interrupted: the session's step budget ran out (tests).
     """
+    from specroute.report.sessions import interrupted_session, record_session
+
     t_start = time.perf_counter()
     study = resolved.study
     runs = select_runs(resolved, options.arms, options.seeds)
@@ -243,8 +246,9 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     if notice:
         note(f"[yellow]{escape(notice)}[/]")
     first = runs[0][2]
-    note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {len(runs)} runs "
-         f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
+    note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {plural(len(runs), 'run')} "
+         f"({plural(len({a for a, _, _ in runs}), 'arm')} x {plural(len({s for _, s, _ in runs}), 'seed')}) "
+         f"on {device.type} "
          f"({device.dtype_name}); output {escape(str(out))}")
     with deterministic(device):
         rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
@@ -265,7 +269,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms}, "seeds": study.seeds,
         })
         budget = StepBudget(options.max_steps_this_session)
-        with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress:
+        with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress, \
+                interrupted_session(out, t_start):
             backbones = {}
             for key, spec in backbone_specs.items():
                 try:
@@ -285,8 +290,9 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
 
     from specroute.report import build_summary, write_report
 
+    sessions = record_session(out, t_start, "complete")
     summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
-                            environment(device), time.perf_counter() - t_start)
+                            environment(device), sum(s["wall_s"] for s in sessions), sessions)
     write_report(out, summary, resolved)
     note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
@@ -316,7 +322,8 @@ def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, 
     secs_bb = sum(estimate.backbone_seconds(backbone_specs[k], n, rate) for k, n in steps_left.items())
     secs_runs = sum(estimate.run_seconds(spec, runs_left[(a, s)], rate) for a, s, spec in runs)
     return (f"estimated time: {estimate.human(secs_bb + secs_runs)} (backbone {estimate.human(secs_bb)}, "
-            f"{sum(1 for n in runs_left.values() if n)} runs {estimate.human(secs_runs)} if run one at a time; "
+            f"{plural(sum(1 for n in runs_left.values() if n), 'run')} {estimate.human(secs_runs)} if run one at a "
+            "time; "
             f"throughput probe {rate.dense_macs_per_s / 1e9:.1f} GMAC/s dense, "
             f"{rate.controller_macs_per_s / 1e9:.1f} GMAC/s controller)")
 
