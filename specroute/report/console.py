@@ -45,7 +45,8 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any =
     fit this machine. Text from the spec is printed as text, never as markup."""
     first = next(iter(arms.values()))
     m, r = first.model, first.routing
-    console.print(f"[bold]{escape(study.name)}[/] — {escape(study.description)}  (profile: [cyan]{escape(study.profile)}[/])")
+    console.print(f"[bold]{escape(study.name)}[/] — {escape(study.description)}  "
+                  f"(profile: [cyan]{escape(study.profile)}[/])")
     console.print(
         f"model: {m.n_layers} layers x d_model {m.d_model}, {m.n_heads} heads, context {m.context_length}, "
         f"vocab {m.vocab_size}, FFN {m.ffn_hidden}, tied={m.tie_embeddings}"

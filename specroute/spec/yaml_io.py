@@ -2,6 +2,11 @@
 
 No YAML tag ever builds a Python object; a key given twice is an error; every failure is a
 :class:`~specroute.spec.errors.SpecError` naming the file and, where YAML can tell, the line.
+
+Reading is bounded (the ``MAX_*`` constants below): only regular files of at most 1 MiB are opened (never a
+FIFO or a device, so nothing hangs), and a document is composed node by node within a depth, a node count
+and a scalar length, then its alias expansion is counted on the composed graph before any Python object is
+built, so that no small file can exhaust memory or time.
 """
 
 from __future__ import annotations
@@ -357,7 +362,8 @@ def load_raw(path: Path, _chain: tuple[Path, ...] = (), budget: Budget | None = 
             what = "not found"
         if what is not None:
             what = "not found" if what == "not found" else f"is {what}, not a file"
-            raise SpecError([Problem(str(path), "extends", where, f"extended file {parent!r} {what} (looked at {ppath})")])
+            raise SpecError([Problem(str(path), "extends", where,
+                                     f"extended file {parent!r} {what} (looked at {ppath})")])
         if budget.files <= 0:
             raise _limit(str(path), where, "too many files read through extends", "MAX_EXTENDS_FILES", "files",
                          "extends")
