@@ -74,15 +74,15 @@ def validate(spec: SpecArg, profile: ProfileOpt = None, set_: SetOpt = None, arm
     this machine: exit 2 when its parameters and optimiser state alone exceed the machine's memory, a warning
     when the whole estimate may not fit (the spec may be meant for a larger machine)."""
     from specroute.flops.analytic import count_params
-    from specroute.report.console import print_spec
     from specroute.spec.loader import dump_run
-
-    from specroute.train.device import pick_device
-    from specroute.train.memory import available, estimate_study, judge
 
     resolved = load_study(spec, profile, set_ or [])
     study = resolved.study
     arms = {a: resolved.arm_spec(a) for a in (arm or study.arms)}
+    from specroute.report.console import print_spec  # torch, scipy: only once the spec is valid
+    from specroute.train.device import pick_device
+    from specroute.train.memory import available, estimate_study, judge
+
     device = pick_device("auto").type
     memory = estimate_study(list(arms.values()), device)
     fit = judge(memory, available(device))
