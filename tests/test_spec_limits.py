@@ -95,11 +95,15 @@ def _merge_laughs(levels: int) -> str:
         ("gate: {kind: G3, target_seed: 99999999999999999999}\n", ":1:", "gate.target_seed", "less than or equal"),
         ("train:\n  lm_thresholds: [" + ", ".join(["3.0"] * 65) + "]\n", ":2:", "train.lm_thresholds",
          "at most 64 items"),
+        ("name: \"\x00\"\n", "bad.yaml: ", "", "invalid YAML: unacceptable character #x0000"),
+        ("default_profile: [x]\n", ":1:", "default_profile", "must be the name of a profile"),
+        ("profiles: {1: {seed: 1}, a: {seed: 2}}\n", ":1:", "profiles.1", "a profile name must be text"),
     ],
     ids=["nested-lists-500", "nested-maps-100", "alias-depth", "billion-laughs", "merge-key-laughs",
          "recursive-alias", "too-many-nodes", "long-scalar", "long-key", "long-number", "bad-date", "file-too-large",
          "too-many-profiles", "too-many-arms", "lr-inf", "lr-1e400", "threshold-nan", "init-bias-inf", "beta-nan",
-         "beta-above-1", "d-model-1e12", "n-layers", "vocab", "batch", "target-seed", "thresholds"],
+         "beta-above-1", "d-model-1e12", "n-layers", "vocab", "batch", "target-seed", "thresholds", "nul-character",
+         "default-profile-list", "profile-name-int"],
 )
 def test_bad_input_exits_2_naming_file_limit_and_line(tmp_path, monkeypatch, text, where, field, words):
     monkeypatch.chdir(tmp_path)

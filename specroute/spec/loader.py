@@ -165,8 +165,15 @@ def load_study(
         where = lookup(provenance, ("profiles",)) or (str(source), None)
         raise SpecError([Problem(where[0], "profiles", where[1], f"{len(profiles):,} profiles: over the limit of "
                                  f"{MAX_PROFILES} (MAX_PROFILES in specroute.spec.loader)")])
+    if not isinstance(default_profile, (str, type(None))):
+        where = lookup(provenance, ("default_profile",)) or (str(source), None)
+        raise SpecError([Problem(where[0], "default_profile", where[1], "must be the name of a profile (or null)")])
     name = profile if profile is not None else default_profile
     for pname, body in profiles.items():
+        if not isinstance(pname, str):
+            where = lookup(provenance, ("profiles", str(pname))) or (str(source), None)
+            raise SpecError([Problem(where[0], f"profiles.{pname}", where[1],
+                                     f"a profile name must be text, got {type(pname).__name__} (quote it)")])
         if body is not None and not isinstance(body, dict):
             where = lookup(provenance, ("profiles", str(pname)))
             raise SpecError([Problem(where[0] if where else str(source), f"profiles.{pname}",
@@ -175,7 +182,7 @@ def load_study(
     file_provenance = dict(provenance)
     if name is not None:
         if name not in profiles:
-            known = ", ".join(sorted(profiles)) or "none defined"
+            known = ", ".join(sorted(map(str, profiles))) or "none defined"
             raise SpecError([Problem(str(source), "profile", None,
                                      f"unknown profile {name!r} (known: {known})")])
         raw = deep_merge(raw, profiles[name] or {})

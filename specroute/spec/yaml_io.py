@@ -267,7 +267,10 @@ def parse_yaml(text: str, source: str, budget: Budget) -> tuple[yaml.Node | None
 
     Raises SpecError naming ``source``: a limit passed, bad syntax, a tag, a key given twice.
     """
-    loader = SpecLoader(text, source, budget)
+    try:
+        loader = SpecLoader(text, source, budget)  # refuses characters YAML does not allow (NUL, ...)
+    except yaml.YAMLError as e:
+        raise SpecError([Problem(source, "", None, f"invalid YAML: {e}")]) from None
     lines: dict[Path_, int] = {}
     starts: dict[tuple[int, int], Path_] = {}  # (line, column) where a value starts -> its path
     try:
