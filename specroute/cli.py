@@ -70,21 +70,32 @@ def _passive_threads() -> None:
 @command
 def validate(spec: SpecArg, profile: ProfileOpt = None, set_: SetOpt = None, arm: ArmOpt = None,
              json_out: Annotated[bool, typer.Option("--json", help="Print the resolved spec as JSON.")] = False):
-    """Resolve and validate a spec; print the resolved spec and its parameter count."""
+    """Resolve and validate a spec; print the resolved spec, its parameter count and its memory estimate on
+    this machine: exit 2 when its parameters and optimiser state alone exceed the machine's memory, a warning
+    when the whole estimate may not fit (the spec may be meant for a larger machine)."""
     from specroute.flops.analytic import count_params
-    from specroute.report.console import print_spec
     from specroute.spec.loader import dump_run
 
     resolved = load_study(spec, profile, set_ or [])
     study = resolved.study
     arms = {a: resolved.arm_spec(a) for a in (arm or study.arms)}
+    from specroute.report.console import print_spec  # torch, scipy: only once the spec is valid
+    from specroute.train.device import pick_device
+    from specroute.train.memory import available, estimate_study, judge
+
+    device = pick_device("auto").type
+    memory = estimate_study(list(arms.values()), device)
+    fit = judge(memory, available(device))
+    if fit.status == "cannot":
+        raise UserError(fit.message)
     if json_out:
         typer.echo(json_text({
             "study": study.name, "profile": study.profile, "seeds": study.seeds,
             "arms": {a: {"spec": dump_run(s), "params": count_params(s).as_dict()} for a, s in arms.items()},
+            "memory": {**memory.as_dict(), "fits": fit.status, "message": fit.message},
         }, indent=2))
     else:
-        print_spec(console, study, arms)
+        print_spec(console, study, arms, fit)
 
 
 @command
@@ -136,7 +147,7 @@ def run(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous study's results in --out.")] = False,
     arm: ArmOpt = None,
     seed: Annotated[Optional[list[int]], typer.Option("--seed", help="Only this seed (repeatable); default: all.")] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a paper-profile run without a GPU.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a paper-profile run without a GPU; run a study that may not fit in memory.")] = False,
     device: DeviceOpt = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default $SPECROUTE_CACHE or ~/.cache/specroute).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Controller runs at once (default: one per CPU core for small models on CPU, else 1).")] = None,
@@ -150,6 +161,10 @@ def run(
     resolved = load_study(spec, profile, set_ or [])
     options = StudyOptions(out=out, resume=resume, overwrite=overwrite, arms=list(arm or []),
                            seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers)
+    from specroute.train.memory import check_study
+
+    if (warning := check_study(resolved, options)) is not None:  # before any folder, data or model is touched
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     confirm = (lambda q: typer.confirm(q, default=False)) if sys.stdin.isatty() else None
     try:
         with _sigterm_as_interrupt():

@@ -24,8 +24,13 @@ GROUP_NAMES = {"backbone": "backbone", "cheap_ffn": "cheap FFN", "gate": "gate"}
 
 
 def millions(n: int) -> str:
-    """A count in millions with two decimals: ``157_520_000`` -> ``"157.52M"``."""
-    return f"{n / 1e6:.2f}M"
+    """A count in millions with two decimals, larger ones in billions or powers of ten: ``157_520_000`` ->
+    ``"157.52M"``, ``2_500_000_000`` -> ``"2.50B"``, ``4.8e19`` -> ``"4.80e+19"``."""
+    if n < 1e9:
+        return f"{n / 1e6:.2f}M"
+    if n < 1e12:
+        return f"{n / 1e9:.2f}B"
+    return f"{n:.2e}"
 
 
 def gate_summary(gate: Any) -> str:
@@ -39,11 +44,14 @@ def gate_summary(gate: Any) -> str:
 # specroute validate
 
 
-def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
-    """The resolved spec: the first arm's model, routing, oracle, data and training, then one row per arm."""
+def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any = None) -> None:
+    """The resolved spec: the first arm's model, routing, oracle, data and training, then one row per arm, and
+    ``memory`` (a :class:`specroute.train.memory.Judgement`, if given): the estimate, a warning if it would not
+    fit this machine. Text from the spec is printed as text, never as markup."""
     first = next(iter(arms.values()))
     m, r = first.model, first.routing
-    console.print(f"[bold]{study.name}[/] — {study.description}  (profile: [cyan]{study.profile}[/])")
+    console.print(f"[bold]{escape(study.name)}[/] — {escape(study.description)}  "
+                  f"(profile: [cyan]{escape(study.profile)}[/])")
     console.print(
         f"model: {m.n_layers} layers x d_model {m.d_model}, {m.n_heads} heads, context {m.context_length}, "
         f"vocab {m.vocab_size}, FFN {m.ffn_hidden}, tied={m.tie_embeddings}"
@@ -70,7 +78,7 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
         table.add_column(col, justify="right" if "params" in col else "left")
     for name, s in arms.items():
         pc = count_params(s)
-        table.add_row(name, gate_summary(s.gate), f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
+        table.add_row(Text(name), gate_summary(s.gate), f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
                       f"{s.loss.budget:g}", s.loss.oracle.labeling, f"{pc.routed_model:,} ({millions(pc.routed_model)})",
                       f"{pc.gate:,}", f"{pc.trained:,}")
     console.print(table)
@@ -81,6 +89,12 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
         + f"; trained params = {' + '.join(GROUP_NAMES[g] for g in first.train.trainable)} "
         "(train.trainable)."
     )
+    if memory is not None:
+        if memory.status == "fits":
+            console.print(f"memory: {escape(memory.message)}", highlight=False)
+        else:
+            console.print(f"[yellow]warning:[/] {escape(memory.message)} (`specroute run` here refuses it "
+                          "without --yes)", highlight=False)
     console.print("[green]valid[/]")
 
 
