@@ -23,7 +23,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from specroute.spec import SpecError, load_study
-from specroute.store import UserError, hold_lock
+from specroute.store import UserError, hold_lock, json_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Wide enough for the tables when output is piped (rich defaults to 80 columns there).
@@ -70,21 +70,32 @@ def _passive_threads() -> None:
 @command
 def validate(spec: SpecArg, profile: ProfileOpt = None, set_: SetOpt = None, arm: ArmOpt = None,
              json_out: Annotated[bool, typer.Option("--json", help="Print the resolved spec as JSON.")] = False):
-    """Resolve and validate a spec; print the resolved spec and its parameter count."""
+    """Resolve and validate a spec; print the resolved spec, its parameter count and its memory estimate on
+    this machine: exit 2 when its parameters and optimiser state alone exceed the machine's memory, a warning
+    when the whole estimate may not fit (the spec may be meant for a larger machine)."""
     from specroute.flops.analytic import count_params
-    from specroute.report.console import print_spec
     from specroute.spec.loader import dump_run
 
     resolved = load_study(spec, profile, set_ or [])
     study = resolved.study
     arms = {a: resolved.arm_spec(a) for a in (arm or study.arms)}
+    from specroute.report.console import print_spec  # torch, scipy: only once the spec is valid
+    from specroute.train.device import pick_device
+    from specroute.train.memory import available, estimate_study, judge
+
+    device = pick_device("auto").type
+    memory = estimate_study(list(arms.values()), device)
+    fit = judge(memory, available(device))
+    if fit.status == "cannot":
+        raise UserError(fit.message)
     if json_out:
-        typer.echo(json.dumps({
+        typer.echo(json_text({
             "study": study.name, "profile": study.profile, "seeds": study.seeds,
             "arms": {a: {"spec": dump_run(s), "params": count_params(s).as_dict()} for a, s in arms.items()},
+            "memory": {**memory.as_dict(), "fits": fit.status, "message": fit.message},
         }, indent=2))
     else:
-        print_spec(console, study, arms)
+        print_spec(console, study, arms, fit)
 
 
 @command
@@ -92,7 +103,7 @@ def schema():
     """Print the JSON Schema of the spec language (for editors)."""
     from specroute.spec.study import SpecFile
 
-    typer.echo(json.dumps(SpecFile.model_json_schema(), indent=2))
+    typer.echo(json_text(SpecFile.model_json_schema(), indent=2))
 
 
 @command
@@ -118,7 +129,7 @@ def bench(
                             progress=_progress(json_out))
         write_results(summary, out, overwrite)
     if json_out:
-        typer.echo(json.dumps(summary, indent=2))
+        typer.echo(json_text(summary, indent=2))
         return
     for table in rich_tables(summary):
         console.print(table)
@@ -137,7 +148,7 @@ def run(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a previous study's results in --out.")] = False,
     arm: ArmOpt = None,
     seed: Annotated[Optional[list[int]], typer.Option("--seed", help="Only this seed (repeatable); default: all.")] = None,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a paper-profile run without a GPU.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a paper-profile run without a GPU; run a study that may not fit in memory.")] = False,
     device: DeviceOpt = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default $SPECROUTE_CACHE or ~/.cache/specroute).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Controller runs at once (default: one per CPU core for small models on CPU, else 1).")] = None,
@@ -151,6 +162,10 @@ def run(
     resolved = load_study(spec, profile, set_ or [])
     options = StudyOptions(out=out, resume=resume, overwrite=overwrite, arms=list(arm or []),
                            seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers)
+    from specroute.train.memory import check_study
+
+    if (warning := check_study(resolved, options)) is not None:  # before any folder, data or model is touched
+        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     confirm = (lambda q: typer.confirm(q, default=False)) if sys.stdin.isatty() else None
     try:
         with _sigterm_as_interrupt():
@@ -162,6 +177,9 @@ def run(
         err_console.print("interrupted; continue with the same command plus --resume")
         raise typer.Exit(130) from None
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
+    failed = result.failure_message()
+    if failed:
+        fail(failed, code=1)
 
 
 class _Terminated(KeyboardInterrupt):
@@ -220,7 +238,7 @@ def verify(
     reports = run_verification(specs, profile, ctx, only, progress=_progress(json_out))
     failed = [r for r in reports if r.status == "fail"]
     if json_out:
-        typer.echo(json.dumps({"profile": profile, "specs": [str(p) for p in specs], "examples": examples,
+        typer.echo(json_text({"profile": profile, "specs": [str(p) for p in specs], "examples": examples,
                                "results": [r.as_dict() for r in reports], "failed": len(failed)}, indent=2))
     else:
         print_verify(console, reports, profile)
@@ -249,14 +267,14 @@ def _split_paths(paths: list[Path], claims: bool, only: list[str] | None) -> tup
 
 
 def _verify_claims(report: Path | None, specs: list[Path], json_out: bool) -> None:
-    from specroute.claims import CLAIMS, evaluate_claims
+    from specroute.claims import CLAIMS, bench_timing, evaluate_claims
     from specroute.report.console import print_claims
 
     summary, specs = _read_summary(report, specs)
     proxies, mech = _claim_inputs(specs)
-    verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies)
+    verdicts = evaluate_claims(summary, mechanism=mech, paper_proxies=proxies, bench=bench_timing(summary))
     if json_out:
-        typer.echo(json.dumps({"report": str(report) if report else None, "claims": [c.as_dict() for c in CLAIMS],
+        typer.echo(json_text({"report": str(report) if report else None, "claims": [c.as_dict() for c in CLAIMS],
                                "verdicts": [v.as_dict() for v in verdicts]}, indent=2))
     else:
         print_claims(console, verdicts, report)
@@ -317,7 +335,7 @@ def _verify_regression(reference: Path, specs: list[Path], ctx: Any, json_out: b
     current = collect(specs, micro_summary, micro_spec, ctx)
     problems, notes = compare(ref, current), fragile(ref, current)
     if json_out:
-        typer.echo(json.dumps({"reference": str(reference), "problems": problems, "fragile": notes}, indent=2))
+        typer.echo(json_text({"reference": str(reference), "problems": problems, "fragile": notes}, indent=2))
     else:
         print_regression(console, problems, notes, reference)
     if problems:
@@ -334,7 +352,7 @@ def flops(spec: SpecArg, profile: ProfileOpt = None,
 
     rep = flops_report(spec, profile)
     if json_out:
-        typer.echo(json.dumps(rep, indent=2))
+        typer.echo(json_text(rep, indent=2))
     else:
         print_flops(console, rep)
 

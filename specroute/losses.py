@@ -11,7 +11,24 @@ hidden state entering layer l's FFN step, with layer l all-full and all-cheap:
     u_{l,t} = CE_t(layer l cheap, continuation) - CE_t(layer l full, continuation)
 
 Layers before l keep the decisions of the routed forward. Later layers run ``full`` (off-policy, the
-paper's labeling) or follow the current gates (on-policy).
+paper's labeling) or follow the current gates (on-policy). That is the ``all_flip`` counterfactual: every
+token of layer l flips at once, so through attention in the later layers token t's label also carries the
+other tokens' flips.
+
+The ``per_token`` counterfactual (``loss.oracle.counterfactual``) flips one token at a time. With d the
+gate's decisions at layer l for a sequence and d[t <- a] the same with token t set to action a (every
+other token keeps the gate's decision at l; earlier and later layers as above):
+
+    u_{l,t} = sum_s [ CE_s(d[t <- cheap]) - CE_s(d[t <- full]) ]            (per_token)
+
+the change of the sequence's summed next-token loss, over every position s. One of the two decision sets
+is d itself, so a sequence needs one continuation with the gate's decisions plus one per labelled token.
+With causal attention positions s < t cannot see the flip, so their terms are 0 and the sum runs over
+s >= t, except under on-policy top-k: a later layer's top-k ranks the whole row, so the flip can change
+decisions (and losses) before t. The sum, rather than token t's own loss, is the decision's whole effect
+on the LM objective (the flip reaches every later token through attention), and it is what top-k should
+rank by: to first order the loss of a set of decisions is the sum of these labels. The own-loss part is
+returned beside it (:class:`TokenLabels`), which is what the all-flip label measures.
 """
 
 from __future__ import annotations
@@ -47,7 +64,7 @@ def lm_loss(logits_BTV: Tensor, targets_BT: Tensor) -> Tensor:
 def oracle_labels(
     model: Decoder, out: DecoderOutput, targets_BT: Tensor, layers: list[int], labeling: str
 ) -> dict[int, Tensor]:
-    """Batched oracle labels u_{l,t} for each controlled layer l in ``layers``.
+    """Batched ``all_flip`` oracle labels u_{l,t} for each controlled layer l in ``layers``.
 
     Args:
         model: the routed decoder that produced ``out``.
@@ -61,12 +78,7 @@ def oracle_labels(
     Raises:
         ValueError: a layer that is not controlled, or an unknown labeling.
     """
-    if labeling not in ("off_policy", "on_policy"):
-        raise ValueError(f"unknown labeling {labeling!r}")
-    records = {rec.layer: rec for rec in out.routing}
-    missing = [l for l in layers if l not in records]
-    if missing:
-        raise ValueError(f"layers {missing} are not controlled layers {sorted(records)}")
+    records = _records(out, layers, labeling)
     off = labeling == "off_policy"
     apart = not off and model.spec.routing.budget.enforcement == "topk_batch"
     B = targets_BT.shape[0]
@@ -89,6 +101,110 @@ def oracle_labels(
     return labels
 
 
+@dataclass
+class TokenLabels:
+    """Exact one-token labels of one controlled layer (``per_token``, see the module docstring).
+
+    pos_BS: the labelled positions, (B, S) long, ascending in each row; u_BS: their labels, (B, S) float32,
+    nats summed over the sequence's positions; own_BS: the flipped token's own next-token part of u_BS,
+    (B, S) float32 nats (what an all-flip label measures, without the other tokens' flips).
+    """
+
+    pos_BS: Tensor
+    u_BS: Tensor
+    own_BS: Tensor
+
+
+def sample_label_tokens(
+    B: int, T: int, tokens_per_sequence: int, generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Positions that get ``per_token`` labels: S = min(tokens_per_sequence, T) per sequence, uniform
+    without replacement, ascending, (B, S) long on ``device``. Every position (no draw) when S >= T.
+    Drawn on the CPU, where the run's generator lives, then moved: the same positions on any device."""
+    if tokens_per_sequence >= T:
+        return torch.arange(T, device=device).expand(B, T).clone()
+    pos = torch.rand(B, T, generator=generator).argsort(dim=1)[:, :tokens_per_sequence]
+    return pos.sort(dim=1).values.to(device)
+
+
+@torch.no_grad()
+def per_token_labels(
+    model: Decoder,
+    out: DecoderOutput,
+    targets_BT: Tensor,
+    layers: list[int],
+    labeling: str,
+    tokens_per_sequence: int,
+    generator: torch.Generator | None = None,
+    positions: dict[int, Tensor] | None = None,
+) -> dict[int, TokenLabels]:
+    """Batched exact one-token labels u_{l,t} (``per_token``, the module docstring's equation).
+
+    For each layer the batch is expanded to B * (S + 1) rows: per sequence one row with the gate's
+    decisions at layer l and S rows each with one sampled token flipped; all rows continue from layer l
+    in one batch (no loop over tokens). Whole rows run: under causal attention positions before the
+    flipped token are recomputed unchanged (their terms are left out of the sum).
+
+    Args:
+        model, out, targets_BT, labeling: as :func:`oracle_labels`.
+        tokens_per_sequence: S, labelled tokens per sequence (every token if S >= T).
+        generator: draws the positions (:func:`sample_label_tokens`), one draw per layer in layer order.
+        positions: {layer: (B, S) positions} to label instead of drawing them.
+    Returns:
+        {layer: :class:`TokenLabels`}.
+    Raises:
+        ValueError: a layer that is not controlled, an unknown labeling, or on-policy labels under a
+            ``topk_batch`` budget (one token's flip moves every sequence's later decisions).
+    """
+    records = _records(out, layers, labeling)
+    off = labeling == "off_policy"
+    enforcement = model.spec.routing.budget.enforcement
+    if not off and enforcement == "topk_batch":
+        raise ValueError("per_token on-policy labels need a per-sequence budget (topk_sequence or threshold), "
+                         "not topk_batch")
+    causal = off or enforcement == "threshold"  # else a later top-k can change decisions before t
+    B, T = targets_BT.shape
+    device = targets_BT.device
+    labels = {}
+    for layer in layers:
+        rec = records[layer]
+        pos_BS = (positions[layer].to(device) if positions is not None
+                  else sample_label_tokens(B, T, tokens_per_sequence, generator, device))
+        S = pos_BS.shape[1]
+        block = model.blocks[layer]
+        h_in = rec.h_in_BTD.detach()
+        x = block.ln2(h_in)
+        h_full, h_cheap = h_in + block.ffn(x), h_in + block.routed_ffn.cheap_branch(x)
+        flip_BST = torch.arange(T, device=device) == pos_BS[..., None]
+        full_BRT = torch.cat([rec.full_BT[:, None], rec.full_BT[:, None] != flip_BST], dim=1)  # R = 1 + S rows
+        h_rows = torch.where(full_BRT[..., None], h_full[:, None], h_cheap[:, None]).flatten(0, 1)
+        h_end, _ = model.run_blocks(h_rows, layer + 1, all_full=off)
+        # the head in chunks of B rows: the logits never take more memory than one forward's
+        rows = zip(h_end.split(B), targets_BT.repeat_interleave(S + 1, dim=0).split(B))
+        ce_BRT = torch.cat([token_ce(model.head(h), t) for h, t in rows]).view(B, S + 1, T)
+        delta_BST = ce_BRT[:, 1:] - ce_BRT[:, :1]  # CE_s(one token flipped) - CE_s(the gate's decisions)
+        if causal:
+            after_BST = torch.arange(T, device=device) >= pos_BS[..., None]
+            delta_BST = torch.where(after_BST, delta_BST, torch.zeros_like(delta_BST))
+        # a full token flipped to cheap gives +(cheap - full); a cheap one flipped to full, -(full - cheap)
+        sign_BS = torch.where(rec.full_BT.gather(1, pos_BS), 1.0, -1.0)
+        own_BS = delta_BST.gather(2, pos_BS[..., None]).squeeze(-1)
+        labels[layer] = TokenLabels(pos_BS, sign_BS * delta_BST.sum(-1), sign_BS * own_BS)
+    return labels
+
+
+def _records(out: DecoderOutput, layers: list[int], labeling: str) -> dict[int, LayerRouting]:
+    """The routing records of ``layers``; ValueError on an unknown labeling or a layer not controlled."""
+    if labeling not in ("off_policy", "on_policy"):
+        raise ValueError(f"unknown labeling {labeling!r}")
+    records = {rec.layer: rec for rec in out.routing}
+    missing = [l for l in layers if l not in records]
+    if missing:
+        raise ValueError(f"layers {missing} are not controlled layers {sorted(records)}")
+    return records
+
+
 # --------------------------------------------------------------------------------------------------
 # auxiliary losses
 
@@ -97,6 +213,7 @@ def util_loss(score_BT: Tensor, u_BT: Tensor, oracle: OracleSpec) -> Tensor:
     """UTIL: regression of the gate score on the oracle label (docs/DESIGN.md). Scalar, target units^2.
 
     ``standardized`` targets are (u - mean) / std over the labelled tokens (scale-free); ``raw`` are nats.
+    Shapes (B, T), or under ``per_token`` labels (B, S): the labelled tokens only.
     """
     target = u_BT
     if oracle.util_target == "standardized":
@@ -110,6 +227,8 @@ def rank_loss(
     score_BT: Tensor, u_BT: Tensor, oracle: OracleSpec, generator: torch.Generator | None = None
 ) -> Tensor:
     """RANK: pairwise logistic loss within each sequence (docs/DESIGN.md), a scalar in nats/pair.
+
+    ``score_BT`` and ``u_BT`` are (B, T), or under ``per_token`` labels (B, S): the labelled tokens only.
 
     For pairs (i, j) with u_i - u_j > ``rank_margin``: softplus(-(s_i - s_j)), averaged over pairs. Pairs
     are all (i, j) of a sequence, or ``rank_pairs_per_token`` partners j drawn uniformly per token i.
@@ -188,12 +307,14 @@ def budget_loss(routing: list[LayerRouting], full_fraction: float) -> Tensor:
 @dataclass
 class LossTerms:
     """total: the weighted scalar to backprop; parts: each term's value (floats, unweighted);
-    labels: oracle labels computed this step {layer: (B, T)}; out: the routed forward."""
+    labels: oracle labels computed this step, {layer: (B, T)} (all_flip) or {layer: (B, S)} (per_token);
+    label_positions: per_token only, {layer: the labelled positions (B, S)}; out: the routed forward."""
 
     total: Tensor
     parts: dict[str, float]
     out: DecoderOutput
     labels: dict[int, Tensor] = field(default_factory=dict)
+    label_positions: dict[int, Tensor] = field(default_factory=dict)
 
 
 def sample_label_layers(spec: RunSpec, generator: torch.Generator | None = None) -> list[int]:
@@ -225,10 +346,18 @@ def compute_losses(
     total = w.lm * lm
     parts = {"lm": lm.item()}
     labels: dict[int, Tensor] = {}
+    positions: dict[int, Tensor] = {}
     if w.uses_oracle:
         layers = sample_label_layers(spec, generator)
-        labels = oracle_labels(model, out, targets_BT, layers, w.oracle.labeling)
         scores = {r.layer: r.gate.score_BT for r in out.routing}
+        if w.oracle.counterfactual == "per_token":
+            exact = per_token_labels(model, out, targets_BT, layers, w.oracle.labeling,
+                                     w.oracle.tokens_per_sequence, generator)
+            labels = {l: e.u_BS for l, e in exact.items()}
+            positions = {l: e.pos_BS for l, e in exact.items()}
+            scores = {l: scores[l].gather(1, p) for l, p in positions.items()}  # only labelled tokens enter
+        else:
+            labels = oracle_labels(model, out, targets_BT, layers, w.oracle.labeling)
         if w.util > 0:
             util = torch.stack([util_loss(scores[l], u, w.oracle) for l, u in labels.items()]).mean()
             total = total + w.util * util
@@ -245,4 +374,4 @@ def compute_losses(
         budget = budget_loss(out.routing, spec.routing.budget.full_fraction)
         total = total + w.budget * budget
         parts["budget"] = budget.item()
-    return LossTerms(total, parts, out, labels)
+    return LossTerms(total, parts, out, labels, positions)

@@ -8,6 +8,11 @@ place with ``os.replace``, so a crash never leaves a half-written file. A write 
 full, quota, read-only filesystem, no permission) fails as a :class:`UserError` naming the path and the
 cause (:func:`writing`), with its temporary removed. A folder that one process writes is held with
 :func:`hold_lock`, so that a second process is refused instead of writing into it too.
+
+Every JSON text specroute writes (files, ``metrics.jsonl`` lines, ``--json`` output) is standard JSON
+(RFC 8259: no ``NaN`` / ``Infinity`` tokens) through :func:`json_text`: a non-finite number is written as
+``null``, and where the reason matters the writer records it beside the value (a metrics record's
+``nonfinite`` list of the fields that were not finite, a failed run's ``failure``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import errno
 import fnmatch
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -183,8 +189,36 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite_or_null(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by None, through dicts, lists and tuples
+    (tuples become lists, as JSON has them); other values as they are."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+def nonfinite_paths(obj: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the non-finite floats in ``obj`` (dict keys; list items by index), e.g.
+    ``["loss", "full_fraction.1"]``: what :func:`finite_or_null` turns into null."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [prefix]
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    return [p for k, v in items for p in nonfinite_paths(v, f"{prefix}.{k}" if prefix else str(k))]
+
+
+def json_text(obj: Any, indent: int | None = None, sort_keys: bool = False) -> str:
+    """``obj`` as standard JSON text (non-finite floats as null, :func:`finite_or_null`; never a ``NaN``
+    token). Raises TypeError for a value JSON cannot hold."""
+    return json.dumps(finite_or_null(obj), indent=indent, sort_keys=sort_keys, allow_nan=False)
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=True) + "\n")
+    """Write ``obj`` as standard JSON (:func:`json_text`, indented) to ``path``, atomically."""
+    atomic_write_text(path, json_text(obj, indent=2) + "\n")
 
 
 def temp_dir_beside(target: Path) -> Path:

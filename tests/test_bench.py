@@ -9,12 +9,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 import re
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -136,21 +134,67 @@ def test_dense_vs_reference_figures_come_from_the_rounds(quick_run):
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc/stat")
-def test_other_processes_cpu_is_measured_and_own_cpu_is_not():
-    own = OtherLoad()
-    end = time.process_time() + 0.3
-    while time.process_time() < end:  # this process's own work is not "other"
-        pass
-    quiet = own.share()
-    other = OtherLoad()
-    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time() + 1.0\n"
+class _Clocks:
+    """Fake clocks for OtherLoad: wall seconds, this process's CPU seconds, all CPUs' busy seconds."""
+
+    def __init__(self):
+        self.wall, self.own, self.busy = 100.0, 5.0, 1000.0
+
+    def advance(self, wall: float, own: float, others: float) -> None:
+        self.wall += wall
+        self.own += own
+        self.busy += own + others  # the machine's busy time holds this process's own CPU time too
+
+
+@pytest.fixture
+def clocks(monkeypatch):
+    import specroute.bench.machine as machine
+
+    c = _Clocks()
+    monkeypatch.setattr(machine.time, "perf_counter", lambda: c.wall)
+    monkeypatch.setattr(machine.time, "process_time", lambda: c.own)
+    monkeypatch.setattr(machine, "busy_cpu_s", lambda: c.busy)
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 4)
+    return c
+
+
+@pytest.mark.parametrize("own, others, share", [
+    (4.0, 0.0, 0.0),     # this process kept every CPU busy: none of it is "other"
+    (1.0, 1.0, 0.25),    # another process kept one of 4 CPUs busy for the whole second
+    (0.0, 4.0, 1.0),     # others used every CPU all the time
+    (2.0, -0.05, 0.0),   # tick granularity: busy time below own CPU time is no negative share
+    (0.0, 9.0, 1.0),     # never above 1
+])
+def test_other_processes_share_is_busy_time_less_own_cpu_time(clocks, own, others, share):
+    load = OtherLoad()
+    clocks.advance(wall=1.0, own=own, others=others)
+    assert load.share() == pytest.approx(share)
+
+
+def test_other_processes_share_unknown_without_cpu_times(clocks, monkeypatch):
+    import specroute.bench.machine as machine
+
+    load = OtherLoad()
+    assert load.share() is None  # no time has passed
+    monkeypatch.setattr(machine, "busy_cpu_s", lambda: None)
+    clocks.advance(wall=1.0, own=0.5, others=0.5)
+    assert load.share() is None
+
+
+def test_busy_cpu_time_counts_a_busy_child():
+    """The real counters, with a check that load can only help: other processes add busy time, they never
+    take away the child's. The child's own CPU time (getrusage) is the yardstick, not the wall clock."""
+    import resource
+
+    from specroute.bench.machine import busy_cpu_s
+
+    before, child0 = busy_cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([sys.executable, "-c", "import time\nt = time.process_time() + 0.5\n"
                     "while time.process_time() < t: pass"], check=True)
-    busy = other.share()
-    assert 0.0 <= quiet <= 1.0 and 0.0 <= busy <= 1.0
-    # the child kept one CPU busy for the whole interval (of os.cpu_count()) whatever else ran
-    cpus = os.cpu_count() or 1
-    assert busy >= 0.8 / cpus - 0.05
-    assert quiet < 0.5 / cpus  # counted as "other", the burn would be 1 / cpus
+    after, child1 = busy_cpu_s(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    child_cpu = (child1.ru_utime + child1.ru_stime) - (child0.ru_utime + child0.ru_stime)
+    assert child_cpu >= 0.5
+    assert after - before >= 0.5 * child_cpu  # psutil's ticks are 10 ms; half the child's time is a wide margin
 
 
 def test_refuses_to_overwrite_a_result(quick_run):

@@ -157,3 +157,85 @@ def test_gpt2_tokenizer_missing_offline(tmp_path, monkeypatch):
         load_tokenizer("gpt2", cache=tmp_path)
     msg = str(err.value)
     assert "SPECROUTE_GPT2_TOKENIZER" in msg and all(a in msg for a in ALTERNATIVES)
+
+
+def _garbage(n: int = 4096) -> bytes:
+    return bytes(np.random.default_rng(0).integers(0, 256, n, dtype=np.uint8))
+
+
+def _parquet_file(path: Path, column) -> bytes:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"text": column}), path)
+    return path.read_bytes()
+
+
+#: Bad local data files: (file name, contents or a writer, words the message must hold). Every one is a
+#: DataUnavailable (exit 2 through the CLI) that names the file, and the line or row where one is known.
+BAD_DATA = [
+    ("random.jsonl", _garbage(), ["random.jsonl:1: not UTF-8 text", "is this really a .jsonl file?"]),
+    ("latin1.jsonl", '{"text": "ok"}\n{"text": "caf\xe9"}\n'.encode("latin-1"), ["latin1.jsonl:2: not UTF-8"]),
+    ("number.jsonl", b'{"text": "fine"}\n{"text": 5}\n', ["number.jsonl:2: 'text' is a number, not a string"]),
+    ("null.jsonl", b'{"text": null}\n', ["null.jsonl:1: 'text' is null, not a string"]),
+    ("list.jsonl", b'{"text": ["a", "b"]}\n', ["list.jsonl:1: 'text' is a list, not a string"]),
+    ("dict.jsonl", b'{"text": {"a": 1}}\n', ["dict.jsonl:1: 'text' is an object, not a string"]),
+    ("bare.jsonl", b'{"text": "fine"}\n["text", "a"]\n', ["bare.jsonl:2: the line is a list, not a JSON object"]),
+    ("string.jsonl", b'"just text"\n', ["string.jsonl:1: the line is a string, not a JSON object"]),
+    ("broken.jsonl", b'{"text": "a"\n', ["broken.jsonl:1: not valid JSON"]),
+    ("deep.jsonl", b"[" * 100_000 + b"\n", ["deep.jsonl:1: not valid JSON"]),
+    ("garbage.parquet", _garbage(), ["garbage.parquet: not a readable parquet file"]),
+    ("ints.parquet", lambda p: _parquet_file(p, [1, 2, 3]), ["ints.parquet: column 'text' has type int64, not string"]),
+    ("lists.parquet", lambda p: _parquet_file(p, [["a"], ["b"]]), ["column 'text' has type list<"]),
+    ("nulls.parquet", lambda p: _parquet_file(p, ["a", None, "b"]), ["nulls.parquet: row 2: 'text' is null"]),
+    ("latin1.csv", "text\nfine\ncaf\xe9\n".encode("latin-1"), ["latin1.csv:3: not UTF-8 text", "a .csv file?"]),
+    ("multiline.csv", 'text\n"one\ntwo"\n"three\n'.encode(), ["multiline.csv:", "malformed csv", "unexpected end"]),
+    ("short.csv", b"id,text\n1,fine\n2\n", ["short.csv:3: the row has no 'text' field"]),
+]
+
+
+@pytest.mark.parametrize(("name", "contents", "words"), BAD_DATA, ids=[b[0] for b in BAD_DATA])
+def test_bad_data_file_is_a_clean_error(tmp_path, name, contents, words):
+    path = tmp_path / name
+    contents(path) if callable(contents) else path.write_bytes(contents)
+    before = path.read_bytes()
+    with pytest.raises(DataUnavailable) as info:
+        prepare_data(LocalData(paths=[name]), spec_dir=tmp_path, cache=tmp_path / "cache")
+    message = str(info.value)
+    assert str(path) in message
+    for w in words:
+        assert w in message
+    assert path.read_bytes() == before
+    tokens = tmp_path / "cache" / "tokens"
+    assert not tokens.exists() or list(tokens.iterdir()) == []  # no half-written shards or temporary folder
+
+
+def test_empty_texts_are_skipped_and_a_bom_is_accepted(tmp_path):
+    (tmp_path / "docs.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(
+        json.dumps({"text": t}) + "\n" for t in ["", "first document", "", "second document"] * 5).encode())
+    data = prepare_data(LocalData(paths=["docs.jsonl"], heldout_fraction=0.2), spec_dir=tmp_path,
+                        cache=tmp_path / "cache")
+    assert data.meta["documents"] == 10
+
+
+def test_unreadable_data_file_is_a_clean_error(tmp_path):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root reads every file")
+    write_jsonl(tmp_path / "docs.jsonl", ["a b c"] * 3).chmod(0)
+    with pytest.raises(DataUnavailable, match="docs.jsonl"):
+        prepare_data(LocalData(paths=["docs.jsonl"]), spec_dir=tmp_path, cache=tmp_path / "cache")
+
+
+def test_fineweb_rows_must_hold_string_texts(monkeypatch):
+    import datasets
+
+    from specroute.data import sources
+
+    monkeypatch.setattr(sources, "hub_reachable", lambda: (True, ""))
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [{"text": "a"}, {"text": "b"}, {"text": None}])
+    docs = sources.fineweb_documents("HuggingFaceFW/fineweb-edu", "sample-10BT")
+    assert [next(docs), next(docs)] == ["a", "b"]
+    with pytest.raises(DataUnavailable, match=r"config sample-10BT\) row 3: 'text' is null, not a string"):
+        next(docs)

@@ -260,7 +260,8 @@ def _disk_full_at_checkpoint(monkeypatch, out: Path, cache: Path) -> None:
 
 CASES = [
     # id, prepare(out) or None, extra args ({tmp}: the test's folder), environment(monkeypatch, out, cache),
-    # message fragments, whether `out` must be left exactly as it was (else: must not exist afterwards)
+    # message fragments, and what `out` holds afterwards: True, exactly what it held; False, nothing (it does
+    # not exist); a set of names, the start of this study, which the same command continues
     ("overwrite-a-folder-without-a-study", _user_files, ["--overwrite"], None,
      ["holds no study (no study.json)", "plots", "report.md", "nothing was changed"], True),
     ("overwrite-a-study-with-a-user-plot", _study_plus("plots/my_figure.png"), ["--overwrite"], None,
@@ -282,7 +283,7 @@ CASES = [
     ("disk-full-while-tokenising", None, [], _disk_full_in_shards,
      ["cannot write the token cache in", "/tokens: the disk is full (No space left on device)"], False),
     ("disk-full-at-a-backbone-checkpoint", None, [], _disk_full_at_checkpoint,
-     ["/ckpt/step_000010: the disk is full"], False),
+     ["/ckpt/step_000010: the disk is full"], {"study.json", "sessions.json"}),
     ("missing-data-file", None, ["--set", "data={kind: local, paths: [missing.jsonl]}"], None,
      ["data file(s) not found", "missing.jsonl"], False),
 ]
@@ -304,7 +305,11 @@ def test_bad_output_folder_or_filesystem_exits_2_and_loses_nothing(tmp_path, mon
     r = cli(*(args if "--out" in args else ["--out", out, *args]), "--cache-dir", cache)
     monkeypatch.undo()
     assert_user_error(r, *fragments)
-    assert tree(out) == (before if kept else {})  # untouched; or (a failed start) nothing left behind
+    if isinstance(kept, set):
+        assert set(tree(out)) == kept
+        assert prepare_out(out, spec_sha256(micro()), resume=False, overwrite=False) is None  # not blocked
+    else:
+        assert tree(out) == (before if kept else {})  # untouched; or (a failed start) nothing left behind
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name == LOCK_NAME]
 
 
@@ -334,14 +339,17 @@ def test_out_under_proc(tmp_path):
 
 
 def test_a_failed_start_does_not_block_the_same_command(tmp_path):
-    """A folder holding only the study.json of the same spec (a start that failed) is started again."""
+    """A folder holding only what the start of the same study writes (study.json, sessions.json) is
+    continued without --resume; another study's is refused."""
     resolved = micro()
     out = tmp_path / "out"
     out.mkdir()
     (out / "study.json").write_text(json.dumps({"spec_sha256": spec_sha256(resolved)}))
     assert prepare_out(out, spec_sha256(resolved), resume=False, overwrite=False) is None
-    assert list(out.iterdir()) == []
-    (out / "study.json").write_text(json.dumps({"spec_sha256": "0" * 64}))  # another study's: kept, refused
+    (out / "sessions.json").write_text(json.dumps([{"started": "x", "wall_s": 3.0, "ended": "failed"}]))
+    assert prepare_out(out, spec_sha256(resolved), resume=False, overwrite=False) is None
+    assert sorted(p.name for p in out.iterdir()) == ["sessions.json", "study.json"]  # kept: its time counts
+    (out / "study.json").write_text(json.dumps({"spec_sha256": "0" * 64}))  # another study's: refused
     with pytest.raises(UserError, match="not empty"):
         prepare_out(out, spec_sha256(resolved), resume=False, overwrite=False)
 

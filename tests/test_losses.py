@@ -17,14 +17,17 @@ from specroute.losses import (
     jepa_loss,
     lm_loss,
     oracle_labels,
+    per_token_labels,
     rank_loss,
     sample_label_layers,
+    sample_label_tokens,
     token_ce,
     util_loss,
 )
 from specroute.model.decoder import build_model
 from specroute.spec.loader import deep_merge
-from specroute.spec.models import OracleSpec
+from specroute.spec.models import OracleSpec, RunSpec
+from specroute.verify.oracle import brute_force_token_labels
 
 
 #: 5 blocks, controlled 0, 2, 3: each labelled layer has later plain and later controlled layers.
@@ -133,6 +136,135 @@ def test_sample_label_layers(k):
         assert layers == sorted(set(layers))
         assert set(layers) <= {0, 2, 3}
         assert len(layers) == (3 if k is None else min(k, 3))
+
+
+# --------------------------------------------------------------------------------------------------
+# per-token (one token at a time) oracle labels
+
+PER_TOKEN_CASES = [(lab, enf) for lab in ("off_policy", "on_policy")
+                   for enf in ("topk_sequence", "topk_batch", "threshold")
+                   if not (lab == "on_policy" and enf == "topk_batch")]  # refused by the spec language
+
+
+@pytest.mark.parametrize(("labeling", "enforcement"), PER_TOKEN_CASES)
+@pytest.mark.parametrize("execution", ["masked", "gather"])
+def test_batched_per_token_labels_equal_a_loop_over_tokens(labeling, enforcement, execution):
+    """The batched labels (B * (1 + S) rows at once, positions before the token left out) equal a Python
+    loop flipping one token at a time with two forwards from scratch, summed over every position."""
+    _, model = built({"routing": {"budget": {"enforcement": enforcement}, "execution": execution}})
+    idx, targets = tokens(2, 10, seed=1), tokens(2, 10, seed=2)
+    with torch.no_grad():
+        out = model(idx)
+        labels = per_token_labels(model, out, targets, [0, 2, 3], labeling, 3, torch.Generator().manual_seed(0))
+        assert sorted(labels) == [0, 2, 3]
+        for layer, lab in labels.items():
+            assert lab.pos_BS.shape == lab.u_BS.shape == lab.own_BS.shape == (2, 3)
+            assert lab.u_BS.dtype == torch.float32
+            brute = brute_force_token_labels(model, idx, targets, out, layer, labeling, lab.pos_BS)
+            assert_close(lab.u_BS, brute, rtol=1e-4, atol=1e-5)
+
+
+def test_per_token_labels_differ_from_all_flip_labels_where_attention_carries_the_flips():
+    """At layer 0 the later blocks' attention mixes the flips of the other tokens into an all-flip label;
+    at the last block (no attention after it) a flip reaches only its own token: the labels are equal."""
+    spec, model = built({"routing": {"controlled_layers": [0, 4]}})
+    idx, targets = tokens(2, 12, seed=1), tokens(2, 12, seed=2)
+    with torch.no_grad():
+        out = model(idx)
+        flip = oracle_labels(model, out, targets, [0, 4], "off_policy")
+        exact = per_token_labels(model, out, targets, [0, 4], "off_policy", 12)  # every token
+    assert torch.equal(exact[0].pos_BS, torch.arange(12).expand(2, 12))
+    assert (exact[0].u_BS - flip[0]).abs().max() > 1e-3
+    assert (exact[0].own_BS - flip[0]).abs().max() > 1e-4  # not only the later tokens' losses differ
+    assert_close(exact[4].u_BS, flip[4], rtol=1e-4, atol=1e-6)
+    assert_close(exact[4].own_BS, flip[4], rtol=1e-4, atol=1e-6)
+
+
+def test_per_token_label_does_not_depend_on_the_labelled_tokens_own_decision():
+    """u = loss(cheap) - loss(full) whether the token was routed full (flipped to cheap) or cheap (flipped
+    to full): two decision sets that differ only at the labelled token give the same label."""
+    _, model = built()
+    idx, targets = tokens(2, 8, seed=1), tokens(2, 8, seed=2)
+    decided = torch.rand(2, 8, generator=torch.Generator().manual_seed(3)) > 0.5
+    pos = torch.tensor([[2], [5]])
+    u = []
+    with torch.no_grad():
+        for action in (True, False):
+            d = decided.clone()
+            d[0, 2] = d[1, 5] = action
+            u.append(per_token_labels(model, model(idx, force={0: d}), targets, [0], "off_policy", 1,
+                                      positions={0: pos})[0].u_BS)
+    assert_close(u[0], u[1], rtol=1e-5, atol=1e-6)
+    assert u[0].abs().min() > 1e-5
+
+
+def test_sampled_label_tokens_are_distinct_sorted_and_reproducible():
+    draws = [sample_label_tokens(3, 10, 4, torch.Generator().manual_seed(5)) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    assert draws[0].shape == (3, 4)
+    for row in draws[0].tolist():
+        assert row == sorted(set(row)) and all(0 <= t < 10 for t in row)
+    assert not torch.equal(draws[0], sample_label_tokens(3, 10, 4, torch.Generator().manual_seed(6)))
+    assert torch.equal(sample_label_tokens(2, 3, 8), torch.tensor([[0, 1, 2], [0, 1, 2]]))  # S >= T: every token
+
+
+def test_per_token_recipe_trains_on_the_sampled_tokens_only():
+    """UTIL and RANK see the S labelled tokens only: the util term equals util_loss on their scores, and the
+    gate's score gradient is zero on every other token."""
+    spec, model = built({"loss": {"lm": 0.0, "util": 1.0, "oracle": {"counterfactual": "per_token",
+                                                                    "tokens_per_sequence": 3}}})
+    idx, targets = tokens(2, 12, seed=5), tokens(2, 12, seed=6)
+    scores = {}
+
+    def keep_scores(module, args, out):
+        for r in out.routing:
+            r.gate.score_BT.retain_grad()
+            scores[r.layer] = r.gate.score_BT
+
+    model.register_forward_hook(keep_scores)
+    terms = compute_losses(model, idx, targets, spec, torch.Generator().manual_seed(0))
+    ((layer, u),) = terms.labels.items()
+    pos = terms.label_positions[layer]
+    assert u.shape == pos.shape == (2, 3)
+    expected = util_loss(scores[layer].gather(1, pos), u, spec.loss.oracle).item()
+    assert terms.parts["util"] == pytest.approx(expected, rel=1e-6)
+    terms.total.backward()
+    grad = scores[layer].grad
+    labelled = torch.zeros(2, 12, dtype=torch.bool).scatter_(1, pos, True)
+    assert (grad[~labelled] == 0).all() and (grad[labelled] != 0).all()
+
+
+def test_per_token_recipe_is_reproducible_from_the_generator():
+    spec, model = built({"loss": {"util": 1.0, "rank": 1.0, "oracle": {"counterfactual": "per_token"}}})
+    idx, targets = tokens(2, 12, seed=5), tokens(2, 12, seed=6)
+    a, b = (compute_losses(model, idx, targets, spec, torch.Generator().manual_seed(3)) for _ in range(2))
+    assert a.parts == b.parts
+    assert all(torch.equal(a.label_positions[l], b.label_positions[l]) for l in a.label_positions)
+
+
+def test_default_recipe_keeps_all_flip_labels():
+    """The default counterfactual is all_flip: the recipe's labels are oracle_labels' (B, T), bit for bit."""
+    assert OracleSpec().counterfactual == "all_flip"
+    spec, model = built({"loss": {"util": 1.0, "rank": 1.0, "oracle": {"layers_per_step": None}}})
+    idx, targets = tokens(2, 12, seed=5), tokens(2, 12, seed=6)
+    terms = compute_losses(model, idx, targets, spec, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = oracle_labels(model, model(idx), targets, [0, 2, 3], "off_policy")
+    assert terms.label_positions == {}
+    for layer, u in expected.items():
+        assert torch.equal(terms.labels[layer], u)
+
+
+def test_per_token_on_policy_under_a_batch_budget_is_refused():
+    with pytest.raises(ValueError, match="per-sequence budget"):
+        tiny_spec({"routing": {"budget": {"enforcement": "topk_batch"}},
+                   "loss": {"oracle": {"counterfactual": "per_token", "labeling": "on_policy"}}})
+    _, model = built({"routing": {"budget": {"enforcement": "topk_batch"}}})
+    idx = tokens(1, 4)
+    with torch.no_grad(), pytest.raises(ValueError, match="topk_batch"):
+        per_token_labels(model, model(idx), idx, [0], "on_policy", 2)
+    assert isinstance(tiny_spec({"routing": {"budget": {"enforcement": "topk_batch"}},
+                                 "loss": {"oracle": {"counterfactual": "per_token"}}}), RunSpec)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -298,10 +430,12 @@ def test_jepa_needs_g3():
         jepa_loss(model, model(tokens(1, 4)).routing)
 
 
+@pytest.mark.parametrize("counterfactual", ["all_flip", "per_token"])
 @pytest.mark.parametrize(("B", "T"), [(1, 1), (1, 2), (3, 1), (2, 7)])
-def test_every_loss_is_finite_at_edge_shapes(B, T):
+def test_every_loss_is_finite_at_edge_shapes(B, T, counterfactual):
     spec, model = built({**G3, "routing": {"execution": "gather"},
-                         "loss": {"util": 1.0, "rank": 1.0, "jepa": 1.0, "budget": 1.0}})
+                         "loss": {"util": 1.0, "rank": 1.0, "jepa": 1.0, "budget": 1.0,
+                                  "oracle": {"counterfactual": counterfactual, "tokens_per_sequence": 2}}})
     terms = compute_losses(model, tokens(B, T), tokens(B, T, seed=1), spec, torch.Generator().manual_seed(0))
     terms.total.backward()
     assert math.isfinite(terms.total.item())
@@ -309,9 +443,10 @@ def test_every_loss_is_finite_at_edge_shapes(B, T):
         assert p.grad is None or torch.isfinite(p.grad).all(), name
 
 
-def test_recipe_runs_under_bf16_autocast():
+@pytest.mark.parametrize("counterfactual", ["all_flip", "per_token"])
+def test_recipe_runs_under_bf16_autocast(counterfactual):
     spec, model = built({**G3, "routing": {"execution": "gather"},
-                         "loss": {"util": 1.0, "rank": 1.0, "jepa": 1.0}})
+                         "loss": {"util": 1.0, "rank": 1.0, "jepa": 1.0, "oracle": {"counterfactual": counterfactual}}})
     with torch.autocast("cpu", dtype=torch.bfloat16):
         terms = compute_losses(model, tokens(2, 8), tokens(2, 8, seed=1), spec, torch.Generator().manual_seed(0))
     terms.total.backward()

@@ -17,7 +17,7 @@ from specroute.train import StudyOptions, run_study
 
 ARMS = ["G1_utilrank", "G3_utilrank", "G1_lm", "G3_lm"]
 SEED_KEYS = {"lm", "best_lm", "avg_lm", "final_lm", "threshold_hits", "grad_norm", "full_fraction", "flops_proxy",
-             "wall_s", "latent", "lm_by_batch"}
+             "wall_s", "latent", "lm_by_batch", "score_quantiles"}
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,10 @@ def test_report_files(study):
     assert "estimated time" in output and "report.md" in output
     for name in ("report.md", "summary.json", "study.json"):
         assert (out / name).stat().st_size > 100
-    for png in ("lm_curves", "grad_norm", "full_fraction"):
+    for png in ("lm_curves", "grad_norm", "score_distribution"):
         data = (out / "plots" / f"{png}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000
+    assert not (out / "plots" / "full_fraction.png").exists()  # top-k: the full fraction is the budget
     for arm in ARMS:
         for seed in (0, 1):
             run = out / "runs" / arm / f"seed{seed}"
@@ -84,6 +85,8 @@ def test_summary_contract_and_values(study):
             assert seed["full_fraction"]["train"] == {"1": 0.5} and seed["full_fraction"]["eval"] == {"1": 0.5}
             assert 0 < seed["grad_norm"]["median"] and 0 < seed["grad_norm"]["mean"]
             assert seed["flops_proxy"] > 0 and seed["wall_s"] > 0
+            quantiles = seed["score_quantiles"]["1"]
+            assert len(quantiles) == 5 and quantiles == sorted(quantiles) and quantiles[0] < quantiles[-1]
             if arm["gate"] == "G3":
                 assert seed["latent"]["variance"] >= 0 and 1 <= seed["latent"]["effective_rank"] <= 4
             else:
@@ -121,7 +124,8 @@ def test_report_markdown(study):
     for row in rows:  # seven cells each: a "|" inside a cell is escaped
         assert len(re.findall(r"(?<!\\)\|", row)) == 8, row
     assert "n=2 < 3 seeds" in next(r for r in rows if r.startswith("| C1 "))  # two seeds: not checkable
-    assert "timed one at a time" in next(r for r in rows if r.startswith("| C12"))  # the criterion is shown
+    c12 = next(r for r in rows if r.startswith("| C12"))
+    assert "never from CPU wall times" in c12 and "not checkable" in c12  # the criterion is shown
     figures = md.split("## The paper's figures beside ours")[1].split("## Claims")[0]
     for row in (line for line in figures.splitlines() if line.startswith("| C")):
         assert len(re.findall(r"(?<!\\)\|", row)) == 6, row
@@ -145,3 +149,192 @@ def test_parallel_workers_equal_in_process(study, tmp_path):
                                           cache=out.parent / "cache", workers=2)).summary
     for seed in ("0", "1"):
         assert strip_wall(seq["arms"]["G3_utilrank"]["seeds"][seed]) == strip_wall(par["arms"]["G3_utilrank"]["seeds"][seed])
+
+
+def _tables(md: str) -> list[list[str]]:
+    """The markdown tables of a report: runs of consecutive lines that start with "|"."""
+    tables, current = [], []
+    for line in md.splitlines() + [""]:
+        if line.startswith("|"):
+            current.append(line)
+        elif current:
+            tables.append(current)
+            current = []
+    return tables
+
+
+def _cells(line: str) -> int:
+    return len(re.findall(r"(?<!\\)\|", line)) - 1
+
+
+def test_no_cell_can_break_a_table(study):
+    """Arm labels are the user's text: pipes and line breaks in them stay inside their cells, in every table."""
+    from specroute.report.markdown import render
+
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    for arm in s["arms"].values():
+        arm["label"] = f"{arm['label']} |a|b|\nnext line"
+    s["environment"]["device_name"] = "cpu | x"
+    md = render(s, {})
+    tables = _tables(md)
+    assert len(tables) >= 6
+    for table in tables:
+        assert all(_cells(line) == _cells(table[0]) for line in table), table
+    c4 = next(line for line in md.splitlines() if line.startswith("| C4 | final_lm G3 - G1"))
+    assert _cells(c4) == 5
+
+
+def test_md_table_escapes_and_checks_row_width():
+    from specroute.report.text import md_table
+
+    assert md_table(["a", "b"], [["x|y", "1\n2"], ["only"]]) == ["| a | b |", "|---|---|", "| x\\|y | 1 2 |",
+                                                                 "| only |  |"]
+    assert md_table(["a"], [["already \\| escaped"]])[2] == "| already \\| escaped |"
+    with pytest.raises(ValueError, match="3 cells, header 2"):
+        md_table(["a", "b"], [[1, 2, 3]])
+
+
+def test_plural():
+    from specroute.report.text import plural
+
+    assert [plural(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
+    assert plural(1, "analysis", "analyses") == "1 analysis" and plural(2, "analysis", "analyses") == "2 analyses"
+
+
+def test_report_counts_in_the_right_number(study):
+    from specroute.report.markdown import render
+
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    assert "- 4 arms × 2 seeds; controller steps per run" in render(s, {})
+    s["arms"] = {"G1_lm": s["arms"]["G1_lm"]}
+    s["arms"]["G1_lm"]["seeds"] = {"0": s["arms"]["G1_lm"]["seeds"]["0"]}
+    s["comparisons"] = []
+    md = render(s, {})
+    assert "- 1 arm × 1 seed; controller steps per run" in md and "1 seed per arm" in md
+    assert "1/1 seed:" in md and "1 runs" not in md and "1 seeds" not in md
+
+
+def test_one_colour_per_arm_across_plots(study, monkeypatch):
+    from specroute.report import plots
+
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.__setitem__(path.name, fig))
+    plots.plot_lm(s, out / "lm.png")
+    plots.plot_grad_norm(s, out / "runs", out / "grad.png")
+    plots.plot_scores(s, out / "scores.png")
+    colours = plots.arm_colours(s)
+    assert list(colours) == ARMS and len(set(colours.values())) == 4
+    labels = {a["label"]: arm for arm, a in s["arms"].items()}
+    for name in ("lm.png", "grad.png"):
+        lines = [l for l in figures[name].axes[0].get_lines() if l.get_label().endswith("(n=2)")]
+        assert len(lines) == 4
+        for line in lines:
+            arm = labels[line.get_label().rsplit(" (n=", 1)[0]]
+            assert tuple(line.get_color()) == tuple(colours[arm]), (name, arm)
+    boxes = {c.get_label(): c.patches[0] for c in figures["scores.png"].axes[0].containers
+             if not c.get_label().startswith("_")}
+    assert {labels[k]: tuple(v.get_facecolor()[:3]) for k, v in boxes.items()} == \
+        {arm: tuple(c[:3]) for arm, c in colours.items()}
+
+
+def test_full_fraction_plot_only_under_threshold_routing(study, tmp_path):
+    from specroute.report.plots import write_plots
+
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "full_fraction.png").write_bytes(b"an earlier report's plot")
+    assert set(write_plots(s, tmp_path)) == {"lm_curves", "grad_norm", "score_distribution"}
+    assert not (tmp_path / "plots" / "full_fraction.png").exists()
+    s["arms"]["G1_lm"]["enforcement"] = "threshold"
+    assert set(write_plots(s, tmp_path)) == {"lm_curves", "grad_norm", "score_distribution", "full_fraction"}
+    assert (tmp_path / "plots" / "full_fraction.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def _c12(summary, bench=None):
+    from specroute.claims import evaluate_claims
+
+    return next(v for v in evaluate_claims(summary, bench=bench) if v.id == "C12")
+
+
+def _with_wall(summary, device, concurrent, lm_s=60.0, utilrank_s=100.0):
+    s = json.loads(json.dumps(summary))
+    s["environment"]["device"] = device
+    for name, arm in s["arms"].items():
+        arm["mean"]["wall_s"] = lm_s if name.endswith("_lm") else utilrank_s
+        for seed in arm["seeds"].values():
+            seed["concurrent_runs"] = concurrent
+    return s
+
+
+def _bench(ratio, **extra):
+    return {"study": "a3", "profile": "bench", "environment": {"device": "cpu"}, "quick": False, "warnings": [],
+            "recipes": [{"gate": g, "measured_ratio": ratio} for g in ("G1", "G3")], **extra}
+
+
+def test_c12_is_judged_only_from_timings_that_can_carry_it(study):
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    for concurrent in (1, 2):  # CPU wall times of runs: never judged, one at a time or not
+        v = _c12(_with_wall(s, "cpu", concurrent))
+        assert v.verdict == "not checkable" and "CPU wall times" in v.reason and "specroute bench" in v.reason
+    assert _c12(_with_wall(s, "cuda", 1)).verdict == "reproduced"  # 40% less
+    assert _c12(_with_wall(s, "cuda", 1, lm_s=95.0)).verdict == "not reproduced"
+    assert _c12(_with_wall(s, "cuda", 2)).verdict == "not checkable"
+    cpu = _with_wall(s, "cpu", 2)
+    v = _c12(cpu, _bench(0.6))
+    assert v.verdict == "reproduced" and v.values["source"] == "bench" and "controller-step time" in v.numbers
+    assert _c12(cpu, _bench(0.9)).verdict == "not reproduced"
+    assert _c12(cpu, _bench(0.6, quick=True)).verdict == "not checkable"
+    busy = _c12(cpu, _bench(0.6, warnings=["the machine was busy: other processes took 30% ..."]))
+    assert busy.verdict == "inconclusive" and "busy" in busy.reason
+
+
+def test_c12_verdict_is_stable_between_equal_cpu_studies(study):
+    """Two CPU studies whose losses are identical get the same C12 verdict whatever their wall times."""
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    verdicts = {_c12(_with_wall(s, "cpu", 1, lm_s=lm)).label for lm in (55.0, 61.0, 75.0)}
+    assert len(verdicts) == 1
+
+
+def test_bench_timing_finds_the_studys_newest_bench(tmp_path):
+    from specroute.claims import bench_timing
+
+    assert bench_timing({"study": "a3"}, tmp_path) is None
+    for name, body in (("a3_bench", _bench(0.6)), ("a3_quick", "not json"),
+                       ("a4_bench", {**_bench(0.5), "study": "a4"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(body if isinstance(body, str) else json.dumps(body))
+    found = bench_timing({"study": "a3"}, tmp_path)
+    assert found["recipes"][0]["measured_ratio"] == 0.6 and found["path"].endswith("a3_bench/summary.json")
+    assert bench_timing({"arms": {}}, tmp_path) is None
+
+
+def test_total_wall_time_sums_the_interrupted_and_resumed_sessions(tmp_path):
+    from specroute.train import Interrupted
+
+    options = dict(out=tmp_path / "out", arms=["G1_lm"], seeds=[0], device="cpu", cache=tmp_path / "cache",
+                   workers=1)
+    with pytest.raises(Interrupted):
+        run_study(micro(), StudyOptions(**options, max_steps_this_session=36))  # the backbone and a few steps
+    first = json.loads((tmp_path / "out" / "sessions.json").read_text())
+    assert [x["ended"] for x in first] == ["interrupted"] and first[0]["wall_s"] > 0
+    summary = run_study(micro(), StudyOptions(**options, resume=True)).summary
+    sessions = summary["sessions"]
+    assert [x["ended"] for x in sessions] == ["interrupted", "complete"]
+    assert sessions[0] == first[0]
+    assert summary["wall_s"] == pytest.approx(sum(x["wall_s"] for x in sessions))
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert f"total wall time {summary['wall_s']:.0f} s (2 sessions)" in md
+
+
+def test_validate_names_parameter_groups_as_train_trainable():
+    r = CliRunner().invoke(app, ["validate", str(SPECS / "a3.yaml"), "--profile", "paper"])
+    assert r.exit_code == 0, r.output
+    assert "gate params" in r.output and "trained params" in r.output and "controller params" not in r.output
+    assert "gate params (the controller) counted apart" in r.output

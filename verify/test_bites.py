@@ -6,6 +6,8 @@ Each test first runs the verifier on the healthy model (it passes), then on a de
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from torch import nn
@@ -144,6 +146,48 @@ def test_wrong_batched_oracle_labels_are_caught(monkeypatch):
     r = oracle.brute_force(t, CTX)
     assert r.status == "fail"
     assert "on_policy" in r.detail
+
+
+def test_per_token_labels_that_flip_every_token_are_caught(monkeypatch):
+    """One-token labels computed by flipping every token of the layer at once (all-flip labels read at the
+    sampled positions) fail the brute force, which flips one token at a time."""
+    t = target()
+    assert oracle.brute_force(t, CTX).status == "pass"
+    real = losses.per_token_labels
+
+    def all_at_once(model, out, targets, layers, labeling, S, generator=None, positions=None):
+        exact = real(model, out, targets, layers, labeling, S, generator, positions)
+        flipped = losses.oracle_labels(model, out, targets, layers, labeling)  # the bug: every token flips
+        return {l: losses.TokenLabels(e.pos_BS, flipped[l].gather(1, e.pos_BS), e.own_BS) for l, e in exact.items()}
+
+    monkeypatch.setattr(oracle_mod, "per_token_labels", all_at_once)
+    r = oracle.brute_force(t, CTX)
+    assert r.status == "fail"
+    assert "per_token" in r.detail and "batched != brute force" in r.detail
+
+
+def test_per_token_labels_of_the_own_loss_only_fail_the_trained_model_parity(monkeypatch):
+    """``oracle.per_token_agreement`` is a measurement, but its parity part bites: one-token labels that
+    drop the later tokens' losses differ from the brute force on the trained model."""
+    t = target()
+    quick = functools.partial(oracle_mod.measure_per_token_agreement, backbone_steps=10, controller_steps=4)
+    monkeypatch.setattr(oracle_mod, "measure_per_token_agreement", quick)  # a briefly trained model is enough
+    oracle_mod._agreement.cache_clear()
+    try:
+        healthy = oracle.per_token_agreement(t, CTX)
+        assert healthy.status == "pass" and healthy.values["parity_err"] <= oracle.AGREEMENT_PARITY_TOLERANCE
+        real = losses.per_token_labels
+
+        def own_loss_only(*args, **kwargs):
+            return {l: losses.TokenLabels(e.pos_BS, e.own_BS, e.own_BS) for l, e in real(*args, **kwargs).items()}
+
+        monkeypatch.setattr(oracle_mod, "per_token_labels", own_loss_only)
+        oracle_mod._agreement.cache_clear()
+        r = oracle.per_token_agreement(t, CTX)
+        assert r.status == "fail"
+        assert r.values["parity_err"] > oracle.AGREEMENT_PARITY_TOLERANCE
+    finally:
+        oracle_mod._agreement.cache_clear()  # no broken figure stays cached for other tests
 
 
 @pytest.mark.filterwarnings("ignore:.*torch.jit.script.*:DeprecationWarning")  # fvcore traces the patched FFN

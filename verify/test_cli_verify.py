@@ -96,3 +96,24 @@ def test_flops_json():
     assert set(g1u["proxy"]["masked"]) == {"forward_only", "controller_only", "full_training"}
     assert g1u["flops"]["masked"]["oracle"] > 0 and payload["arms"]["G1_lm"]["flops"]["masked"]["oracle"] == 0
     assert payload["paper"]["ours"]["utilrank"] > payload["paper"]["ours"]["lm"]
+
+
+def test_flops_counts_the_oracle_under_both_counterfactuals(tmp_path):
+    """`specroute flops` prices per-token labels beside all-flip ones: 1 + S copies of the batch per labelled
+    layer vs 2, and the arm's own oracle column follows the counterfactual it uses."""
+    spec = tmp_path / "per_token.yaml"
+    spec.write_text(f"extends: {A3}\nloss: {{oracle: {{counterfactual: per_token, tokens_per_sequence: 4}}}}\n")
+    payloads = {}
+    for name, path in (("all_flip", A3), ("per_token", str(spec))):
+        r = runner.invoke(app, ["flops", path, "--profile", "smoke", "--json"])
+        assert r.exit_code == 0, r.output
+        payloads[name] = json.loads(r.output)
+    cf = payloads["per_token"]["arms"]["G1_utilrank"]["oracle_counterfactual"]
+    assert cf["used"] == "per_token" and cf["copies"] == {"all_flip": 2, "per_token": 5}
+    assert cf["flops"]["per_token"] > 2 * cf["flops"]["all_flip"]
+    for name, payload in payloads.items():
+        arm = payload["arms"]["G1_utilrank"]
+        assert arm["flops"]["masked"]["oracle"] == pytest.approx(arm["oracle_counterfactual"]["flops"][name])
+        assert "oracle_counterfactual" not in payload["arms"]["G1_lm"]
+    text = runner.invoke(app, ["flops", str(spec), "--profile", "smoke"]).output
+    assert "oracle counterfactual (G1_utilrank uses per_token)" in text

@@ -25,8 +25,14 @@ BASE = RunSpec.model_validate({"loss": {"util": 1.0, "rank": 1.0}})
     {"gate": {"kind": "G3"}, "loss": {"lm": 0.0, "util": 0.0, "rank": 0.0, "jepa": 1.0}},
     {"gate": {"kind": "G3"}, "routing": {"execution": "gather"},
      "loss": {"jepa": 1.0, "oracle": {"layers_per_step": None}}},
+    {"loss": {"oracle": {"counterfactual": "per_token", "tokens_per_sequence": 3, "layers_per_step": None}}},
+    {"loss": {"oracle": {"counterfactual": "per_token", "tokens_per_sequence": 3, "labeling": "on_policy",
+                         "layers_per_step": None}}, "routing": {"execution": "gather"}},
+    {"loss": {"oracle": {"counterfactual": "per_token", "tokens_per_sequence": 99, "labeling": "on_policy",
+                         "layers_per_step": None}}, "routing": {"budget": {"enforcement": "threshold"}}},
 ], ids=["on_policy", "on_policy_gather", "topk_batch", "skip_cheap", "layer0", "gate_only", "backbone",
-        "no_lm_util", "no_lm_jepa", "g3_gather"])
+        "no_lm_util", "no_lm_jepa", "g3_gather", "per_token", "per_token_on_policy_gather",
+        "per_token_every_token_threshold"])
 def test_analytic_step_equals_flopcountermode(update):
     spec = shrink(BASE, update, seq_len=12, batch_size=2)
     m = measure_step(spec)

@@ -16,6 +16,7 @@ import statistics
 from typing import Any
 
 from specroute.bench.cases import PAPER_HOURS, BenchOptions, Case, quartile_spread
+from specroute.report.text import plural
 from specroute.spec import Resolved
 from specroute.spec.models import ceil_budget
 from specroute.train.device import Device
@@ -118,7 +119,7 @@ def warnings(summary: dict[str, Any]) -> list[str]:
         out.append(f"the machine was busy: other processes took {others:.0%} of its CPU time while the cases "
                    "were timed, so the timings are disturbed; rerun on a quiet machine")
     if summary["settings"]["repeats"] < 5:
-        out.append(f"median of {summary['settings']['repeats']} rounds (fewer than 5)")
+        out.append(f"median of {plural(summary['settings']['repeats'], 'round')} (fewer than 5)")
     return out
 
 

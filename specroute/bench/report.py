@@ -15,6 +15,7 @@ from rich.table import Table
 from specroute import store
 from specroute.bench.figures import fmt_load, fmt_num, fmt_pct, fmt_share
 from specroute.claims.paper import WALL_HOURS
+from specroute.report.text import md_table, plural
 from specroute.store import (
     atomic_write_json,
     atomic_write_text,
@@ -101,9 +102,7 @@ def rich_tables(summary: dict[str, Any]) -> list[Table]:
 
 
 def _md_table(cols: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(c.replace("|", "/") for c in r) + " |" for r in rows]
-    return "\n".join(lines)
+    return "\n".join(md_table(cols, rows))
 
 
 def markdown(summary: dict[str, Any]) -> str:
@@ -138,7 +137,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"controlled layers {st['routing']['controlled_layers']}, cheap FFN {st['routing']['cheap_ffn_hidden']}, "
         f"gate {st['gate']['kind']} (routed cases built from arm `{st['base_arm']}`).",
         f"- Batch {st['batch_size']} x {st['seq_len']} = {st['tokens_per_step']} tokens per step (random ids); "
-        f"{st['warmup']} warm-up step(s) per case, then {st['repeats']} rounds with the cases interleaved "
+        f"{plural(st['warmup'], 'warm-up step')} per case, then {plural(st['repeats'], 'round')} with the cases "
+        "interleaved "
         "round-robin, each case an untimed lead-in step then a timed step (so the timed step starts from its "
         "own steady state, not the previous case's); figures are medians; spread = (Q3 - Q1) / median of the rounds.",
         f"- `train/*`: full-parameter training step (forward, LM loss, backward of every parameter, clip "

@@ -41,6 +41,7 @@ from specroute.bench.figures import summarise
 from specroute.bench.machine import OtherLoad, machine
 from specroute.bench.reference import hf_version, quiet_transformers
 from specroute.bench.timing import measure_memory, memory_method, time_cases
+from specroute.report.text import plural
 from specroute.spec import Resolved
 from specroute.store import UserError
 from specroute.train.device import Device, environment, pick_device
@@ -78,8 +79,8 @@ def _run(resolved: Resolved, options: BenchOptions, device: Device, say: Callabl
     say("building models")
     with quiet_transformers():
         cases, settings = build_cases(resolved, options, device)
-        say(f"timing {sum(c.step is not None for c in cases)} cases: {options.warmup_steps} warm-up step(s) "
-            f"each, then {options.rounds} interleaved rounds")
+        say(f"timing {plural(sum(c.step is not None for c in cases), 'case')}: "
+            f"{plural(options.warmup_steps, 'warm-up step')} each, then {plural(options.rounds, 'interleaved round')}")
         t0 = time.perf_counter()
         others = OtherLoad()
         time_cases(cases, options, device, say)

@@ -5,12 +5,12 @@ what it reads besides a summary (:mod:`.inputs`) and the figures the report puts
 
 from specroute.claims.evaluate import evaluate_claims
 from specroute.claims.figures import paper_figures
-from specroute.claims.inputs import load_summary, mechanism_input, paper_proxies
+from specroute.claims.inputs import bench_timing, load_summary, mechanism_input, paper_proxies
 from specroute.claims.paper import CLAIMS, Claim
 from specroute.claims.stats import Paired, paired
 from specroute.claims.verdict import (INCONCLUSIVE, NECESSARY, NOT_CHECKABLE, NOT_REPRODUCED, REPRODUCED, VERDICTS,
                                       Verdict)
 
 __all__ = ["CLAIMS", "INCONCLUSIVE", "NECESSARY", "NOT_CHECKABLE", "NOT_REPRODUCED", "REPRODUCED", "VERDICTS",
-           "Claim", "Paired", "Verdict", "evaluate_claims", "load_summary", "mechanism_input", "paired",
+           "Claim", "Paired", "Verdict", "bench_timing", "evaluate_claims", "load_summary", "mechanism_input", "paired",
            "paper_figures", "paper_proxies"]

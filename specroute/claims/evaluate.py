@@ -3,6 +3,10 @@
 Arms are read from the roles the study declares (``roles:`` in its spec, copied into the summary), never
 guessed; a claim whose roles are not declared is ``not checkable``. Every criterion, margin and seed rule
 is stated in docs/CLAIMS.md and in each claim's ``criterion``; every verdict carries the numbers it rests on.
+
+Failed runs (``failed`` in the summary: their training diverged) are not among an arm's seeds, so a claim
+rests on the seeds both arms finished; with fewer than the claim needs it is ``not checkable`` (``n=2 <
+3 seeds``), and an arm whose every seed failed makes its roles' claims not checkable, saying so.
 """
 
 from __future__ import annotations
@@ -23,10 +27,13 @@ GATES = ("G1", "G3")
 
 
 class Context:
-    """What a claim reads besides the summary: C10's label-disagreement measurement and C11's proxies."""
+    """What a claim reads besides the summary: C10's label-disagreement measurement, C11's proxies and C12's
+    bench timing."""
 
-    def __init__(self, summary: dict[str, Any], mechanism: dict[str, Any] | None, proxies: dict[str, Any] | None):
+    def __init__(self, summary: dict[str, Any], mechanism: dict[str, Any] | None, proxies: dict[str, Any] | None,
+                 bench: dict[str, Any] | None = None):
         self.summary, self.mechanism, self.proxies = summary, mechanism or summary.get("mechanism"), proxies
+        self.bench = bench
         self.margin = float(summary.get("equivalence_margin_nats", P.ENDPOINT_GAP_NATS))
 
     def arms(self, *roles: str) -> dict[str, str] | str:
@@ -38,6 +45,8 @@ class Context:
             if not arm:
                 return f"role {role} not declared"
             if arm not in self.summary["arms"]:
+                if arm in (self.summary.get("failed") or {}):
+                    return f"role {role}: every seed of arm {arm!r} failed (non-finite training; see Failed runs)"
                 return f"role {role}: arm {arm!r} has no results in this report"
             out[role] = arm
         return out
@@ -124,6 +133,8 @@ def _c5(c: Claim, x: Context) -> Verdict:
         return _not_checkable(c, arms)
     pair = arms["g3_unaligned"], arms["g3_utilrank"]
     bare, aligned = x.paired_values(*pair, lambda s: (s.get("latent") or {}).get("effective_rank"))
+    if not bare:
+        return _not_checkable(c, f"n=0 < {P.SEEDS} seeds (no seed finished in both arms)")
     if None in bare or None in aligned:
         return _not_checkable(c, "the report has no latent statistics for the G3 arms")
     gm, iv, ratios = ratio_over_seeds(list(zip(bare, aligned)))
@@ -152,10 +163,10 @@ def _c6(c: Claim, x: Context) -> Verdict:
         iv = p.interval
         state.append("undecided" if iv is None or p.n < P.SEEDS else "inside" if within(iv, -m, m)
                      else "outside" if outside(iv, -m, m) else "undecided")
-        rows.append(f"{a} - {b} {metric} {p.mean:+.4f} {fmt_interval(iv)}")
+        rows.append(f"{a} - {b} {metric} " + (f"{p.mean:+.4f} {fmt_interval(iv)}" if p.n else "no common seed"))
         values[f"{a}-{b}.{metric}"] = p.as_dict()
     n = min(v["n"] for v in values.values())
-    biggest = max(values.values(), key=lambda v: abs(v["mean_diff"]))
+    biggest = max(values.values(), key=lambda v: abs(v["mean_diff"] or 0.0))
     kw = dict(n=n, effect=biggest["mean_diff"], effect_unit="nats", interval=biggest["interval"],
               arms={"jepa_sweep": sweep}, values=values)
     numbers = "; ".join(rows) + f" (margin ±{m:g} nats); {x.scale(*sweep)}"
@@ -285,11 +296,24 @@ def _c11(c: Claim, x: Context) -> Verdict:
 
 
 def _c12(c: Claim, x: Context) -> Verdict:
+    """C12 rests on a timing that can carry a 10-point judgement: the bench's controlled controller-step
+    timing (:func:`_c12_bench`) when given, else the study's wall times only from accelerator (CUDA) runs
+    timed one at a time. CPU wall times of a study's runs are never judged: parallel workers share the cores,
+    evaluation and other processes are inside them, and two studies with bit-identical losses gave opposite
+    verdicts."""
     arms = x.arms("g1_utilrank", "g3_utilrank", "g1_lm", "g3_lm")
     if isinstance(arms, str):
         return _not_checkable(c, arms)
+    if x.bench is not None:
+        return _c12_bench(c, x.bench, arms)
     env = x.summary.get("environment") or {}
     concurrent = [s.get("concurrent_runs") for a in arms.values() for s in x.summary["arms"][a]["seeds"].values()]
+    if env.get("device") in (None, "cpu"):
+        at_once = max((n for n in concurrent if n), default=None)
+        return _not_checkable(c, f"the study's wall times are CPU wall times of runs ({at_once or '?'} at once, with "
+                                 "evaluation and other processes inside them), which cannot support "
+                                 "a timing judgement; `specroute bench SPEC` times the steps under control and "
+                                 "`specroute verify --claims REPORT` judges C12 from it")
     if None in concurrent:
         return _not_checkable(c, "the report does not record how its runs were timed (a resumed run, or an "
                                  "older version)")
@@ -298,13 +322,39 @@ def _c12(c: Claim, x: Context) -> Verdict:
                                  "machine; time the steps with `specroute bench` instead")
     mean = lambda a: x.summary["arms"][a]["mean"].get("wall_s")  # noqa: E731
     ratios = [mean(arms[f"{g}_lm"]) / mean(arms[f"{g}_utilrank"]) for g in ("g1", "g3")]
+    return _c12_judge(c, ratios, f"wall time of runs one at a time on {env.get('device_name') or env['device']}",
+                      arms)
+
+
+def _c12_bench(c: Claim, bench: dict[str, Any], arms: dict[str, str]) -> Verdict:
+    """C12 from a ``specroute bench`` summary of the same study: the mean controller-step time without
+    util/rank over the mean with it, per gate (``recipes``). A ``--quick`` bench is not checkable; a bench
+    that warned of a busy machine is inconclusive."""
+    device = (bench.get("environment") or {}).get("device", "?")
+    where = f"`specroute bench` ({bench.get('profile', '?')} profile, {device})"
+    if bench.get("quick"):
+        return _not_checkable(c, f"{where} ran with --quick (a smoke test, not a timing)")
+    ratios = [r["measured_ratio"] for r in bench.get("recipes") or [] if r.get("measured_ratio") is not None]
+    if not ratios:
+        return _not_checkable(c, f"{where} timed no util/rank and LM-only pair")
+    busy = [w for w in bench.get("warnings") or [] if "busy" in w]
+    if busy:
+        saving = 1 - statistics.fmean(ratios)
+        return make(c, INCONCLUSIVE, f"{where}: {busy[0]}", f"controller-step time without / with util/rank "
+                    f"{statistics.fmean(ratios):.2f}x ({saving:.0%} less)", effect=saving, effect_unit="saving",
+                    arms=arms, values={"saving": saving, "ratios": ratios, "source": "bench"})
+    return _c12_judge(c, ratios, f"controller-step time from {where}", arms, source="bench")
+
+
+def _c12_judge(c: Claim, ratios: list[float], what: str, arms: dict[str, str], source: str = "study") -> Verdict:
     saving = 1 - statistics.fmean(ratios)
     ok = abs(saving - P.WALL_SAVING) <= P.WALL_SAVING_TOLERANCE
     return make(c, REPRODUCED if ok else NOT_REPRODUCED,
                 f"saving {saving:.0%} is {'within' if ok else 'beyond'} {P.WALL_SAVING_TOLERANCE:.0%} points of "
-                f"{P.WALL_SAVING:.0%}", f"wall time without / with util/rank {statistics.fmean(ratios):.2f}x "
-                f"({saving:.0%} less; paper {P.WALL_SAVING:.0%} less) on {env.get('device', '?')}, not a V100",
-                effect=saving, effect_unit="saving", arms=arms, values={"saving": saving, "ratios": ratios})
+                f"{P.WALL_SAVING:.0%}", f"{what}: without / with util/rank {statistics.fmean(ratios):.2f}x "
+                f"({saving:.0%} less; paper {P.WALL_SAVING:.0%} less on a V100)",
+                effect=saving, effect_unit="saving", arms=arms, values={"saving": saving, "ratios": ratios,
+                                                                        "source": source})
 
 
 EVALUATORS: dict[str, Callable[[Claim, Context], Verdict]] = {
@@ -314,7 +364,7 @@ EVALUATORS: dict[str, Callable[[Claim, Context], Verdict]] = {
 
 
 def evaluate_claims(summary: dict[str, Any], mechanism: dict[str, Any] | None = None,
-                    paper_proxies: dict[str, Any] | None = None) -> list[Verdict]:
+                    paper_proxies: dict[str, Any] | None = None, bench: dict[str, Any] | None = None) -> list[Verdict]:
     """Judge every claim against a study's summary.
 
     Args:
@@ -323,10 +373,12 @@ def evaluate_claims(summary: dict[str, Any], mechanism: dict[str, Any] | None = 
         mechanism: C10's oracle-disagreement measurement (:func:`specroute.claims.inputs.claim_inputs`);
             falls back to ``summary["mechanism"]``.
         paper_proxies: C11's paper-profile proxies (:func:`specroute.claims.inputs.paper_proxies`).
+        bench: a ``specroute bench`` summary of the same study (:func:`specroute.claims.inputs.bench_timing`),
+            C12's controlled step timing; without it C12 reads the study's wall times (CUDA only).
     Returns:
         one :class:`Verdict` per claim, in the order of :data:`CLAIMS`.
     Raises:
         KeyError, TypeError: a summary that lacks the layout's fields — a bug to see, not a verdict.
     """
-    x = Context(summary, mechanism, paper_proxies)
+    x = Context(summary, mechanism, paper_proxies, bench)
     return [EVALUATORS[claim.id](claim, x) for claim in CLAIMS]

@@ -1,5 +1,6 @@
 """What the claims read besides a study's summary: the summary itself, C10's label-disagreement measurement
-and C11's paper-profile proxies, all from the study's spec. The CLI and the claim regression call these."""
+and C11's paper-profile proxies, all from the study's spec, and C12's controlled step timing from a
+``specroute bench`` result of the same study. The CLI and the claim regression call these."""
 
 from __future__ import annotations
 
@@ -67,3 +68,19 @@ def mechanism_input(spec_path: str | Path) -> dict[str, Any] | None:
         return None
     m = measure_mechanism(oracle_arms[0])
     return {k: m[k] for k in ("spearman", "sign_flips", "full_share", "tokens")}
+
+
+def bench_timing(summary: dict[str, Any], root: str | Path = Path("reports") / "bench") -> dict[str, Any] | None:
+    """C12's timing: the newest ``specroute bench`` summary under ``root`` (``<root>/<study>_<profile>/
+    summary.json``, as the bench writes it) of the study ``summary`` judges, that timed util/rank against
+    LM-only pairs; None when there is none (or none that can be read as JSON)."""
+    study = summary.get("study")
+    found = []
+    for p in Path(root).glob(f"{study}_*/summary.json") if study else []:
+        try:
+            bench = json.loads(p.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(bench, dict) and bench.get("study") == study and bench.get("recipes"):
+            found.append((p.stat().st_mtime, str(p), bench))
+    return {**max(found)[2], "path": max(found)[1]} if found else None

@@ -24,9 +24,10 @@ from specroute.flops.analytic import (
     count_params,
     dense_step_macs,
     flops_proxy,
+    oracle_copies,
     step_macs,
 )
-from specroute.spec import load_study
+from specroute.spec import load_study, rebuild
 from specroute.spec.models import RunSpec
 
 PAPER = PROXY  # C11: 1.53x with util/rank, 1.07x without (specroute.claims.paper)
@@ -55,7 +56,22 @@ def arm_accounting(spec: RunSpec) -> dict[str, Any]:
         out["flops"][execution] = {k: 2 * v for k, v in parts.items()}
         out["proxy"][execution] = {d: flops_proxy(spec, d, execution=execution) for d in DENOMINATORS}
     out["dense_flops"] = {d: 2 * dense_step_macs(spec, d) for d in DENOMINATORS}
+    if spec.loss.uses_oracle:
+        out["oracle_counterfactual"] = oracle_by_counterfactual(spec)
     return out
+
+
+def oracle_by_counterfactual(spec: RunSpec) -> dict[str, Any]:
+    """The oracle's FLOPs per step (masked execution) of the spec's recipe under each counterfactual —
+    ``all_flip`` and ``per_token`` at the spec's ``tokens_per_sequence`` — the copies of the batch each
+    runs per labelled layer, and which one the spec uses."""
+    o = spec.loss.oracle
+    flops, copies = {}, {}
+    for cf in ("all_flip", "per_token"):
+        variant = rebuild(spec, {"loss": {"oracle": {"counterfactual": cf}}})
+        flops[cf] = 2 * step_macs(variant, execution="masked")["oracle"]
+        copies[cf] = oracle_copies(variant)
+    return {"flops": flops, "copies": copies, "used": o.counterfactual, "tokens_per_sequence": o.tokens_per_sequence}
 
 
 def flops_report(path: str | Path, profile: str | None = None) -> dict[str, Any]:
@@ -116,15 +132,24 @@ def paper_comparison(specs: dict[str, RunSpec], acc: dict[str, dict[str, Any]]) 
         oracle = f["oracle"] / den
         implied = (PAPER["utilrank"] - PAPER["lm"])
         k = s.loss.oracle.layers_per_step or len(s.routing.controlled_layers)
+        copies = oracle_copies(s)
         cov = _coverage(s)
         notes.update({"oracle_share": oracle, "paper_implied_oracle_share": implied, "coverage_blocks": cov,
                       "labelled_layers_per_step": k})
         lines.append(
             f"with util/rank: {ours['utilrank']:.3f}x vs {PAPER['utilrank']}x. The oracle adds {oracle:.3f}x (paper's "
-            f"implied {implied:.2f}x): {k} labelled layer(s) per step, two no-grad continuations each over "
+            f"implied {implied:.2f}x): {k} labelled layer(s) per step, {copies} no-grad continuations each over "
             f"on average {cov:.1f} of {s.model.n_layers} blocks plus the LM head. The paper's 0.46x would "
-            f"correspond to ~{cov * implied / oracle:.1f} blocks per continuation (e.g. controlled layers "
+            f"correspond to ~{cov * (implied / 2) / (oracle / copies):.1f} blocks per continuation (e.g. controlled layers "
             "placed deeper, or continuations without the head); where its controlled layers sit is not "
             "published.")
+        cf = acc[ur[0]]["oracle_counterfactual"]
+        all_flip, per_token = cf["flops"]["all_flip"], cf["flops"]["per_token"]
+        lines.append(
+            f"oracle counterfactual ({ur[0]} uses {cf['used']}): all_flip {all_flip / den:.3f}x "
+            f"({cf['copies']['all_flip']} copies of the batch per labelled layer), per_token with "
+            f"S={cf['tokens_per_sequence']} {per_token / den:.3f}x ({cf['copies']['per_token']} copies: one "
+            f"row with the gate's decisions and one per labelled token), {per_token / all_flip:.1f}x the "
+            "all_flip cost.")
     notes["explanation"] = lines
     return notes

@@ -2,8 +2,11 @@
 spec, no model built. Tested against ``sum(p.numel())`` and, through :mod:`specroute.flops.counters`,
 against fvcore and FlopCounterMode (``specroute verify``, :mod:`specroute.verify.flops`).
 
+Parameter groups (the names of ``train.trainable``): ``backbone``, ``cheap_ffn``, ``gate`` (the controller: G1's
+MLP; G3's encoder, predictor and score head) and ``target_head`` (G3's fixed projection, never trained).
 Which parameters make "the model" is a documented choice: ``routed_model`` = backbone + cheap FFNs, the
-network that computes the logits; the gate (and G3's fixed target head) is the *controller*, counted apart.
+network that computes the logits; the gate and the target head are counted apart. ``trained`` is what
+controller training updates: the groups named in ``train.trainable`` (default gate + cheap FFN).
 """
 
 from __future__ import annotations
@@ -15,12 +18,13 @@ from specroute.spec.models import G1Spec, RunSpec
 
 @dataclass(frozen=True)
 class ParamCount:
-    """Parameter counts by group (numbers of scalars)."""
+    """Parameter counts by group (numbers of scalars); ``trained`` = the groups in ``train.trainable``."""
 
     backbone: int
     cheap_ffn: int
     gate: int
     target_head: int
+    trained: int
 
     @property
     def routed_model(self) -> int:
@@ -28,17 +32,11 @@ class ParamCount:
         return self.backbone + self.cheap_ffn
 
     @property
-    def controller(self) -> int:
-        """Trainable controller parameters in controller-only training (gate + cheap FFN)."""
-        return self.gate + self.cheap_ffn
-
-    @property
     def total(self) -> int:
         return self.backbone + self.cheap_ffn + self.gate + self.target_head
 
     def as_dict(self) -> dict[str, int]:
-        return {**asdict(self), "routed_model": self.routed_model, "controller": self.controller,
-                "total": self.total}
+        return {**asdict(self), "routed_model": self.routed_model, "total": self.total}
 
 
 def count_params(spec: RunSpec) -> ParamCount:
@@ -58,7 +56,8 @@ def count_params(spec: RunSpec) -> ParamCount:
         K, P = g.latent_dim, g.predictor_hidden
         gate = ln + (D * K + K) + ((K + 2) * P + P) + P * K + (K + 1)  # predictor output: no bias
         target = D * K
-    return ParamCount(backbone, cheap, n * gate, n * target)
+    groups = {"backbone": backbone, "cheap_ffn": cheap, "gate": n * gate}
+    return ParamCount(backbone, cheap, n * gate, n * target, sum(groups[g] for g in set(spec.train.trainable)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,6 +93,18 @@ def gate_macs_per_token(spec: RunSpec) -> int:
     return D * K + 2 * ((K + 2) * P + P * K) + K
 
 
+def oracle_copies(spec: RunSpec, seq_len: int | None = None) -> int:
+    """How many copies of the batch one labelled layer's continuations run (each from the layer after l
+    through the LM head; layer l's two FFN branches run once on the batch). ``all_flip``: 2 (layer l all
+    full, all cheap). ``per_token``: 1 + S, S = min(tokens_per_sequence, T): per sequence one row with the
+    gate's decisions and one per labelled token (whole rows: the positions before the flipped token are
+    recomputed, see :func:`specroute.losses.per_token_labels`)."""
+    o = spec.loss.oracle
+    if o.counterfactual == "all_flip":
+        return 2
+    return 1 + min(o.tokens_per_sequence, seq_len or spec.train.seq_len)
+
+
 def step_macs(
     spec: RunSpec,
     full_fraction: float | None = None,
@@ -110,7 +121,8 @@ def step_macs(
     Returns:
         {component: MACs}: ``routed_forward`` (backbone + routed FFNs + head), ``gate`` (gates, G3
         predictor), ``jepa_target`` (the fixed head on executed outcomes, when jepa > 0), ``oracle``
-        (the no-grad counterfactual continuations, expected over the sampled layers), ``backward_act``
+        (the no-grad counterfactual continuations, expected over the sampled layers; the copies of the
+        batch they run: :func:`oracle_copies`), ``backward_act``
         (input gradients: head, attention, FFN branches and gates inside the gradient path),
         ``backward_weight`` (weight gradients of the trainable set), and ``total``.
     """
@@ -144,6 +156,7 @@ def step_macs(
     oracle = 0.0
     if w.uses_oracle and controlled:
         k = min(w.oracle.layers_per_step or n_ctrl, n_ctrl)
+        copies = oracle_copies(spec, T)
         on_policy = w.oracle.labeling == "on_policy"
         # a later controlled layer forced full still runs the cheap branch under masked execution
         forced_full = ffn_full + (ffn_cheap if masked else 0)
@@ -158,8 +171,8 @@ def step_macs(
                     later += ffn_step(i) + gate_N
                 else:
                     later += forced_full
-                cost += 2 * later  # two continuations (layer l full, layer l cheap)
-            per_layer.append(cost + 2 * head)
+                cost += copies * later  # all_flip: layer l full, layer l cheap; per_token: 1 + S rows
+            per_layer.append(cost + copies * head)
         oracle = k * sum(per_layer) / len(per_layer)
 
     trainable = set(spec.train.trainable)

@@ -65,7 +65,7 @@ ALLOWED_UNCOUNTED: frozenset[str] = frozenset({
     "repeat", "flatten", "narrow", "as_strided", "_to_copy", "to", "type_as", "lift_fresh",
     "zeros", "zeros_like", "ones", "ones_like", "empty", "empty_like", "empty_strided", "new_zeros",
     "new_ones", "new_empty", "new_empty_strided", "new_full", "full", "full_like", "arange", "randint",
-    "randperm", "scalar_tensor", "_local_scalar_dense", "item", "Int", "ScalarImplicit", "dropout",
+    "randperm", "rand", "scalar_tensor", "_local_scalar_dense", "item", "Int", "ScalarImplicit", "dropout",
     "one_hot", "select_backward", "slice_backward", "index_select_backward", "_reshape_alias",
     "unsafe_split", "constant_pad_nd", "randn", "normal_", "uniform_", "resolve_conj", "resolve_neg",
     "_has_compatible_shallow_copy_type", "set_", "result_type", "size", "numel", "floor_divide",

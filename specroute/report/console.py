@@ -16,11 +16,21 @@ from rich.text import Text
 
 from specroute.claims.paper import PROXY
 from specroute.flops.analytic import count_params
+from specroute.report.text import plural
+
+
+#: How the parameter groups of ``train.trainable`` are written in what the CLI prints.
+GROUP_NAMES = {"backbone": "backbone", "cheap_ffn": "cheap FFN", "gate": "gate"}
 
 
 def millions(n: int) -> str:
-    """A count in millions with two decimals: ``157_520_000`` -> ``"157.52M"``."""
-    return f"{n / 1e6:.2f}M"
+    """A count in millions with two decimals, larger ones in billions or powers of ten: ``157_520_000`` ->
+    ``"157.52M"``, ``2_500_000_000`` -> ``"2.50B"``, ``4.8e19`` -> ``"4.80e+19"``."""
+    if n < 1e9:
+        return f"{n / 1e6:.2f}M"
+    if n < 1e12:
+        return f"{n / 1e9:.2f}B"
+    return f"{n:.2e}"
 
 
 def gate_summary(gate: Any) -> str:
@@ -34,11 +44,14 @@ def gate_summary(gate: Any) -> str:
 # specroute validate
 
 
-def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
-    """The resolved spec: the first arm's model, routing, oracle, data and training, then one row per arm."""
+def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any = None) -> None:
+    """The resolved spec: the first arm's model, routing, oracle, data and training, then one row per arm, and
+    ``memory`` (a :class:`specroute.train.memory.Judgement`, if given): the estimate, a warning if it would not
+    fit this machine. Text from the spec is printed as text, never as markup."""
     first = next(iter(arms.values()))
     m, r = first.model, first.routing
-    console.print(f"[bold]{study.name}[/] — {study.description}  (profile: [cyan]{study.profile}[/])")
+    console.print(f"[bold]{escape(study.name)}[/] — {escape(study.description)}  "
+                  f"(profile: [cyan]{escape(study.profile)}[/])")
     console.print(
         f"model: {m.n_layers} layers x d_model {m.d_model}, {m.n_heads} heads, context {m.context_length}, "
         f"vocab {m.vocab_size}, FFN {m.ffn_hidden}, tied={m.tie_embeddings}"
@@ -49,8 +62,9 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
         f"execution {r.execution}, estimator {r.estimator}"
     )
     o = first.loss.oracle
+    cf = f"per_token ({o.tokens_per_sequence} tokens/sequence)" if o.counterfactual == "per_token" else o.counterfactual
     console.print(
-        f"oracle (util/rank): {o.labeling}, {o.layers_per_step or 'all'} controlled layer(s) per step, "
+        f"oracle (util/rank): {o.labeling}, {cf}, {o.layers_per_step or 'all'} controlled layer(s) per step, "
         f"util {o.util_target} {o.util_loss}, rank margin {o.rank_margin:g}, "
         f"{o.rank_pairs_per_token or 'all'} pairs/token"
     )
@@ -59,19 +73,28 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any]) -> None:
     console.print(f"train: {t.steps} steps x {t.batch_size} x {t.seq_len} tokens, trainable {t.trainable}; "
                   f"backbone: {first.backbone.checkpoint or f'pretrain {first.backbone.train.steps} steps'}")
     table = Table(title="arms")
-    for col in ("arm", "gate", "util", "rank", "jepa", "budget", "labeling", "routed model params",
-                "controller params"):
+    for col in ("arm", "gate", "util", "rank", "jepa", "budget", "labeling", "routed model params", "gate params",
+                "trained params"):
         table.add_column(col, justify="right" if "params" in col else "left")
     for name, s in arms.items():
         pc = count_params(s)
-        table.add_row(name, gate_summary(s.gate), f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
+        table.add_row(Text(name), gate_summary(s.gate), f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
                       f"{s.loss.budget:g}", s.loss.oracle.labeling, f"{pc.routed_model:,} ({millions(pc.routed_model)})",
-                      f"{pc.controller:,}")
+                      f"{pc.gate:,}", f"{pc.trained:,}")
     console.print(table)
+    pc = count_params(first)
     console.print(
-        "parameter count: routed model (backbone + cheap FFNs) = "
-        f"[bold]{millions(count_params(first).routed_model)}[/]; the gate is the controller, counted apart."
+        f"parameter count: routed model (backbone + cheap FFNs) = [bold]{millions(pc.routed_model)}[/]; gate params "
+        "(the controller) counted apart" + (f", G3's fixed target head {pc.target_head:,}" if pc.target_head else "")
+        + f"; trained params = {' + '.join(GROUP_NAMES[g] for g in first.train.trainable)} "
+        "(train.trainable)."
     )
+    if memory is not None:
+        if memory.status == "fits":
+            console.print(f"memory: {escape(memory.message)}", highlight=False)
+        else:
+            console.print(f"[yellow]warning:[/] {escape(memory.message)} (`specroute run` here refuses it "
+                          "without --yes)", highlight=False)
     console.print("[green]valid[/]")
 
 
@@ -89,12 +112,12 @@ def print_flops(console: Console, rep: dict[str, Any]) -> None:
                   f"{st['seq_len']} tokens; controlled layers {st['controlled_layers']} of {st['n_layers']}, budget "
                   f"{st['full_fraction']}; oracle labels {st['labelled_layers_per_step'] or 'all'} layer(s)/step")
     params = Table(title="parameters")
-    for col in ("arm", "routed model", "backbone", "cheap FFNs", "gate", "target head", "controller (trained)"):
+    for col in ("arm", "routed model", "backbone", "cheap FFNs", "gate", "target head", "trained"):
         params.add_column(col, justify="left" if col == "arm" else "right")
     for arm, a in rep["arms"].items():
         p = a["params"]
         params.add_row(arm, *(millions(p[k]) for k in ("routed_model", "backbone", "cheap_ffn", "gate",
-                                                         "target_head", "controller")))
+                                                         "target_head", "trained")))
     console.print(params)
     for execution in EXECUTIONS:
         t = Table(title=f"training GFLOPs per step, {execution} execution (FLOPs = 2 x MACs)")
@@ -152,7 +175,8 @@ def print_verify(console: Console, reports: list[Any], profile: str | None) -> N
     console.print(table)
     counts = {s: sum(r.status == s for r in reports) for s in ("pass", "fail", "skip")}
     console.print(f"{counts['pass']} passed, {counts['fail']} failed, {counts['skip']} skipped "
-                  f"({len({r.check for r in reports})} checks x {len({r.spec for r in reports})} specs)")
+                  f"({plural(len({r.check for r in reports}), 'check')} x "
+                  f"{plural(len({r.spec for r in reports}), 'spec')})")
     for r in reports:
         if r.status == "fail":
             console.print(Text.assemble(("FAIL", "bold red"), f" {r.check} on {r.spec}: {r.detail}"), soft_wrap=True)
@@ -182,4 +206,4 @@ def print_regression(console: Console, problems: list[str], fragile: list[str], 
         console.print(f"[bold red]regression[/] {p}", markup=True, highlight=False)
     for p in fragile:
         console.print(f"[yellow]fragile[/] {p}", markup=True, highlight=False)
-    console.print(f"claim regression: {len(problems)} problem(s) against {reference}")
+    console.print(f"claim regression: {plural(len(problems), 'problem')} against {reference}")

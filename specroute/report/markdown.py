@@ -11,6 +11,9 @@ from specroute.claims.paper import PARAMS as PAPER_PARAMS
 from specroute.claims.paper import SEEDS
 from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
+from specroute.report.summary import failed_runs
+from specroute.train.trainer import last_finite_text
+from specroute.report.text import md_row, md_table, plural
 
 #: The paper's per-seed figure for (claim of a comparison, metric), from docs/CLAIMS.md.
 PAPER_WINS = {
@@ -32,46 +35,71 @@ def fmt(x: Any, digits: int = 4) -> str:
 
 
 def pm(a: dict[str, Any], metric: str, digits: int = 4) -> str:
+    """Mean ± std over the arm's finished seeds; "(n=k)" added when some of its seeds failed."""
     m, s = a["mean"].get(metric), a["std"].get(metric)
     if m is None:
         return "–"
-    return f"{m:.{digits}f} ± {s:.{digits}f}" if len(a["seeds"]) > 1 else f"{m:.{digits}f}"
+    text = f"{m:.{digits}f} ± {s:.{digits}f}" if len(a["seeds"]) > 1 else f"{m:.{digits}f}"
+    return text + (f" (n={len(a['seeds'])})" if a.get("failed_seeds") else "")
 
 
-def _cell(text: Any) -> str:
-    """Text for a markdown table cell (a literal ``|`` would end the cell, a newline the row)."""
-    return str(text).replace("|", "\\|").replace("\n", " ")
+def failed_section(summary: dict[str, Any]) -> list[str]:
+    """The "Failed runs" section (empty when every run finished): per failed run the step, the values that
+    were not finite and their last finite ones."""
+    failed = failed_runs(summary)
+    if not failed:
+        return []
+    lines = ["## Failed runs", "",
+             f"{plural(len(failed), 'run')} stopped because a value the NaN guard checks "
+             "(a step's total loss or gradient norm, an evaluation's held-out LM) was not finite. They are left "
+             "out of every mean, comparison and claim below, which rest on the finished seeds (n shown where "
+             "an arm lost some); `--resume` keeps them as they are (delete a run's folder to run it again). A "
+             "smaller learning rate (`train.optimizer.lr_peak`) or a gradient clip (`train.grad_clip`) "
+             "usually prevents this.", ""]
+    during = {"train": "training step", "eval": "evaluation"}
+    rows = [(arm, seed, f"{f['step']} of {f['steps']} ({during.get(f['during'], f['during'])})",
+             ", ".join(f"{k} {v}" for k, v in f["nonfinite"].items()), last_finite_text(f["last_finite"]),
+             "–" if f["lr"] is None else f"{f['lr']:.3g}") for arm, seed, f in failed]
+    lines += md_table(("arm", "seed", "step", "non-finite", "last finite", "learning rate"), rows)
+    return [*lines, ""]
 
 
-def _row(*cells: Any) -> str:
-    return "| " + " | ".join(_cell(c) for c in cells) + " |"
+def wall_time(summary: dict[str, Any]) -> str:
+    """The study's total wall time, summed over the sessions that ran it (an interrupted run and each
+    resume), e.g. ``"412 s (2 sessions)"``; an older summary has only ``wall_s``."""
+    sessions = summary.get("sessions") or []
+    total = sum(s["wall_s"] for s in sessions) if sessions else summary["wall_s"]
+    return f"{total:.0f} s" + (f" ({plural(len(sessions), 'session')})" if len(sessions) > 1 else "")
 
 
 def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
     env, data, bb = summary["environment"], summary["data"], summary["backbone"]
     arms = summary["arms"]
-    first = next(iter(arms.values()))
+    first = next(iter(arms.values()), {"steps": "–", "lm_thresholds": None})  # None: every run failed
     n_seeds = {len(a["seeds"]) for a in arms.values()}
+    n_failed = len(failed_runs(summary))
     lines = [
         f"# {summary['study']} — profile `{summary['profile']}`",
         "",
         summary.get("description") or "",
         "",
         f"- resolved spec sha256: `{summary['spec_sha256']}`",
-        f"- arms: {len(arms)} × seeds: {'/'.join(map(str, sorted(n_seeds)))}; controller steps per run: "
-        f"{first['steps']}; total wall time {summary['wall_s']:.0f} s",
+        f"- {plural(len(arms), 'arm')} × {plural(max(n_seeds, default=0), 'seed')}"
+        + (f" ({'/'.join(map(str, sorted(n_seeds)))} per arm)" if len(n_seeds) > 1 else "")
+        + f"; controller steps per run: {first['steps']}; total wall time {wall_time(summary)}"
+        + (f"; **{plural(n_failed, 'failed run')}** (see Failed runs)" if n_failed else ""),
         "",
         "## Environment",
         "",
-        "| python | torch | device | dtype | threads | git commit | specroute |",
-        "|---|---|---|---|---|---|---|",
-        f"| {env['python']} | {env['torch']} | {env['device']} ({env.get('device_name') or '?'}) | {env['dtype']} "
-        f"| {env['threads']} | `{env['git_commit']}` | {env['specroute']} |",
+        *md_table(("python", "torch", "device", "dtype", "threads", "git commit", "specroute"),
+                  [(env["python"], env["torch"], f"{env['device']} ({env.get('device_name') or '?'})", env["dtype"],
+                    env["threads"], f"`{env['git_commit']}`", env["specroute"])]),
         "",
         "## Data",
         "",
         f"- kind `{data['kind']}`, tokenizer `{data['tokenizer']}`",
-        f"- corpus sha256 `{data['corpus_sha256']}` ({fmt(data.get('documents'))} documents)",
+        f"- corpus sha256 `{data['corpus_sha256']}` ("
+        + (plural(data["documents"], "document") if data.get("documents") is not None else "? documents") + ")",
         f"- tokenizer sha256 `{data['tokenizer_sha256']}`",
         f"- {data['train_tokens']:,} train tokens, {data['heldout_tokens']:,} held-out tokens "
         f"(held out by document)",
@@ -88,71 +116,70 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         f"({(1 - bb['heldout_lm'] / ent) * 100:.0f}% lower"
         + (f"; {bb['initial_lm']:.3f} before training" if bb.get("initial_lm") is not None else "") + ")."
     )
+    lines += ["", *failed_section(summary)] if n_failed else []
     lines += ["", "## Results per arm", "",
               "Mean ± standard deviation over seeds (ddof 1). LM losses are held-out nats/token; "
-              "`full` is the realised full fraction (mean over controlled layers, train).", "",
-              "| arm | gate | util/rank | initial_lm | best_lm | avg_lm | final_lm | grad_norm (mean) "
-              "| flops_proxy | wall_s | full (train) | full (eval) |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for a in arms.values():
-        ur = "on" if a["loss"]["util"] > 0 or a["loss"]["rank"] > 0 else "off"
-        lines.append(
-            f"| {a['label']} | {a['gate']} | {ur} | {pm(a, 'initial_lm')} | {pm(a, 'best_lm')} | {pm(a, 'avg_lm')} "
-            f"| {pm(a, 'final_lm')} | {pm(a, 'grad_norm', 3)} | {pm(a, 'flops_proxy', 3)} | {pm(a, 'wall_s', 1)} "
-            f"| {pm(a, 'full_fraction_train', 3)} | {pm(a, 'full_fraction_eval', 3)} |")
+              "`full` is the realised full fraction (mean over controlled layers, train).", ""]
+    lines += md_table(
+        ("arm", "gate", "util/rank", "initial_lm", "best_lm", "avg_lm", "final_lm", "grad_norm (mean)", "flops_proxy",
+         "wall_s", "full (train)", "full (eval)"),
+        [(a["label"], a["gate"], "on" if a["loss"]["util"] > 0 or a["loss"]["rank"] > 0 else "off",
+          pm(a, "initial_lm"), pm(a, "best_lm"), pm(a, "avg_lm"), pm(a, "final_lm"), pm(a, "grad_norm", 3),
+          pm(a, "flops_proxy", 3), pm(a, "wall_s", 1), pm(a, "full_fraction_train", 3),
+          pm(a, "full_fraction_eval", 3)) for a in arms.values()])
     lines += ["", "### Threshold hits", ""]
     taus = first["lm_thresholds"]
-    if not taus:
+    if taus is None:
+        lines.append("No run finished.")
+    elif not taus:
         lines.append("No `train.lm_thresholds` in this spec.")
     else:
-        lines += ["First step with held-out LM ≤ τ, per seed (– = never).", "",
-                  "| arm | " + " | ".join(f"τ = {t:g}" for t in taus) + " |",
-                  "|---|" + "---|" * len(taus)]
+        lines += ["First step with held-out LM ≤ τ, per seed (– = never).", ""]
+        rows = []
         for a in arms.values():
             cells = []
             for t in taus:
                 hits = [s["threshold_hits"].get(f"{t:g}") for s in a["seeds"].values()]
                 k = sum(h is not None for h in hits)
-                cells.append(f"{k}/{len(hits)} seeds: " + ", ".join(fmt(h) for h in hits))
-            lines.append(f"| {a['label']} | " + " | ".join(cells) + " |")
+                cells.append(f"{k}/{plural(len(hits), 'seed')}: " + ", ".join(fmt(h) for h in hits))
+            rows.append((a["label"], *cells))
+        lines += md_table(("arm", *(f"τ = {t:g}" for t in taus)), rows)
     if any(a["mean"].get("latent_variance") is not None for a in arms.values()):
-        lines += ["", "### G3 predictor latents (collapse check, last evaluation)", "",
-                  "| arm | latent variance | effective rank |", "|---|---|---|"]
-        for a in arms.values():
-            if a["mean"].get("latent_variance") is not None:
-                lines.append(f"| {a['label']} | {pm(a, 'latent_variance', 5)} | {pm(a, 'latent_effective_rank', 2)} |")
+        lines += ["", "### G3 predictor latents (collapse check, last evaluation)", ""]
+        lines += md_table(("arm", "latent variance", "effective rank"),
+                          [(a["label"], pm(a, "latent_variance", 5), pm(a, "latent_effective_rank", 2))
+                           for a in arms.values() if a["mean"].get("latent_variance") is not None])
     lines += ["", "## Per-seed comparisons", "",
               "Per seed, *better* against *worse*: a win or loss when the difference (better - worse) exceeds "
               "1.96 standard errors of the per-batch differences on the shared held-out batches, else a tie; "
               "threshold hits win when every threshold is reached no later and one strictly sooner. Over "
               "seeds: the mean difference with its 95% t interval and a two-sided sign-test p-value.", "",
-              "| comparison | better | worse | metric | wins / ties / losses | mean diff [95% interval] "
-              "| sign p | paper |", "|---|---|---|---|---|---|---|---|"]
+              *md_table(("comparison", "better", "worse", "metric", "wins / ties / losses", "mean diff [95% interval]",
+                         "sign p", "paper"), [])]
     for c in summary["comparisons"]:
         paper = PAPER_WINS.get((c["claim"], c["metric"]), "–")
         unit = "steps" if c["metric"] == "threshold_hits" else "nats"
         diff = f"{c['mean_diff']:+.4g} {unit} {fmt_interval(c['interval'])}" if c["mean_diff"] is not None else "–"
-        lines.append(_row(c["id"], c["better"], c["worse"], c["metric"],
+        lines.append(md_row(c["id"], c["better"], c["worse"], c["metric"],
                           f"{c['wins']} / {c['ties']} / {c['losses']} of {c['n']}", diff, f"{c['p_sign']:.2g}",
                           paper))
     rows = paper_figures(summary)
     if rows:
         lines += ["", "## The paper's figures beside ours", "",
-                  "| claim | figure | ours | paper | note |", "|---|---|---|---|---|"]
+                  *md_table(("claim", "figure", "ours", "paper", "note"), [])]
         for r in rows:
             digits = 4 if r["unit"] == "nats" else 2
             ours = f"{r['ours']:.{digits}f}{'×' if r['unit'] == 'x' else ''}" if r["ours"] is not None else "–"
             paper = f"{r['paper']:.{digits}f}{'×' if r['unit'] == 'x' else ''}"
-            lines.append(_row(r["claim"], r["what"], ours, paper, r["note"]))
+            lines.append(md_row(r["claim"], r["what"], ours, paper, r["note"]))
     lines += ["", "## Claims", "",
               "Judged by `specroute.claims` on the arms of the study's declared roles; every criterion and margin "
               "is in docs/CLAIMS.md. C10's label measurement and C11's paper-profile proxies come from "
               "`specroute verify --claims REPORT`.", "",
-              "| claim | statement | verdict | n | effect [95% interval] | numbers | criterion |",
-              "|---|---|---|---|---|---|---|"]
+              *md_table(("claim", "statement", "verdict", "n", "effect [95% interval]", "numbers", "criterion"), [])]
     for v in evaluate_claims(summary):
         verdict = f"**{v.label}**" + ("" if v.verdict == NOT_CHECKABLE else f" ({v.reason})")
-        lines.append(_row(v.id, v.statement, verdict, "–" if v.n is None else v.n, v.effect_text, v.numbers,
+        lines.append(md_row(v.id, v.statement, verdict, "–" if v.n is None else v.n, v.effect_text, v.numbers,
                           v.criterion))
     lines += ["", "## Plots", ""]
     for name, rel in plots.items():
@@ -170,8 +197,9 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
 
 def _scale_note(summary: dict[str, Any]) -> str:
     d = summary["data"]
+    seeds = sorted({len(a["seeds"]) for a in summary["arms"].values()}) or [0]
     return (f"{d['train_tokens']:,} training tokens of `{d['kind']}` data, tokenizer `{d['tokenizer']}`, "
-            f"{len(next(iter(summary['arms'].values()))['seeds'])} seed(s) per arm.")
+            f"{'/'.join(map(str, seeds))} {'seed' if seeds == [1] else 'seeds'} per arm.")
 
 
 def write_markdown(summary: dict[str, Any], plots: dict[str, str], path: Path) -> None:

@@ -1,5 +1,8 @@
-"""The report's plots (matplotlib, Agg backend, PNG): LM curves with a seed band, gradient norms,
-full fraction per layer. Each is written atomically into ``<out>/plots/``."""
+"""The report's plots (matplotlib, Agg backend, PNG): LM curves with a seed band, gradient norms, the
+gate's score distribution per controlled layer, and the realised full fraction per layer for the arms
+that route by threshold (under top-k it is the budget by construction and says nothing). Each arm has
+one colour in every plot (:func:`arm_colours`, from the study's arm order). Each plot is written
+atomically into ``<out>/plots/``."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import numpy as np
 
 from specroute.store import atomic_write_bytes
 
-PLOTS = {"lm_curves": "lm_curves.png", "grad_norm": "grad_norm.png", "full_fraction": "full_fraction.png"}
+PLOTS = {"lm_curves": "lm_curves.png", "grad_norm": "grad_norm.png", "score_distribution": "score_distribution.png",
+         "full_fraction": "full_fraction.png"}
 
 
 def _plt():
@@ -31,11 +35,19 @@ def _save(fig: Any, path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str) -> None:
+def arm_colours(summary: dict[str, Any]) -> dict[str, Any]:
+    """One colour per arm, the same in every plot: matplotlib's tab10 (then tab20) in the study's arm order."""
+    plt = _plt()
+    arms = list(summary["arms"])
+    cmap = plt.get_cmap("tab10" if len(arms) <= 10 else "tab20")
+    return {arm: cmap(i % cmap.N) for i, arm in enumerate(arms)}
+
+
+def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str, colour: Any) -> None:
     """Mean line and min-max band over seeds (rows of ``ys``)."""
-    line, = ax.plot(x, ys.mean(0), label=f"{label} (n={len(ys)})")
+    ax.plot(x, ys.mean(0), color=colour, label=f"{label} (n={len(ys)})")
     if len(ys) > 1:
-        ax.fill_between(x, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.fill_between(x, ys.min(0), ys.max(0), color=colour, alpha=0.2, linewidth=0)
 
 
 def read_train_records(path: Path) -> list[dict[str, Any]]:
@@ -52,11 +64,12 @@ def read_train_records(path: Path) -> list[dict[str, Any]]:
 def plot_lm(summary: dict[str, Any], path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for a in summary["arms"].values():
+    colours = arm_colours(summary)
+    for arm, a in summary["arms"].items():
         curves = [np.array(([[0, s["initial_lm"]]] if s.get("initial_lm") is not None else []) + s["lm"], dtype=float)
                   for s in a["seeds"].values()]
         n = min(len(c) for c in curves)
-        _band(ax, curves[0][:n, 0], np.stack([c[:n, 1] for c in curves]), a["label"])
+        _band(ax, curves[0][:n, 0], np.stack([c[:n, 1] for c in curves]), a["label"], colours[arm])
     ax.axhline(summary["backbone"]["heldout_lm"], color="k", ls="--", lw=1, label="dense backbone")
     ax.set_xlabel("controller step")
     ax.set_ylabel("held-out LM loss (nats/token)")
@@ -69,6 +82,7 @@ def plot_lm(summary: dict[str, Any], path: Path) -> None:
 def plot_grad_norm(summary: dict[str, Any], runs_dir: Path, path: Path) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.2))
+    colours = arm_colours(summary)
     for arm, a in summary["arms"].items():
         series = []
         for seed in a["seeds"]:
@@ -83,40 +97,99 @@ def plot_grad_norm(summary: dict[str, Any], runs_dir: Path, path: Path) -> None:
         if k > 1:
             kernel = np.ones(k) / k
             ys = np.stack([np.convolve(y, kernel, mode="valid") for y in ys])
-        _band(ax, series[0][k - 1:n, 0], ys, a["label"])
+        _band(ax, series[0][k - 1:n, 0], ys, a["label"], colours[arm])
     ax.set_yscale("log")
     ax.set_xlabel("controller step")
     ax.set_ylabel("controller gradient norm (before clipping)")
     ax.set_title("gradient norm, moving average; mean and min-max over seeds")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:  # no run wrote metrics: an empty plot, without an empty legend
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     _save(fig, path)
 
 
+def threshold_arms(summary: dict[str, Any]) -> list[str]:
+    """Arms whose realised full fraction is a measurement (threshold routing), not fixed by a top-k budget."""
+    return [arm for arm, a in summary["arms"].items() if a.get("enforcement") == "threshold"]
+
+
+def _layers(arms: list[dict[str, Any]], read: Any) -> list[str]:
+    return sorted({l for a in arms for s in a["seeds"].values() for l in (read(s) or {})}, key=int)
+
+
 def plot_full_fraction(summary: dict[str, Any], path: Path) -> None:
+    """Realised full fraction per controlled layer (train: solid, last evaluation: hatched) of the
+    threshold-routed arms, beside the budget."""
     plt = _plt()
-    arms = list(summary["arms"].items())
-    layers = sorted({l for _, a in arms for s in a["seeds"].values() for l in s["full_fraction"]["train"]}, key=int)
+    colours = arm_colours(summary)
+    arms = [(arm, summary["arms"][arm]) for arm in threshold_arms(summary)]
+    layers = _layers([a for _, a in arms], lambda s: s["full_fraction"]["train"])
     fig, ax = plt.subplots(figsize=(7, 4.2))
     width = 0.8 / max(1, 2 * len(arms))
     x = np.arange(len(layers))
-    for i, (_, a) in enumerate(arms):
+    for i, (arm, a) in enumerate(arms):
         for j, split in enumerate(("train", "eval")):
             vals = [np.mean([s["full_fraction"][split].get(l, np.nan) for s in a["seeds"].values()]) for l in layers]
-            ax.bar(x + (2 * i + j) * width - 0.4 + width / 2, vals, width,
-                   label=f"{a['label']} ({split})", alpha=1.0 if split == "train" else 0.55)
+            ax.bar(x + (2 * i + j) * width - 0.4 + width / 2, vals, width, color=colours[arm],
+                   label=f"{a['label']} ({split})", alpha=1.0 if split == "train" else 0.55,
+                   hatch=None if split == "train" else "//", edgecolor="white" if split == "eval" else None)
+    budgets = sorted({a["full_fraction_budget"] for _, a in arms if a.get("full_fraction_budget") is not None})
+    for b in budgets:
+        ax.axhline(b, color="k", ls="--", lw=1, label=f"budget b = {b:g}")
     ax.set_xticks(x, [f"layer {l}" for l in layers])
     ax.set_ylim(0, 1)
     ax.set_ylabel("realised full fraction")
-    ax.set_title("full fraction per controlled layer (mean over seeds)")
+    ax.set_title("full fraction per controlled layer, threshold routing (mean over seeds)")
+    ax.legend(fontsize=7, ncol=2)
+    _save(fig, path)
+
+
+def plot_scores(summary: dict[str, Any], path: Path) -> None:
+    """The gate's score distribution per controlled layer at the last evaluation, per arm: box from the 25%
+    to the 75% quantile, median tick, whiskers from 5% to 95% (quantiles averaged over seeds)."""
+    plt = _plt()
+    colours = arm_colours(summary)
+    arms = [(arm, a) for arm, a in summary["arms"].items()
+            if any(s.get("score_quantiles") for s in a["seeds"].values())]
+    layers = _layers([a for _, a in arms], lambda s: s.get("score_quantiles"))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    width = 0.8 / max(1, len(arms))
+    for i, (arm, a) in enumerate(arms):
+        for k, l in enumerate(layers):
+            qs = [s["score_quantiles"][l] for s in a["seeds"].values() if (s.get("score_quantiles") or {}).get(l)]
+            if not qs:
+                continue
+            q05, q25, q50, q75, q95 = np.mean(np.array(qs, dtype=float), axis=0)
+            x = k + i * width - 0.4 + width / 2
+            ax.vlines(x, q05, q95, color=colours[arm], lw=1)
+            ax.bar(x, q75 - q25, width * 0.8, bottom=q25, color=colours[arm], alpha=0.6,
+                   label=a["label"] if k == 0 else None)
+            ax.hlines(q50, x - width * 0.4, x + width * 0.4, color="k", lw=1)
+            ax.plot([x], [q50], marker="o", ms=4, color=colours[arm])  # visible when the box is thin
+    ax.axhline(0, color="grey", ls=":", lw=1)
+    ax.set_xticks(np.arange(len(layers)), [f"layer {l}" for l in layers])
+    ax.set_ylabel("gate score (routing logit)")
+    ax.set_title("gate scores per controlled layer, last evaluation: 5/25/50/75/95% (mean over seeds)")
     ax.legend(fontsize=7, ncol=2)
     _save(fig, path)
 
 
 def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
-    """Write every plot; return {name: path relative to ``out``}."""
+    """Write the plots that carry information for this study; return {name: path relative to ``out``}.
+
+    Always the LM curves and gradient norms; the score distribution when the runs recorded scores; the
+    full fraction per layer only when an arm routes by threshold.
+    """
     folder = out / "plots"
+    made = ["lm_curves", "grad_norm"]
     plot_lm(summary, folder / PLOTS["lm_curves"])
     plot_grad_norm(summary, out / "runs", folder / PLOTS["grad_norm"])
-    plot_full_fraction(summary, folder / PLOTS["full_fraction"])
-    return {k: f"plots/{v}" for k, v in PLOTS.items()}
+    if any(s.get("score_quantiles") for a in summary["arms"].values() for s in a["seeds"].values()):
+        plot_scores(summary, folder / PLOTS["score_distribution"])
+        made.append("score_distribution")
+    if threshold_arms(summary):
+        plot_full_fraction(summary, folder / PLOTS["full_fraction"])
+        made.append("full_fraction")
+    for k in PLOTS.keys() - set(made):  # a plot an earlier report of this study wrote that no longer applies
+        (folder / PLOTS[k]).unlink(missing_ok=True)
+    return {k: f"plots/{PLOTS[k]}" for k in made}

@@ -6,21 +6,28 @@ Layout (a contract: the claims evaluator reads it)::
      "data": {"kind", "corpus_sha256", "tokenizer", "tokenizer_sha256", "train_tokens", "heldout_tokens",
               "unigram_entropy_nats"},
      "backbone": {"heldout_lm", "steps", "cache_key", "wall_s", ...},
-     "arms": {ARM: {"label", "gate", "loss": {"util", "rank", "jepa", "budget"},
+     "arms": {ARM: {"label", "gate", "loss": {"util", "rank", "jepa", "budget"}, "steps",
+                    "enforcement" (topk_sequence | topk_batch | threshold), "full_fraction_budget",
                     "seeds": {"<seed>": {"lm": [[step, value], ...], "best_lm", "avg_lm", "final_lm",
                                           "threshold_hits": {"<tau>": step_or_null},
                                           "grad_norm": {"mean", "median"},
                                           "full_fraction": {"train": {"<layer>": x}, "eval": {...}},
                                           "flops_proxy", "wall_s", "latent": {...} or null,
+                                          "score_quantiles": {"<layer>": [q05, q25, q50, q75, q95]},
                                           "lm_by_batch": {"avg_lm" | "best_lm" | "final_lm": [x per
                                                           held-out batch]} or null, ...}},
-                    "mean": {metric: x}, "std": {metric: x}}},
+                    "mean": {metric: x}, "std": {metric: x}, "n": seeds finished, "failed_seeds": ["<seed>"]}},
+     "failed": {ARM: {"<seed>": {"status": "failed", "failure": {"step", "steps", "event", "lr", "nonfinite",
+                                                                "last_finite", "message"}, "wall_s", ...}}},
      "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
      "comparisons": [{"id", "claim", "better", "worse", "metric", "n", "wins", "ties", "losses",
                       "mean_diff", "interval", "p_sign", "per_seed": [...]}],
-     "wall_s"}
+     "wall_s" (total over sessions), "sessions": [{"started", "wall_s", "ended"}, ...]}
 
-``std`` is the sample standard deviation over seeds (ddof 1; 0 for a single seed). A comparison is
+A failed run (its training diverged: :mod:`specroute.train.runs`) is kept out of its arm's ``seeds`` and
+in ``failed`` instead, so every mean, comparison and claim rests on the finished seeds only (``n`` of
+them; an arm whose every seed failed is in ``failed`` only). Every number is finite or null (standard
+JSON). ``std`` is the sample standard deviation over seeds (ddof 1; 0 for a single seed). A comparison is
 :func:`specroute.claims.stats.paired`: per seed a win, tie (within the noise over held-out batches) or
 loss of ``better`` against ``worse``; over seeds the mean difference (better - worse), its 95% interval
 and a sign-test p-value. ``roles`` are the study's declared claim roles (:mod:`specroute.spec.roles`).
@@ -30,11 +37,12 @@ from __future__ import annotations
 
 import math
 import statistics
-from typing import Any
+from typing import Any, NamedTuple
 
 from specroute.claims.stats import paired
 from specroute.spec.loader import Resolved
 from specroute.spec.models import RunSpec
+from specroute.train.runs import is_failed
 
 #: Per-arm aggregate metrics (name -> how to read it from a seed's summary).
 AGGREGATES = {
@@ -54,6 +62,21 @@ AGGREGATES = {
 LM_METRICS = ("avg_lm", "best_lm")
 
 
+class FailedRun(NamedTuple):
+    """A failed run of a summary: its arm, seed (as summary.json keys it) and ``failure`` (step, steps,
+    during, lr, nonfinite, last_finite, message: :meth:`specroute.train.trainer.Diverged.as_dict`)."""
+
+    arm: str
+    seed: str
+    failure: dict[str, Any]
+
+
+def failed_runs(summary: dict[str, Any]) -> list[FailedRun]:
+    """The summary's failed runs (its ``failed``), in spec order."""
+    return [FailedRun(arm, seed, r["failure"]) for arm, seeds in (summary.get("failed") or {}).items()
+            for seed, r in seeds.items()]
+
+
 def _mean_or_none(values: Any) -> float | None:
     values = [v for v in values if v is not None]
     return statistics.fmean(values) if values else None
@@ -66,7 +89,9 @@ def mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
 
 
-def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
+def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]], failed: list[int] = ()) -> dict[str, Any]:
+    """An arm's entry: its finished ``seeds`` (seed -> seed summary), their means and spreads; ``failed``:
+    the seeds whose runs failed (named only; their records are the summary's ``failed``)."""
     per_seed = {str(s): seeds[s] for s in sorted(seeds)}
     mean, std = {}, {}
     for name, read in AGGREGATES.items():
@@ -76,22 +101,32 @@ def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]]) -> di
         "gate": spec.gate.kind,
         "loss": {"util": spec.loss.util, "rank": spec.loss.rank, "jepa": spec.loss.jepa, "budget": spec.loss.budget},
         "steps": spec.train.steps,
+        "enforcement": spec.routing.budget.enforcement,
+        "full_fraction_budget": spec.routing.budget.full_fraction,
         "lm_thresholds": list(spec.train.lm_thresholds),
         "seeds": per_seed,
         "mean": mean,
         "std": std,
+        "n": len(per_seed),
+        "failed_seeds": [str(s) for s in sorted(failed)],
     }
 
 
 def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, int, RunSpec]],
                   results: dict[str, dict[int, dict[str, Any]]], data: Any, backbone: Any,
-                  environment: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    """The summary of a study (see the module docstring for the layout)."""
+                  environment: dict[str, Any], wall_s: float,
+                  sessions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The summary of a study (see the module docstring for the layout). ``wall_s``: the study's total wall
+    time (seconds, summed over ``sessions``, :mod:`specroute.report.sessions`)."""
     study = resolved.study
-    arms = {}
+    arms, failed = {}, {}
     for arm in study.arms:
-        if arm in results:
-            arms[arm] = arm_entry(study.arms[arm].label, resolved.arm_spec(arm), results[arm])
+        done = {s: r for s, r in results.get(arm, {}).items() if not is_failed(r)}
+        bad = {s: r for s, r in results.get(arm, {}).items() if is_failed(r)}
+        if bad:
+            failed[arm] = {str(s): bad[s] for s in sorted(bad)}
+        if done:
+            arms[arm] = arm_entry(study.arms[arm].label, resolved.arm_spec(arm), done, list(bad))
     thresholds = any(a["lm_thresholds"] for a in arms.values())
     comparisons = []
     partial = {"arms": arms}
@@ -113,8 +148,10 @@ def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, in
                      "wall_s": info["wall_s"], "initial_lm": info.get("initial_lm"), "source": info["source"],
                      "wall_s_trained": info.get("wall_s_trained", info["wall_s"])},
         "arms": arms,
+        "failed": failed,
         "roles": study.roles.declared(),
         "equivalence_margin_nats": study.equivalence_margin_nats,
         "comparisons": comparisons,
         "wall_s": wall_s,
+        "sessions": list(sessions or []),
     }

@@ -48,12 +48,30 @@ class SpecError(Exception):
 
     def render(self) -> str:
         """One line per problem: ``file[:line]: [field: ]reason`` (files relative to the working
-        directory when below it)."""
+        directory when below it); at most :data:`MAX_PROBLEMS_SHOWN` problems, each field and reason
+        clipped (:func:`clip`), so that the message stays short whatever the spec holds."""
         lines = []
-        for file, field, line, reason in self.problems:
+        for file, field, line, reason in self.problems[:MAX_PROBLEMS_SHOWN]:
             where = show_file(file) + (f":{line}" if line else "")
+            field, reason = clip(field), clip(reason, MAX_REASON_CHARS)
             lines.append(f"{where}: {field}: {reason}" if field else f"{where}: {reason}")
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:
+            lines.append(f"... and {len(self.problems) - MAX_PROBLEMS_SHOWN:,} more problems")
         return "\n".join(lines)
+
+
+#: Most problems a :class:`SpecError` message lists (the rest are counted).
+MAX_PROBLEMS_SHOWN = 20
+#: Longest field path and longest reason shown in a message, in characters.
+MAX_FIELD_CHARS = 160
+MAX_REASON_CHARS = 600
+
+
+def clip(text: str, limit: int = MAX_FIELD_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with the number left out (``"abc... (+1,234 characters)"``)."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... (+{len(text) - limit:,} characters)"
 
 
 def show_file(file: str) -> str:

@@ -16,18 +16,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from specroute.spec.errors import (NOT_ON_ITS_OWN, Origin, Path_, Problem, SpecError, leaf_paths, lookup,
+from specroute.spec.errors import (NOT_ON_ITS_OWN, Origin, Path_, Problem, SpecError, clip, leaf_paths, lookup,
                                    problems_of, sets, unique, validate)
 from specroute.spec.models import DEFAULT_KINDS, RunSpec, with_default_kinds
 from specroute.spec.roles import role_problems
 from specroute.spec.study import StudySpec
-from specroute.spec.yaml_io import SpecLoader, deep_merge, load_raw
+from specroute.spec.yaml_io import (MAX_DEPTH, MAX_FILE_BYTES, MAX_SCALAR_CHARS, Budget, SpecLimitError, deep_merge,
+                                    load_raw, parse_yaml)
 
 #: Top-level keys that only the loader reads (they are consumed before validation).
 LOADER_KEYS = ("extends", "profiles", "default_profile")
+#: Most profiles in a spec file (each is validated on its own, so the time to load a spec grows with their number).
+MAX_PROFILES = 64
 #: StudySpec keys that do not belong to a run.
 STUDY_KEYS = ("profile", "seeds", "arms", "gates", "comparisons", "roles", "equivalence_margin_nats")
 
@@ -95,24 +97,42 @@ def with_gate_preset(gate: Mapping[str, Any], presets: Mapping[str, Any]) -> dic
 
 
 def parse_set(assignments: Iterable[str]) -> dict[str, Any]:
-    """Turn ``["a.b=1", "c=[1, 2]"]`` into a nested dict; values are parsed as YAML (safe)."""
+    """Turn ``["a.b=1", "c=[1, 2]"]`` into a nested dict; values are parsed as YAML (safe) within the
+    limits of a spec file (:mod:`specroute.spec.yaml_io`: a value's length, depth, nodes, scalars; a key
+    path of at most ``MAX_DEPTH`` parts; all values together within one ``MAX_NODES`` budget).
+
+    Raises SpecError (file ``--set``) naming the item: no ``=``, an empty key part, a value that is not
+    valid YAML or passes a limit, a key set both as a value and a table.
+    """
     tree: dict[str, Any] = {}
+    budget = Budget()
     for item in assignments:
         if "=" not in item:
-            raise SpecError([Problem("--set", item, None, "expected key.path=value")])
+            raise SpecError([Problem("--set", clip(item), None, "expected key.path=value")])
         key, _, text = item.partition("=")
         parts = [p for p in key.strip().split(".")]
         if not all(parts):
-            raise SpecError([Problem("--set", key, None, "empty component in the key path")])
-        try:
-            value = yaml.load(text, Loader=SpecLoader) if text.strip() else None  # noqa: S506 (safe)
-        except yaml.YAMLError as e:
-            raise SpecError([Problem("--set", key, None, f"value is not valid YAML: {e}")]) from None
+            raise SpecError([Problem("--set", clip(key), None, "empty component in the key path")])
+        if len(parts) > MAX_DEPTH or len(key) > MAX_SCALAR_CHARS:
+            raise SpecError([Problem("--set", clip(key), None, f"a key path of {len(parts):,} parts and {len(key):,} "
+                                     f"characters: the limits are {MAX_DEPTH} parts (yaml_io.MAX_DEPTH) and "
+                                     f"{MAX_SCALAR_CHARS:,} characters (yaml_io.MAX_SCALAR_CHARS)")])
+        if len(text) > MAX_FILE_BYTES:
+            raise SpecError([Problem("--set", clip(key), None, f"a value of {len(text):,} characters: the limit "
+                                     f"is {MAX_FILE_BYTES:,} (yaml_io.MAX_FILE_BYTES)")])
+        value = None
+        if text.strip():
+            try:
+                _, value, _ = parse_yaml(text, "--set", budget)
+            except SpecError as e:
+                reason = e.reason if isinstance(e, SpecLimitError) else \
+                    f"value is not valid YAML: {e.reason} (the value: {clip(text)!r})"
+                raise SpecError([Problem("--set", clip(key), None, reason)]) from None
         node = tree
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise SpecError([Problem("--set", key, None, f"{p!r} is set both as a value and a table")])
+                raise SpecError([Problem("--set", clip(key), None, f"{p!r} is set both as a value and a table")])
         node[parts[-1]] = value
     return tree
 
@@ -141,8 +161,19 @@ def load_study(
     default_profile = raw.pop("default_profile", None)
     if not isinstance(profiles, dict):
         raise SpecError([Problem(str(source), "profiles", None, "must be a mapping of name -> overrides")])
+    if len(profiles) > MAX_PROFILES:
+        where = lookup(provenance, ("profiles",)) or (str(source), None)
+        raise SpecError([Problem(where[0], "profiles", where[1], f"{len(profiles):,} profiles: over the limit of "
+                                 f"{MAX_PROFILES} (MAX_PROFILES in specroute.spec.loader)")])
+    if not isinstance(default_profile, (str, type(None))):
+        where = lookup(provenance, ("default_profile",)) or (str(source), None)
+        raise SpecError([Problem(where[0], "default_profile", where[1], "must be the name of a profile (or null)")])
     name = profile if profile is not None else default_profile
     for pname, body in profiles.items():
+        if not isinstance(pname, str):
+            where = lookup(provenance, ("profiles", str(pname))) or (str(source), None)
+            raise SpecError([Problem(where[0], f"profiles.{pname}", where[1],
+                                     f"a profile name must be text, got {type(pname).__name__} (quote it)")])
         if body is not None and not isinstance(body, dict):
             where = lookup(provenance, ("profiles", str(pname)))
             raise SpecError([Problem(where[0] if where else str(source), f"profiles.{pname}",
@@ -151,7 +182,7 @@ def load_study(
     file_provenance = dict(provenance)
     if name is not None:
         if name not in profiles:
-            known = ", ".join(sorted(profiles)) or "none defined"
+            known = ", ".join(sorted(map(str, profiles))) or "none defined"
             raise SpecError([Problem(str(source), "profile", None,
                                      f"unknown profile {name!r} (known: {known})")])
         raw = deep_merge(raw, profiles[name] or {})
@@ -205,15 +236,34 @@ def _layer_problems(
         layers.append(((), file_raw, shadow, f" (replaced by {by}, but invalid as written)"))
     for name, body in profiles.items():
         if body and (name != selected or set_tree):
-            layers.append((("profiles", name), deep_merge(file_raw, body), body, ""))
+            layers.append((("profiles", name), deep_merge(_at(file_raw, body), body), body, ""))
     problems = []
     for layer, tree, given, note in layers:
+        tree = _at(tree, given)  # only what the layer sets is judged: no need to validate the rest
         try:
             StudySpec.model_validate(_gate_preset(with_default_kinds(tree)))
         except ValidationError as err:
             problems += problems_of(err, tree, Origin(source, provenance, layer=layer, note=note),
                                     keep=lambda t, loc, g=given: t not in NOT_ON_ITS_OWN and sets(g, loc))
     return problems
+
+
+def _at(tree: Mapping[str, Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The part of ``tree`` at the key paths ``given`` sets, keeping the ``kind`` of each mapping on the way
+    (the variant its values are judged as). Its errors of type, range, choice and key at those paths are
+    the whole tree's."""
+    out: dict[str, Any] = {}
+    for key, value in given.items():
+        if key not in tree:
+            continue
+        here = tree[key]
+        if isinstance(value, dict) and value and isinstance(here, dict):
+            out[key] = _at(here, value)
+            if "kind" in here:
+                out[key]["kind"] = here["kind"]
+        else:
+            out[key] = here
+    return out
 
 
 def _gate_preset(raw: dict[str, Any]) -> dict[str, Any]:

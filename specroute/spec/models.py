@@ -23,7 +23,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, computed_field, model_validator
 
-from specroute.spec.base import Strict
+from specroute.spec.base import (MAX_DATA_TOKENS, MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_SEED, MAX_VOCAB,
+                                 MAX_WIDTH, Strict)
 from specroute.spec.training import BackboneSpec, ControllerTrainSpec
 
 #: Kind a discriminated-union field takes when its mapping leaves ``kind`` out (the field's default).
@@ -49,13 +50,13 @@ def with_default_kinds(data: Any) -> Any:
 class ModelSpec(Strict):
     """The dense GPT-style decoder (pre-LayerNorm blocks, causal self-attention, GELU MLP)."""
 
-    n_layers: int = Field(4, ge=1, description="Number of transformer blocks.")
-    d_model: int = Field(128, ge=1, description="Width of the hidden state (D).")
-    n_heads: int = Field(4, ge=1, description="Attention heads; must divide d_model.")
-    context_length: int = Field(128, ge=1, description="Maximum sequence length (positions).")
-    vocab_size: int = Field(256, ge=2, description="Vocabulary size (V) of the tokenizer.")
+    n_layers: int = Field(4, ge=1, le=MAX_LAYERS, description="Number of transformer blocks.")
+    d_model: int = Field(128, ge=1, le=MAX_WIDTH, description="Width of the hidden state (D).")
+    n_heads: int = Field(4, ge=1, le=MAX_WIDTH, description="Attention heads; must divide d_model.")
+    context_length: int = Field(128, ge=1, le=MAX_POSITIONS, description="Maximum sequence length (positions).")
+    vocab_size: int = Field(256, ge=2, le=MAX_VOCAB, description="Vocabulary size (V) of the tokenizer.")
     d_ff: int | None = Field(
-        None, ge=1, description="Hidden width of the full FFN; null means 4 * d_model."
+        None, ge=1, le=MAX_HIDDEN, description="Hidden width of the full FFN; null means 4 * d_model."
     )
     tie_embeddings: bool = Field(True, description="Share the token embedding with the LM head.")
     bias: bool = Field(True, description="Biases in linear layers and LayerNorms.")
@@ -126,7 +127,7 @@ class RoutingSpec(Strict):
         default_factory=BudgetSpec, description="Share of tokens that take full, and how it is enforced."
     )
     cheap_ffn_hidden: int = Field(
-        32, ge=0, description="Hidden width of the cheap FFN; 0 means the cheap action is a skip."
+        32, ge=0, le=MAX_HIDDEN, description="Hidden width of the cheap FFN; 0 means the cheap action is a skip."
     )
     execution: Literal["masked", "gather"] = Field(
         "masked",
@@ -169,7 +170,7 @@ class G1Spec(Strict):
     """G1 — MLP gate: s_t = MLP(LN(h_t)), a scalar utility score per token."""
 
     kind: Literal["G1"] = Field("G1", description="Gate variant tag: G1 (MLP gate).")
-    hidden: int = Field(64, ge=1, description="Hidden width of the gate MLP.")
+    hidden: int = Field(64, ge=1, le=MAX_HIDDEN, description="Hidden width of the gate MLP.")
     init_bias: float = Field(0.0, description="Initial bias of the score output (logit).")
 
 
@@ -177,11 +178,11 @@ class G3Spec(Strict):
     """G3 — JEPA-guided gate with an action-conditional latent predictor and a fixed target head."""
 
     kind: Literal["G3"] = Field("G3", description="Gate variant tag: G3 (JEPA-guided gate).")
-    latent_dim: int = Field(16, ge=1, description="Latent size K of the encoder and target head.")
-    predictor_hidden: int = Field(64, ge=1, description="Hidden width of the predictor P(z, a).")
+    latent_dim: int = Field(16, ge=1, le=MAX_WIDTH, description="Latent size K of the encoder and target head.")
+    predictor_hidden: int = Field(64, ge=1, le=MAX_HIDDEN, description="Hidden width of the predictor P(z, a).")
     init_bias: float = Field(0.0, description="Initial bias of the score head (logit).")
     target_seed: int = Field(
-        1234, description="Seed of the fixed (never trained) target projection head T."
+        1234, ge=0, le=MAX_SEED, description="Seed of the fixed (never trained) target projection head T."
     )
 
 
@@ -203,7 +204,21 @@ class OracleSpec(Strict):
     layers_per_step: int | None = Field(
         1,
         ge=1,
+        le=MAX_LAYERS,
         description="Controlled layers that get labels each step, sampled uniformly; null = all.",
+    )
+    counterfactual: Literal["all_flip", "per_token"] = Field(
+        "all_flip",
+        description="all_flip: layer l runs all-full vs all-cheap for every token at once and each token "
+        "reads its own loss (the paper's); per_token: one token at a time flips at layer l (the others keep "
+        "the gate's decisions there) and its label is the change of its sequence's summed loss, for "
+        "tokens_per_sequence sampled tokens (docs/DESIGN.md, \"Losses\").",
+    )
+    tokens_per_sequence: int = Field(
+        8,
+        ge=1,
+        description="per_token only: tokens S of each sequence that get exact labels each step, sampled "
+        "uniformly without replacement (every token if S >= T); only they enter util and rank.",
     )
     util_target: Literal["raw", "standardized"] = Field(
         "standardized",
@@ -218,6 +233,7 @@ class OracleSpec(Strict):
     rank_pairs_per_token: int | None = Field(
         8,
         ge=1,
+        le=MAX_POSITIONS,
         description="Pairs sampled per token within its sequence for RANK; null = all pairs.",
     )
 
@@ -262,7 +278,7 @@ class FinewebEduData(Strict):
     dataset: str = Field("HuggingFaceFW/fineweb-edu", description="Hub dataset id.")
     config: str = Field("sample-10BT", description="Named sample config to stream.")
     max_tokens: int = Field(
-        50_000_000, ge=1000, description="Tokens to cache (train + held-out)."
+        50_000_000, ge=1000, le=MAX_DATA_TOKENS, description="Tokens to cache (train + held-out)."
     )
     tokenizer: Literal["gpt2"] = Field("gpt2", description="GPT-2 BPE (vocab 50257).")
     heldout_fraction: float = Field(0.01, gt=0, lt=1, description="Share held out for eval.")
@@ -277,7 +293,7 @@ class LocalData(Strict):
     tokenizer: Literal["bytes", "gpt2"] = Field(
         "bytes", description="bytes: UTF-8 bytes (vocab 256); gpt2: GPT-2 BPE (vocab 50257)."
     )
-    max_tokens: int | None = Field(None, ge=1000, description="Cap on tokens; null = all.")
+    max_tokens: int | None = Field(None, ge=1000, le=MAX_DATA_TOKENS, description="Cap on tokens; null = all.")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share held out for eval.")
 
 
@@ -326,6 +342,13 @@ class RunSpec(Strict):
             raise ValueError(
                 f"routing.controlled_layers: layer {bad[0]} is beyond model.n_layers={m.n_layers} "
                 f"(valid indices 0..{m.n_layers - 1})"
+            )
+        o = self.loss.oracle
+        if o.counterfactual == "per_token" and o.labeling == "on_policy" and r.budget.enforcement == "topk_batch":
+            raise ValueError(
+                "loss.oracle.counterfactual: per_token with labeling=on_policy needs a per-sequence budget: "
+                "under routing.budget.enforcement=topk_batch one token's flip moves the later layers' decisions "
+                "of every sequence in the batch; use topk_sequence or threshold, or labeling=off_policy"
             )
         if self.loss.jepa > 0 and self.gate.kind != "G3":
             raise ValueError(

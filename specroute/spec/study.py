@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from specroute.spec.base import Strict
+from specroute.spec.base import MAX_ARMS, MAX_SEEDS, Strict
 from specroute.spec.models import GateSpec, RunSpec
 from specroute.spec.roles import RolesSpec
 
@@ -38,11 +38,13 @@ class StudySpec(RunSpec):
 
     profile: str = Field("default", description="Profile this spec was resolved with.")
     seeds: list[int] = Field(
-        default_factory=lambda: [0], min_length=1, description="Seeds; every (arm, seed) is one run."
+        default_factory=lambda: [0], min_length=1, max_length=MAX_SEEDS,
+        description="Seeds; every (arm, seed) is one run."
     )
     arms: dict[str, ArmSpec] = Field(
         default_factory=lambda: {"default": ArmSpec()},
         min_length=1,
+        max_length=MAX_ARMS,
         description="Named arms of the study, each a set of overrides on the base run spec (at least one; "
         "without the key, one arm named 'default').",
     )

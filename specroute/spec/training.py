@@ -4,23 +4,26 @@ checkpoints (:class:`TrainSpec`), stage 1's backbone (:class:`BackboneSpec`) and
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, computed_field
 
-from specroute.spec.base import Strict
+from specroute.spec.base import MAX_BATCH, MAX_POSITIONS, MAX_STEPS, MAX_THRESHOLDS, Strict
+
+#: An AdamW beta: in [0, 1), as torch requires.
+Beta = Annotated[float, Field(ge=0, lt=1)]
 
 
 class OptimizerSpec(Strict):
     """AdamW with a warmup + decay schedule."""
 
     lr_peak: float = Field(1e-3, gt=0, description="Peak learning rate.")
-    betas: tuple[float, float] = Field(
-        (0.9, 0.95), strict=False, description="AdamW betas (a YAML list of two numbers)."
+    betas: tuple[Beta, Beta] = Field(
+        (0.9, 0.95), strict=False, description="AdamW betas (a YAML list of two numbers, each in [0, 1))."
     )
     weight_decay: float = Field(0.0, ge=0, description="Decoupled weight decay.")
     eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    warmup_steps: int = Field(10, ge=0, description="Linear warmup from 0 to lr_peak.")
+    warmup_steps: int = Field(10, ge=0, le=MAX_STEPS, description="Linear warmup from 0 to lr_peak.")
     schedule: Literal["cosine", "linear", "constant"] = Field(
         "cosine", description="Decay after warmup, down to lr_peak * min_lr_ratio."
     )
@@ -35,16 +38,16 @@ class TrainSpec(Strict):
     The stage is the field that holds it: ``backbone.train`` (stage 1) or ``train`` (stage 2).
     """
 
-    steps: int = Field(100, ge=1, description="Optimiser steps.")
-    batch_size: int = Field(8, ge=1, description="Sequences per step (B).")
-    seq_len: int = Field(64, ge=1, description="Tokens per sequence (T).")
+    steps: int = Field(100, ge=1, le=MAX_STEPS, description="Optimiser steps.")
+    batch_size: int = Field(8, ge=1, le=MAX_BATCH, description="Sequences per step (B).")
+    seq_len: int = Field(64, ge=1, le=MAX_POSITIONS, description="Tokens per sequence (T).")
     optimizer: OptimizerSpec = Field(
         default_factory=OptimizerSpec, description="AdamW settings and the learning-rate schedule."
     )
     grad_clip: float | None = Field(1.0, gt=0, description="Global-norm clip; null = none.")
-    eval_every: int = Field(20, ge=1, description="Steps between held-out evaluations.")
-    eval_batches: int = Field(4, ge=1, description="Held-out batches per evaluation.")
-    checkpoint_every: int = Field(50, ge=1, description="Steps between resumable checkpoints.")
+    eval_every: int = Field(20, ge=1, le=MAX_STEPS, description="Steps between held-out evaluations.")
+    eval_batches: int = Field(4, ge=1, le=MAX_BATCH, description="Held-out batches per evaluation.")
+    checkpoint_every: int = Field(50, ge=1, le=MAX_STEPS, description="Steps between resumable checkpoints.")
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -74,7 +77,7 @@ class ControllerTrainSpec(TrainSpec):
         "never the target head), cheap_ffn, backbone (everything else; not controller-only).",
     )
     lm_thresholds: list[float] = Field(
-        default_factory=list, description="LM levels tau (nats/token) for threshold_hits."
+        default_factory=list, max_length=MAX_THRESHOLDS, description="LM levels tau (nats/token) for threshold_hits."
     )
 
     @computed_field  # type: ignore[prop-decorator]

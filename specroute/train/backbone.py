@@ -91,7 +91,7 @@ def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Pa
     on_step = functools.partial(progress.update, "backbone") if progress else None
     trainer = Trainer(stage, WindowSampler(data.train, spec.backbone.train.seq_len, "train"),
                       {"data": derive_seed(BACKBONE_SEED, "data"), "loss": derive_seed(BACKBONE_SEED, "loss")},
-                      device, folder / "ckpt", sink, on_step, budget)
+                      device, folder / "ckpt", sink, on_step, budget, "backbone")
     trainer.restore()
     if progress:
         progress.start_run("backbone", spec.backbone.train.steps, trainer.step)

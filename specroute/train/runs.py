@@ -7,13 +7,20 @@ its presence means the run is done and a resumed study skips it). While it train
 folder's lock (:func:`specroute.store.hold_lock`), so that no other process (a worker of a killed study
 still ending, say) writes into it too.
 
+A run whose loss, gradient norm or held-out LM stops being finite (:class:`specroute.train.trainer.Diverged`)
+is a **failed** run: its ``result.json`` is ``{"status": "failed", "failure": {...}, "wall_s",
+"concurrent_runs"}`` (no ``controller.safetensors``; ``metrics.jsonl`` ends with a ``failed`` event), the
+study's other runs go on, and ``--resume`` keeps it as it is (on the same spec it would fail the same way;
+delete its folder to try it again). A finished run's result has no ``status``: see :func:`is_failed`.
+
 Metrics (docs/DESIGN.md, "Metrics"): ``lm`` is evaluated every ``eval_every`` steps and at the last step;
 ``best_lm`` / ``avg_lm`` / ``final_lm`` are over those evaluations (the evaluation before the first step,
 ``initial_lm``, is reported apart and enters none of them); ``grad_norm`` is the controller's global norm
 before clipping at every step; ``full_fraction.train`` is the mean realised share per layer over the
 steps, ``full_fraction.eval`` the share at the last evaluation; ``flops_proxy`` is the analytic proxy
 of :func:`specroute.flops.analytic.flops_proxy` (denominator ``controller_only``) at the realised train
-full fraction.
+full fraction; ``score_quantiles`` are the gate's score quantiles per layer at the last evaluation
+(:data:`specroute.train.stages.SCORE_QUANTILES`; None for an older history).
 """
 
 from __future__ import annotations
@@ -39,7 +46,10 @@ from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with, hol
 from specroute.train.device import Device, deterministic
 from specroute.train.progress import QueueProgress, StudyProgress
 from specroute.train.stages import ControllerStage, derive_seed
-from specroute.train.trainer import MetricsSink, StepBudget, Trainer, checkpoint_step
+from specroute.train.trainer import Diverged, MetricsSink, StepBudget, Trainer, checkpoint_step
+
+#: ``status`` of a failed run's result (a finished run's result has none).
+FAILED = "failed"
 
 
 #: What a run writes into its folder (:data:`specroute.store.Layout`; what a study's ``--overwrite`` may delete).
@@ -54,6 +64,11 @@ def run_dir(out: Path, arm: str, seed: int) -> Path:
     return out / "runs" / arm / f"seed{seed}"
 
 
+def is_failed(result: dict[str, Any]) -> bool:
+    """Whether a run's result (result.json, or the summary of one seed) is a failed run's."""
+    return result.get("status") == FAILED
+
+
 def run_steps_left(folder: Path, spec: RunSpec) -> int:
     """Steps this run still needs (0 if complete), judged from its folder."""
     if (folder / "result.json").is_file():
@@ -64,7 +79,8 @@ def run_steps_left(folder: Path, spec: RunSpec) -> int:
 def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Tensor], device: Device,
                    folder: Path, progress: StudyProgress | QueueProgress | None = None,
                    budget: StepBudget | None = None, concurrent_runs: int = 1) -> dict[str, Any]:
-    """Train (or resume, or reuse) one run; return its per-seed summary (summary.json's ``seeds`` entry).
+    """Train (or resume, or reuse) one run; return its per-seed summary (summary.json's ``seeds`` entry), or
+    a failed run's result (see the module docstring; :func:`is_failed`) when its training diverged.
     ``concurrent_runs``: how many runs train at once beside this one (recorded: C12 trusts only the wall
     time of runs timed one at a time). Raises UserError when another process holds the run folder's lock
     for longer than :data:`RUN_LOCK_WAIT_S`."""
@@ -87,7 +103,7 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
     trainer = Trainer(stage, WindowSampler(data.train, spec.train.seq_len, "train"),
                       {"data": derive_seed(spec.seed, "data"), "loss": derive_seed(spec.seed, "loss")},
                       device, folder / "ckpt", sink, functools.partial(progress.update, name) if progress else None,
-                      budget)
+                      budget, name)
     trainer.restore()
     if progress:
         progress.start_run(name, spec.train.steps, trainer.step)
@@ -95,10 +111,18 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
         history = trainer.run()
         summary = {**seed_summary(spec, history, trainer.wall_s), "concurrent_runs": concurrent_runs}
         sink.write({"event": "end", **{k: v for k, v in summary.items() if k != "lm"}})
+    except Diverged as e:
+        summary = {"status": FAILED, "failure": e.as_dict(), "wall_s": trainer.wall_s,
+                   "concurrent_runs": concurrent_runs}
+        sink.write({"event": FAILED, **e.as_dict()})
     finally:
         sink.close()
         if progress:
             progress.end_run(name)
+    if is_failed(summary):
+        atomic_write_json(folder / "spec.json", dump_run(spec))
+        atomic_write_json(result, summary)
+        return summary
     controller = {k: p.detach().cpu().contiguous() for k, p in trainer.params.items()}
     atomic_write_with(folder / "controller.safetensors", lambda tmp: save_file(controller, str(tmp)))
     atomic_write_json(folder / "spec.json", dump_run(spec))
@@ -169,6 +193,7 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
         "flops_proxy": flops_proxy(spec, "controller_only", full_fraction=realised),
         "wall_s": wall_s,
         "latent": evals[-1].get("latent"),
+        "score_quantiles": evals[-1].get("score_quantiles"),
         "lm_by_batch": _lm_by_batch(evals, values),
     }
 

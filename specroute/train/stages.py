@@ -147,15 +147,19 @@ class ControllerStage:
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out LM (nats/token; ``lm_batches`` per fixed evaluation batch, the noise the claims' per-seed
-        ties rest on), realised full fraction per controlled layer, and G3's latent statistics."""
+        ties rest on), realised full fraction per controlled layer, the quantiles of the gate's scores per
+        controlled layer (:data:`SCORE_QUANTILES`) and G3's latent statistics."""
         lm_batches, full = [], {str(l): 0.0 for l in self.spec.routing.controlled_layers}
         latents: dict[int, list[Tensor]] = {}
+        scores: dict[str, list[Tensor]] = {}
         with torch.no_grad(), self.device.autocast():
             for idx, targets in self.batches:
                 out = self.model(idx)
                 lm_batches.append(token_ce(out.logits_BTV, targets).mean().item())
                 for rec in out.routing:
                     full[str(rec.layer)] += rec.full_fraction
+                    if rec.gate is not None:
+                        scores.setdefault(str(rec.layer), []).append(rec.gate.score_BT.reshape(-1).float())
                     pred = executed_latent(rec)
                     if pred is not None:
                         latents.setdefault(rec.layer, []).append(pred.reshape(-1, pred.shape[-1]).float())
@@ -163,7 +167,15 @@ class ControllerStage:
         result: dict[str, Any] = {"lm": sum(lm_batches) / n, "lm_batches": lm_batches,
                                   "full_fraction": {k: v / n for k, v in full.items()}}
         result["latent"] = latent_metrics(latents) if latents else None
+        q = torch.tensor(SCORE_QUANTILES)
+        result["score_quantiles"] = {l: torch.quantile(torch.cat(v)[:1 << 24].cpu(), q).tolist()
+                                     for l, v in scores.items()}
         return result
+
+
+#: Quantiles of the gate's scores per controlled layer recorded at every evaluation (the routing logit;
+#: under top-k routing the full fraction is fixed by construction, the score distribution is not).
+SCORE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
 
 def latent_metrics(latents: dict[int, list[Tensor]]) -> dict[str, float]:

@@ -7,16 +7,21 @@ hash and the run selection), ``runs/<arm>/seed<k>/`` (see :mod:`specroute.train.
 Nothing already written is lost: a non-empty output folder is refused unless ``resume`` (continue it:
 finished runs are kept, interrupted ones continue from their last checkpoint, the spec must be the same)
 or ``overwrite`` (delete what a previous study wrote there, then start afresh; refused when the folder
-holds no ``study.json`` or anything a study does not write, :data:`LAYOUT`, even inside ``plots/`` and
+holds no ``study.json`` or anything a study does not write, :func:`study_layout`, even inside ``plots/`` and
 ``runs/``). The rule is :func:`specroute.store.check_out_dir`'s, shared with ``specroute bench``. A folder
-that holds only the ``study.json`` of the same spec (a start that failed before any run began) is
-started again as if empty.
+that holds only the ``study.json`` (and ``sessions.json``) of the same spec, a start that failed before
+any run began, is continued without ``--resume``.
 
 One process writes a study at a time: the study holds the lock of its output folder
 (:func:`specroute.store.hold_lock`) from before the folder is checked until the report is written, and
 each controller run the lock of its run folder; a second ``specroute run`` into the same folder is
-refused at once, naming the holder. ``study.json`` is written once the data and the backbone are ready,
-so a start that fails before (bad data, disk full, Ctrl-C in the backbone) leaves no study behind.
+refused at once, naming the holder. A start that fails before ``study.json`` is written (bad data, a
+full or read-only disk) leaves nothing behind.
+
+A controller run whose training diverges (non-finite loss, gradient norm or held-out LM) is recorded as
+failed (:mod:`specroute.train.runs`) while the others go on; the report is written with a "Failed runs"
+section and :attr:`StudyResult.failed` lists them (the CLI then exits 1). A diverged backbone stops the
+study at once (UserError: nothing to route).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from rich.console import Console
 from rich.markup import escape
@@ -41,12 +46,17 @@ from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
 from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir, hold_lock,
                              sha256_json)
+from specroute.report.text import plural
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.progress import StudyProgress, TokenisingProgress
-from specroute.train.runs import RUN_LAYOUT, RUN_LOCK_WAIT_S, init_worker, run_controller, run_dir, run_in_worker, run_steps_left
-from specroute.train.trainer import StepBudget
+from specroute.train.runs import (RUN_LAYOUT, RUN_LOCK_WAIT_S, init_worker, is_failed, run_controller, run_dir,
+                                  run_in_worker, run_steps_left)
+from specroute.train.trainer import Diverged, StepBudget
+
+if TYPE_CHECKING:
+    from specroute.report.summary import FailedRun
 
 #: Above this many parameters controller runs go one at a time by default (memory per worker).
 PARALLEL_MAX_PARAMS = 20_000_000
@@ -56,7 +66,7 @@ EARLIER_PLOTS = ("lm_curves.png", "grad_norm.png", "full_fraction.png")
 
 def study_layout(out: Path | None = None) -> dict[str, object]:
     """What a study writes into its output folder (and all that ``overwrite`` deletes), as a
-    :data:`specroute.store.Layout`: ``study.json``, ``report.md``, ``summary.json``, the report's plots in
+    :data:`specroute.store.Layout`: ``study.json``, ``sessions.json``, ``report.md``, ``summary.json``, the report's plots in
     ``plots/`` (:data:`EARLIER_PLOTS` and :data:`specroute.report.plots.PLOTS`) and ``runs/<arm>/seed<k>/``
     (:data:`specroute.train.runs.RUN_LAYOUT`). ``out``: the folder to be checked (the report's plot names
     are imported only when its ``plots/`` holds other names: it takes seconds)."""
@@ -65,8 +75,8 @@ def study_layout(out: Path | None = None) -> dict[str, object]:
         from specroute.report.plots import PLOTS
 
         plots |= set(PLOTS.values())
-    return {"study.json": FILE, "report.md": FILE, "summary.json": FILE, "plots": {name: FILE for name in plots},
-            "runs": {"*": {"seed[0-9]*": RUN_LAYOUT}}}
+    return {"study.json": FILE, "sessions.json": FILE, "report.md": FILE, "summary.json": FILE,
+            "plots": {name: FILE for name in plots}, "runs": {"*": {"seed[0-9]*": RUN_LAYOUT}}}
 
 
 @dataclass
@@ -95,6 +105,35 @@ class StudyOptions:
 class StudyResult:
     out: Path
     summary: dict[str, Any]
+
+    @property
+    def failed(self) -> list[FailedRun]:
+        """The failed runs of the report (:class:`specroute.report.summary.FailedRun`), in spec order."""
+        from specroute.report.summary import failed_runs
+
+        return failed_runs(self.summary)
+
+    def failure_message(self) -> str | None:
+        """One paragraph on the failed runs (None when every run finished): how many, each one's step and
+        non-finite values, and where the report is."""
+        failed = self.failed
+        if not failed:
+            return None
+        total = sum(len(a["seeds"]) for a in self.summary["arms"].values()) + len(failed)
+        by_arm: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+        for arm, seed, f in failed:
+            by_arm.setdefault(arm, []).append((seed, f))
+        each = []
+        for arm, runs in by_arm.items():
+            seeds = ", ".join(seed for seed, _ in runs)
+            steps = "/".join(dict.fromkeys(str(f["step"]) for _, f in runs))
+            values = {k: v for _, f in runs for k, v in f["nonfinite"].items()}
+            each.append(f"{arm} seed{'s' if len(runs) > 1 else ''} {seeds} at step {steps} of {runs[0][1]['steps']} "
+                        f"({', '.join(f'{k} {v}' for k, v in values.items())})")
+        return (f"{len(failed)} of {total} {'run' if total == 1 else 'runs'} failed (non-finite values): "
+                f"{'; '.join(each)}. The report ({self.out / 'report.md'}) covers the finished runs and lists "
+                "these under \"Failed runs\"; a smaller learning rate (train.optimizer.lr_peak) or a gradient clip "
+                "(train.grad_clip) usually prevents this")
 
 
 def default_out(resolved: Resolved) -> Path:
@@ -132,8 +171,8 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
     Returns a notice for the user (``resume`` with nothing to resume), else None. Raises UserError for a
     folder that cannot be used as asked; nothing is changed then.
     """
-    if out.is_dir() and _only_study_json(out, sha):  # a failed start of this same study: nothing to keep
-        (out / "study.json").unlink()
+    if not overwrite and out.is_dir() and _not_started(out, sha):  # a failed start of this same study
+        resume = True
     entries = check_out_dir(out, study_layout(out), "a study", overwrite, resume, marker="study.json")
     if not entries:
         return f"--resume: no study in {out} yet; starting one" if resume else None
@@ -158,10 +197,12 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
     return None
 
 
-def _only_study_json(out: Path, sha: str) -> bool:
-    """Whether ``out`` holds nothing but the ``study.json`` of the study with spec hash ``sha``."""
+def _not_started(out: Path, sha: str) -> bool:
+    """Whether ``out`` holds only what the start of the study with spec hash ``sha`` writes before its
+    first run (``study.json``, and ``sessions.json`` if that start failed or was interrupted)."""
     try:
-        if sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) != ["study.json"]:
+        names = {p.name for p in out.iterdir() if p.name != LOCK_NAME}
+        if "study.json" not in names or not names <= {"study.json", "sessions.json"}:
             return False
         recorded = json.loads((out / "study.json").read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):  # unreadable: check_out_dir says so
@@ -238,6 +279,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             SpecError: unknown arm.
         specroute.train.trainer.Interrupted: the session's step budget ran out (tests).
     """
+    from specroute.report.sessions import interrupted_session, record_session
+
     t_start = time.perf_counter()
     study = resolved.study
     runs = select_runs(resolved, options.arms, options.seeds)
@@ -252,8 +295,9 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         if notice:
             note(f"[yellow]{escape(notice)}[/]")
         first = runs[0][2]
-        note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {len(runs)} runs "
-             f"({len({a for a, _, _ in runs})} arms x {len({s for _, s, _ in runs})} seeds) on {device.type} "
+        note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {plural(len(runs), 'run')} "
+             f"({plural(len({a for a, _, _ in runs}), 'arm')} x {plural(len({s for _, s, _ in runs}), 'seed')}) "
+             f"on {device.type} "
              f"({device.dtype_name}); output {escape(str(out))}")
         with deterministic(device):
             rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
@@ -268,20 +312,25 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
             runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
             note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate))
+            atomic_write_json(out / "study.json", {
+                "study": study.name, "profile": study.profile, "spec_sha256": sha, "source": str(resolved.source),
+                "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms}, "seeds": study.seeds,
+            })
             budget = StepBudget(options.max_steps_this_session)
-            with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress:
+            with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress, \
+                    interrupted_session(out, t_start):
                 backbones = {}
                 for key, spec in backbone_specs.items():
-                    backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
-                                                  progress, budget)
+                    try:
+                        backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
+                                                      progress, budget)
+                    except Diverged as e:
+                        raise UserError(f"{e}. The study stops: every controller run needs the trained backbone; "
+                                        "a smaller backbone.train.optimizer.lr_peak or a backbone.train.grad_clip "
+                                        "usually prevents this") from None
                     info = backbones[key].info
-                    progress.note(f"backbone ({info['source']}): held-out LM {info['heldout_lm']:.3f} nats/token "
-                                  f"vs unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
-                atomic_write_json(out / "study.json", {  # only now: a start that failed before leaves no study
-                    "study": study.name, "profile": study.profile, "spec_sha256": sha,
-                    "source": str(resolved.source), "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms},
-                    "seeds": study.seeds,
-                })
+                    progress.note(f"backbone ({info['source']}): held-out LM {info['heldout_lm']:.3f} nats/token vs "
+                                  f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
                 jobs = [Job(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
                         for arm, seed, spec in runs]
                 results = run_controllers(jobs, data, device, options, progress, budget)
@@ -289,8 +338,9 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
 
         from specroute.report import build_summary, write_report
 
+        sessions = record_session(out, t_start, "complete")
         summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
-                                environment(device), time.perf_counter() - t_start)
+                                environment(device), sum(s["wall_s"] for s in sessions), sessions)
         write_report(out, summary, resolved)
     note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
@@ -320,7 +370,8 @@ def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, 
     secs_bb = sum(estimate.backbone_seconds(backbone_specs[k], n, rate) for k, n in steps_left.items())
     secs_runs = sum(estimate.run_seconds(spec, runs_left[(a, s)], rate) for a, s, spec in runs)
     return (f"estimated time: {estimate.human(secs_bb + secs_runs)} (backbone {estimate.human(secs_bb)}, "
-            f"{sum(1 for n in runs_left.values() if n)} runs {estimate.human(secs_runs)} if run one at a time; "
+            f"{plural(sum(1 for n in runs_left.values() if n), 'run')} {estimate.human(secs_runs)} if run one at a "
+            "time; "
             f"throughput probe {rate.dense_macs_per_s / 1e9:.1f} GMAC/s dense, "
             f"{rate.controller_macs_per_s / 1e9:.1f} GMAC/s controller)")
 
@@ -343,6 +394,9 @@ def run_controllers(jobs: list[Job], data: Any, device: Device,
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for arm, seed, res in done:
         results.setdefault(arm, {})[seed] = res
+        if is_failed(res):
+            progress.note(f"[red]{escape(arm)} seed {seed}: failed[/] ({escape(res['failure']['message'])})")
+            continue
         progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
                       f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
     return results

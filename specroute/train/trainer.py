@@ -7,11 +7,15 @@ State (a checkpoint) = the trainable parameters (``trainable.safetensors``) + ``
 optimiser state, the data and loss generators' states, the metric history, the byte length of
 ``metrics.jsonl`` at that step and the wall time so far. A resumed run truncates ``metrics.jsonl`` to that
 length and continues; on CPU its metrics equal an uninterrupted run's.
+
+A NaN guard: a step whose total loss or gradient norm is not finite, or an evaluation whose held-out LM is
+not, stops the training with :class:`Diverged` (naming the step, the non-finite terms and their last finite
+values). It reads the floats the step already logs, so it adds no device synchronisation.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -23,13 +27,64 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from specroute.spec.training import TrainSpec
-from specroute.store import atomic_write_text, make_dir, replace_dir, temp_dir_beside, writing
+from specroute.store import (UserError, atomic_write_text, json_text, make_dir, nonfinite_paths, replace_dir,
+                             temp_dir_beside, writing)
 from specroute.train.device import Device
 from specroute.train.step import lr_at, make_optimizer, optimizer_step
 
 
 class Interrupted(Exception):
     """The session's step budget ran out (a simulated crash: nothing is saved at that point)."""
+
+
+class Diverged(UserError):
+    """A training stopped because a value it must keep finite was not: a step's total loss or gradient norm,
+    or an evaluation's held-out LM. A UserError: the spec's values (learning rate, clip, ...) caused it.
+
+    Attributes:
+        run: the training's name (``backbone``, ``G1_lm seed 0``).
+        step: the step (1-based, as logged) whose values were not finite; 0: the evaluation before the first.
+        steps: the training's length. during: ``train`` (a step) or ``eval`` (an evaluation).
+        lr: that step's learning rate (None for an evaluation).
+        nonfinite: {field: ``"nan"`` | ``"inf"`` | ``"-inf"``} for every non-finite float of the record (the
+            total ``loss``, each loss term of the stage, ``grad_norm``; or ``lm``).
+        last_finite: {field: {"step", "value"} or None}: each such field's last finite value before.
+    """
+
+    def __init__(self, run: str, step: int, steps: int, during: str, lr: float | None, nonfinite: dict[str, str],
+                 last_finite: dict[str, dict[str, float] | None]):
+        self.run, self.step, self.steps, self.during, self.lr = run, step, steps, during, lr
+        self.nonfinite, self.last_finite = nonfinite, last_finite
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        what = "training loss or gradient norm" if self.during == "train" else "held-out LM"
+        bad = ", ".join(f"{k} {v}" for k, v in self.nonfinite.items())
+        lr = f"; learning rate {self.lr:.3g}" if self.lr is not None else ""
+        return (f"{self.run}: non-finite {what} at step {self.step} of {self.steps} ({bad}{lr}); last finite "
+                f"{last_finite_text(self.last_finite)}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The failure as standard JSON (a failed run's ``failure`` in result.json and summary.json)."""
+        return {"run": self.run, "step": self.step, "steps": self.steps, "during": self.during, "lr": self.lr,
+                "nonfinite": self.nonfinite, "last_finite": self.last_finite, "message": self.describe()}
+
+
+def last_finite_text(last: dict[str, dict[str, float] | None]) -> str:
+    """``{"loss": {"step": 1, "value": 5.4}, "lm": None}`` -> ``"at step 1: loss 5.4; lm: none"``."""
+    steps = {v["step"] for v in last.values() if v}
+    if len(steps) == 1 and all(last.values()):
+        return f"at step {steps.pop()}: " + ", ".join(f"{k} {v['value']:.4g}" for k, v in last.items())
+    return "; ".join(f"{k} {v['value']:.4g} at step {v['step']}" if v else f"{k}: none" for k, v in last.items())
+
+
+#: The values the NaN guard checks, per record kind (the other non-finite floats are named in its message).
+GUARDED = {"train": ("loss", "grad_norm"), "eval": ("lm",)}
+
+
+def _nonfinite(record: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in record.items()
+            if isinstance(v, float) and not math.isfinite(v) and k not in ("lr", "step")}
 
 
 class StepBudget:
@@ -80,8 +135,9 @@ class FixedBatch:
 
 
 class MetricsSink:
-    """Append-only JSONL log of one run (one record per line, flushed as written). A write the user can
-    fix (disk full, read-only) raises UserError naming the file (:func:`specroute.store.writing`)."""
+    """Append-only JSONL log of one run (one record per line, flushed as written; standard JSON: a
+    non-finite value is written as null and the record's ``nonfinite`` lists the fields that were). A write
+    the user can fix (disk full, read-only) raises UserError naming the file (:func:`specroute.store.writing`)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -90,8 +146,9 @@ class MetricsSink:
             self._f = open(path, "ab")
 
     def write(self, record: dict[str, Any]) -> None:
+        bad = nonfinite_paths(record)
         with writing(self.path):
-            self._f.write((json.dumps(record, allow_nan=True) + "\n").encode())
+            self._f.write((json_text({**record, "nonfinite": bad} if bad else record) + "\n").encode())
             self._f.flush()
 
     def offset(self) -> int:
@@ -147,12 +204,14 @@ class Trainer:
         sink: the run's metrics log; None: records are kept in the history only.
         on_step: called after every step with (step, record) (progress display).
         budget: this session's step cap across stages.
+        name: the training's name in messages (:class:`Diverged`).
     """
 
     def __init__(self, stage: Stage, sampler: Sampler, seeds: Mapping[str, int] | torch.Generator, device: Device,
                  ckpt_dir: Path | None = None, sink: MetricsSink | None = None,
-                 on_step: Callable[[int, dict[str, Any]], None] | None = None, budget: StepBudget | None = None):
-        self.stage, self.sampler, self.device = stage, sampler, device
+                 on_step: Callable[[int, dict[str, Any]], None] | None = None, budget: StepBudget | None = None,
+                 name: str = "training"):
+        self.stage, self.sampler, self.device, self.name = stage, sampler, device, name
         self.spec = stage.train
         self.params = stage.trainable()
         self.optimizer = make_optimizer(self.params, self.spec.optimizer)
@@ -170,16 +229,23 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train to the last step (from a restored state, if any); return the history."""
+        """Train to the last step (from a restored state, if any); return the history.
+
+        Raises:
+            Diverged: a step's total loss or gradient norm, or an evaluation's held-out LM, is not finite
+                (that step is logged; no checkpoint is written after it).
+        """
         self._t0 = time.perf_counter()
         if self.step == 0:
             self.sink.truncate(0)
             self.history["initial"] = self.evaluate(log=False)
             self.sink.write({"event": "eval_initial", **self.history["initial"]})
+            self.guard("eval", self.history["initial"], [])
         while self.step < self.spec.steps:
             self.advance()
+            self.guard("train", self.history["train"][-1], self.history["train"][:-1])
             if self.step % self.spec.eval_every == 0 or self.step == self.spec.steps:
-                self.evaluate()
+                self.guard("eval", self.evaluate(), [self.history["initial"], *self.history["eval"][:-1]])
             if self.ckpt_dir is not None and self.step % self.spec.checkpoint_every == 0 \
                     and self.step < self.spec.steps:
                 self.save()
@@ -193,6 +259,20 @@ class Trainer:
         self.step += 1
         self.log(record)
         return record
+
+    def guard(self, event: str, record: dict[str, Any], earlier: list[dict[str, Any] | None]) -> None:
+        """The NaN guard: raise :class:`Diverged` if one of ``record``'s :data:`GUARDED` values is not finite;
+        ``earlier`` (oldest first) gives the last finite values its message names."""
+        if all(math.isfinite(record[k]) for k in GUARDED[event] if isinstance(record.get(k), float)):
+            return
+        bad = _nonfinite(record)
+        last: dict[str, dict[str, float] | None] = {}
+        for k in bad:
+            seen = (r for r in reversed(earlier) if r and isinstance(r.get(k), float) and math.isfinite(r[k]))
+            hit = next(seen, None)
+            last[k] = {"step": hit["step"], "value": hit[k]} if hit else None
+        raise Diverged(self.name, record["step"], self.spec.steps, event,
+                       record.get("lr") if event == "train" else None, bad, last)
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
         idx, targets = self.sampler.sample(self.spec.batch_size, self.data_gen)

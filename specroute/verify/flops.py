@@ -80,7 +80,7 @@ def params_analytic(target: Target, ctx: Context) -> CheckResult:
     pc = count_params(target.spec)
     return result("params.analytic", target, not bad, f"{pc.routed_model:,} routed + {pc.gate + pc.target_head:,} gate",
                   "analytic == sum(numel) per group", "; ".join(bad) or f"checked on {[n for n, _ in specs]}",
-                  routed_model=pc.routed_model, controller=pc.controller, total=pc.total)
+                  routed_model=pc.routed_model, trained=pc.trained, total=pc.total)
 
 
 def params_paper(target: Target, ctx: Context) -> CheckResult:

@@ -18,13 +18,12 @@ reviewed like code).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from specroute.claims import evaluate_claims, load_summary, mechanism_input, paper_proxies
 from specroute.flops.accounting import flops_report
-from specroute.store import atomic_write_text
+from specroute.store import atomic_write_text, json_text
 from specroute.verify.common import Context
 from specroute.verify.runner import default_specs, run_verification
 
@@ -165,4 +164,4 @@ def refresh(specs: list[Path], ctx: Context, micro_spec: Path, micro_summary: Pa
 
 
 def write_reference(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+    atomic_write_text(path, json_text(data, indent=1, sort_keys=True) + "\n")

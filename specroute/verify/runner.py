@@ -48,6 +48,8 @@ VERIFIERS: tuple[Verifier, ...] = (
     Verifier("gradients.extreme", gradients.extreme, _RECIPE, "finite under extreme hidden states"),
     Verifier("oracle.brute_force", oracle.brute_force, _RECIPE, "batched labels == brute force"),
     Verifier("oracle.policy_equivalence", oracle.policy_equivalence, _SHAPE, "off == on iff later layers full"),
+    Verifier("oracle.per_token_agreement", oracle.per_token_agreement, _RECIPE,
+             "all-flip vs one-token labels, measured (pass: parity)"),
     Verifier("flops.fvcore_dense", flops.fvcore_dense, _SHAPE, "fvcore dense forward == analytic"),
     Verifier("flops.counters_agree", flops.counters_agree, _SHAPE, "fvcore == FlopCounterMode (forward)"),
     Verifier("flops.routed_forward", flops.routed_forward, _SHAPE, "routed forward == analytic; no zero op"),

@@ -100,7 +100,9 @@ def _child(spec: Path, out: Path, cpus: int) -> None:
 
     run_study(load_study(spec), StudyOptions(out=out / "report", cache=out / "cache", overwrite=True))
     result = micro_verdicts(out / "report" / "summary.json", spec)
-    (out / "verdicts.json").write_text(json.dumps(result), encoding="utf-8")
+    from specroute.store import atomic_write_json
+
+    atomic_write_json(out / "verdicts.json", result)
 
 
 if __name__ == "__main__":
