@@ -46,6 +46,7 @@ from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
 from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir, hold_lock,
                              sha256_json)
+from specroute.report.plots import PLOTS
 from specroute.report.text import plural
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
@@ -64,19 +65,14 @@ PARALLEL_MAX_PARAMS = 20_000_000
 EARLIER_PLOTS = ("lm_curves.png", "grad_norm.png", "full_fraction.png")
 
 
-def study_layout(out: Path | None = None) -> dict[str, object]:
+def study_layout() -> dict[str, object]:
     """What a study writes into its output folder (and all that ``overwrite`` deletes), as a
-    :data:`specroute.store.Layout`: ``study.json``, ``sessions.json``, ``report.md``, ``summary.json``, the report's plots in
-    ``plots/`` (:data:`EARLIER_PLOTS` and :data:`specroute.report.plots.PLOTS`) and ``runs/<arm>/seed<k>/``
-    (:data:`specroute.train.runs.RUN_LAYOUT`). ``out``: the folder to be checked (the report's plot names
-    are imported only when its ``plots/`` holds other names: it takes seconds)."""
-    plots = set(EARLIER_PLOTS)
-    if out is None or ((out / "plots").is_dir() and {p.name for p in (out / "plots").iterdir()} - plots):
-        from specroute.report.plots import PLOTS
-
-        plots |= set(PLOTS.values())
+    :data:`specroute.store.Layout`: ``study.json``, ``sessions.json``, ``report.md``, ``summary.json``, the
+    report's plots in ``plots/`` (:data:`specroute.report.plots.PLOTS` and :data:`EARLIER_PLOTS`) and
+    ``runs/<arm>/seed<k>/`` (:data:`specroute.train.runs.RUN_LAYOUT`)."""
     return {"study.json": FILE, "sessions.json": FILE, "report.md": FILE, "summary.json": FILE,
-            "plots": {name: FILE for name in plots}, "runs": {"*": {"seed[0-9]*": RUN_LAYOUT}}}
+            "plots": {name: FILE for name in {*PLOTS.values(), *EARLIER_PLOTS}},
+            "runs": {"*": {"seed[0-9]*": RUN_LAYOUT}}}
 
 
 @dataclass
@@ -173,14 +169,14 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
     """
     if not overwrite and out.is_dir() and _not_started(out, sha):  # a failed start of this same study
         resume = True
-    entries = check_out_dir(out, study_layout(out), "a study", overwrite, resume, marker="study.json")
+    entries = check_out_dir(out, study_layout(), "a study", overwrite, resume, marker="study.json")
     if not entries:
         return f"--resume: no study in {out} yet; starting one" if resume else None
     if overwrite:
         for lock in sorted(out.glob(f"runs/*/*/{LOCK_NAME}")):  # a worker of a killed study may still be ending
             with hold_lock(lock.parent, "the run folder", wait_s=RUN_LOCK_WAIT_S):
                 pass
-        clear_out_dir(out, study_layout(out))
+        clear_out_dir(out, study_layout())
         return None
     meta = out / "study.json"
     if not meta.is_file():
