@@ -162,10 +162,6 @@ def run(
     resolved = load_study(spec, profile, set_ or [])
     options = StudyOptions(out=out, resume=resume, overwrite=overwrite, arms=list(arm or []),
                            seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers)
-    from specroute.train.memory import check_study
-
-    if (warning := check_study(resolved, options)) is not None:  # before any folder, data or model is touched
-        err_console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False, soft_wrap=True)
     confirm = (lambda q: typer.confirm(q, default=False)) if sys.stdin.isatty() else None
     try:
         with _sigterm_as_interrupt():

@@ -289,7 +289,8 @@ def _read_record(raw: bytes) -> Any:
 
 
 @contextlib.contextmanager
-def hold_lock(folder: Path, what: str, wait_s: float = 0.0) -> Iterator[str | None]:
+def hold_lock(folder: Path, what: str, wait_s: float = 0.0,
+              waiting: Callable[[str], None] | None = None) -> Iterator[str | None]:
     """Hold an exclusive lock on ``folder`` (created if missing) for the duration of the block.
 
     The lock is an ``flock`` on ``folder/.specroute.lock`` (:data:`LOCK_NAME`, through ``filelock``): the
@@ -301,6 +302,8 @@ def hold_lock(folder: Path, what: str, wait_s: float = 0.0) -> Iterator[str | No
     Args:
         folder: the folder to hold. what: what holds it, in messages ("the output folder", "the run folder").
         wait_s: how long to wait for another holder to finish (0: refuse at once).
+        waiting: called once with a message naming the holder when the lock is held by another process and
+            this call is about to wait for it (``wait_s`` > 0).
     Yields:
         A note for the user when a lock left by a process that ended without releasing it was taken
         over, or when this filesystem cannot lock (the block then runs unlocked); else None.
@@ -310,7 +313,7 @@ def hold_lock(folder: Path, what: str, wait_s: float = 0.0) -> Iterator[str | No
     """
     created = make_dir(folder)
     try:
-        with _locked(folder, what, wait_s) as note:
+        with _locked(folder, what, wait_s, waiting) as note:
             yield note
     finally:
         for p in reversed(created):
@@ -321,7 +324,7 @@ def hold_lock(folder: Path, what: str, wait_s: float = 0.0) -> Iterator[str | No
 
 
 @contextlib.contextmanager
-def _locked(folder: Path, what: str, wait_s: float) -> Iterator[str | None]:
+def _locked(folder: Path, what: str, wait_s: float, waiting: Callable[[str], None] | None) -> Iterator[str | None]:
     """:func:`hold_lock` on an existing folder."""
     path = folder / LOCK_NAME
     before: list[bytes] = []
@@ -331,17 +334,26 @@ def _locked(folder: Path, what: str, wait_s: float) -> Iterator[str | None]:
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_holder_record(what)).encode(), 0)
 
+    def holder() -> str:
+        try:
+            return _describe_holder(_read_record(path.read_bytes()))
+        except OSError:
+            return _describe_holder(None)
+
     lock: filelock.UnixFileLock | None = filelock.UnixFileLock(path, timeout=wait_s, on_acquired=on_acquired)
     note = None
     try:
         with writing(path, "lock"):
-            lock.acquire()
+            if waiting is not None and wait_s > 0:
+                try:
+                    lock.acquire(timeout=0)
+                except filelock.Timeout:
+                    waiting(f"{what} {folder} is in use by another specroute process ({holder()}); waiting for it")
+                    lock.acquire()
+            else:
+                lock.acquire()
     except filelock.Timeout:
-        try:
-            holder = _read_record(path.read_bytes())
-        except OSError:
-            holder = None
-        raise UserError(f"{what} {folder} is in use by another specroute process ({_describe_holder(holder)}); "
+        raise UserError(f"{what} {folder} is in use by another specroute process ({holder()}); "
                         "wait for it to finish or stop it, or choose another folder") from None
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP):

@@ -163,6 +163,23 @@ def test_two_concurrent_runs_one_refused_the_other_identical_to_a_lone_run(tmp_p
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in lone_out.iterdir())  # no lock left
 
 
+def test_two_studies_that_need_one_backbone_train_it_once(tmp_path, lone):
+    """Two studies (different --out, one cache) started together: one trains the backbone, the other waits
+    for it and reads the cache; the cached training is the one a lone study writes (no step twice)."""
+    lone_out, lone_cache = lone
+    cache = tmp_path / "cache"
+    cmds = [[sys.executable, "-m", "specroute.cli", *RUN_ARGS, "--seed", "0", "--out", str(tmp_path / name),
+             "--cache-dir", str(cache)] for name in ("a", "b")]
+    procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) for c in cmds]
+    outputs = [p.communicate(timeout=600) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    sources = sorted(json.loads((tmp_path / n / "summary.json").read_text())["backbone"]["source"] for n in "ab")
+    assert sources == ["cache", "trained"]
+    (trained,) = cache.glob("backbones/*/metrics.jsonl")
+    (lone_trained,) = lone_cache.glob("backbones/*/metrics.jsonl")
+    assert events(trained) == events(lone_trained)
+
+
 def test_a_run_folder_held_by_another_process_is_refused(tmp_path, lone, holder, monkeypatch):
     _, cache = lone
     out = tmp_path / "out"

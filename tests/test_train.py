@@ -109,9 +109,13 @@ def test_unknown_arm_and_seed_exit_2(tmp_path):
 
 
 def test_paper_profile_without_gpu_needs_yes(tmp_path, monkeypatch):
+    from specroute.train.memory import Available
+
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    # A machine with room for it, so that the refusal is the confirmation's, not the memory check's.
+    monkeypatch.setattr("specroute.train.memory.available", lambda device: Available("RAM", 1 << 40, 1 << 40))
     r = runner.invoke(app, ["run", str(SPECS / "a3.yaml"), "--profile", "paper", "--out", str(tmp_path / "p")])
-    assert r.exit_code == 2 and "--yes" in r.output
+    assert r.exit_code == 2 and "nobody can confirm" in r.output and "--yes" in r.output
     assert not (tmp_path / "p").exists()
 
 

@@ -6,7 +6,9 @@ written last, so its presence means the backbone is complete), ``metrics.jsonl``
 checkpoints in ``ckpt/`` while it trains. The key hashes exactly what determines the weights: the model
 spec, ``backbone.train``, the data spec, the corpus and tokenizer hashes and :data:`BACKBONE_SEED`. Every
 arm and seed of a study (and every study with the same backbone) shares it; routing, gate, loss and the
-controller stage are not part of it.
+controller stage are not part of it. A process trains a backbone holding the lock of its folder
+(:func:`specroute.store.hold_lock`); another study that needs the same backbone meanwhile waits for it and
+then reads the cache.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
@@ -24,7 +27,7 @@ from specroute.data.sampler import WindowSampler
 from specroute.data.shards import TokenData
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
-from specroute.store import UserError, atomic_write_json, atomic_write_with, cache_dir, sha256_json
+from specroute.store import UserError, atomic_write_json, atomic_write_with, cache_dir, hold_lock, sha256_json
 from specroute.train.device import Device
 from specroute.train.progress import StudyProgress
 from specroute.train.stages import DenseStage, build_seeded, dense_heldout_lm, derive_seed, eval_batches
@@ -34,6 +37,8 @@ from specroute.train.trainer import MetricsSink, StepBudget, Trainer, checkpoint
 BACKBONE_SEED = 0
 #: Version of the backbone cache layout; part of the key.
 FORMAT = 1
+#: How long a study waits for another process that trains the same backbone into the cache (s).
+TRAINING_LOCK_WAIT_S = 7 * 24 * 3600.0
 
 
 @dataclass
@@ -81,11 +86,27 @@ def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Pa
         return _load_checkpoint(spec, spec_dir, heldout, device)
     key = backbone_key(spec, data)
     folder = cache_dir(cache) / "backbones" / key
-    weights = folder / "backbone.safetensors"
     if (folder / "info.json").is_file():
-        info = json.loads((folder / "info.json").read_text())
-        return Backbone(load_file(str(weights)), {**info, "source": "cache", "wall_s_trained": info["wall_s"],
-                                                   "wall_s": 0.0, "path": str(weights)})
+        return _cached(folder)
+    # One process trains a backbone; another study that needs the same one waits, then reads the cache.
+    waiting = (lambda message: progress.note(escape(message))) if progress else None
+    with hold_lock(folder, "the backbone cache", TRAINING_LOCK_WAIT_S, waiting):
+        if (folder / "info.json").is_file():
+            return _cached(folder)
+        return _train(spec, data, device, folder, key, heldout, progress, budget)
+
+
+def _cached(folder: Path) -> Backbone:
+    weights = folder / "backbone.safetensors"
+    info = json.loads((folder / "info.json").read_text())
+    return Backbone(load_file(str(weights)), {**info, "source": "cache", "wall_s_trained": info["wall_s"],
+                                               "wall_s": 0.0, "path": str(weights)})
+
+
+def _train(spec: RunSpec, data: TokenData, device: Device, folder: Path, key: str, heldout: WindowSampler,
+           progress: StudyProgress | None, budget: StepBudget | None) -> Backbone:
+    """Train the backbone into ``folder`` (resuming its checkpoint) and cache it; the caller holds its lock."""
+    weights = folder / "backbone.safetensors"
     stage = DenseStage.seeded(spec, BACKBONE_SEED, heldout, device)
     sink = MetricsSink(folder / "metrics.jsonl")
     on_step = functools.partial(progress.update, "backbone") if progress else None

@@ -203,20 +203,3 @@ def check_memory(specs: list[RunSpec], device: str, parallel: int, yes: bool) ->
             raise UserError(f"{verdict.message}. Pass --yes to run it anyway.")
         return f"{verdict.message}; running anyway (--yes)"
     return None
-
-
-def check_study(resolved: Any, options: Any) -> str | None:
-    """:func:`check_memory` for the runs ``specroute run`` would do (:class:`specroute.train.StudyOptions`:
-    arms, seeds, device, workers, yes) — before the output folder, the data or any model is touched.
-
-    Raises UserError (or SpecError for an unknown arm) as :func:`check_memory` and
-    :func:`specroute.train.study.select_runs`.
-    """
-    from specroute.train.device import pick_device
-    from specroute.train.study import auto_workers, select_runs
-
-    runs = select_runs(resolved, options.arms, options.seeds)
-    device = pick_device(options.device)
-    specs = [spec for _, _, spec in runs]
-    parallel = options.workers or auto_workers(device, specs[0], len(runs))
-    return check_memory(specs, device.type, min(parallel, len(runs)), options.yes)

@@ -51,6 +51,7 @@ from specroute.report.text import plural
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
+from specroute.train.memory import check_memory
 from specroute.train.progress import StudyProgress, TokenisingProgress
 from specroute.train.runs import (RUN_LAYOUT, RUN_LOCK_WAIT_S, init_worker, is_failed, run_controller, run_dir,
                                   run_in_worker, run_steps_left)
@@ -283,11 +284,17 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     out = Path(options.out) if options.out else default_out(resolved)
     sha = spec_sha256(resolved)
     note = console.print if console else (lambda *a, **k: None)
+    device = pick_device(options.device)
+    specs = [spec for _, _, spec in runs]
+    # Memory first: nothing (folder, data, model) is touched for a study that cannot fit.
+    memory_warning = check_memory(specs, device.type, min(options.workers or auto_workers(device, specs[0], len(runs)),
+                                                          len(runs)), options.yes)
+    if memory_warning:
+        note(f"[yellow]warning: {escape(memory_warning)}[/]")
     with hold_lock(out, "the output folder") as lock_note:
         if lock_note:
             note(f"[yellow]{escape(lock_note)}[/]")
         notice = prepare_out(out, sha, options.resume, options.overwrite)
-        device = pick_device(options.device)
         if notice:
             note(f"[yellow]{escape(notice)}[/]")
         first = runs[0][2]
