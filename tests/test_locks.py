@@ -302,7 +302,7 @@ CASES = [
     ("disk-full-at-a-backbone-checkpoint", None, [], _disk_full_at_checkpoint,
      ["/ckpt/step_000010: the disk is full"], {"study.json", "sessions.json"}),
     ("missing-data-file", None, ["--set", "data={kind: local, paths: [missing.jsonl]}"], None,
-     ["data file(s) not found", "missing.jsonl"], False),
+     ["data file not found", "missing.jsonl"], False),
 ]
 
 

@@ -91,7 +91,7 @@ def prepare_data(
         paths = [_resolve(p, spec_dir) for p in data.paths]
         missing = [str(p) for p in paths if not p.is_file()]
         if missing:
-            raise DataUnavailable(f"data file(s) not found: {missing} (data.paths are relative to the "
+            raise DataUnavailable(f"{'data file' if len(missing) == 1 else 'data files'} not found: {missing} (data.paths are relative to the "
                                   f"spec file's folder {spec_dir})")
         source = {"kind": "local", "files": [[p.name, sha256_file(p)] for p in paths],
                   "text_column": data.text_column}
@@ -227,7 +227,7 @@ def write_shards(
     heldout.close()
     if train.total == 0 or heldout.total == 0:
         raise DataUnavailable(f"the corpus gave {train.total} train and {heldout.total} held-out tokens "
-                              f"from {n_docs} documents; it needs at least two documents")
+                              f"from {n_docs} document{'' if n_docs == 1 else 's'}; it needs at least two documents")
     return {
         "corpus_sha256": h.hexdigest(),
         "tokenizer": tokenizer.name,

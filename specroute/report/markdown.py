@@ -113,7 +113,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         f"Dense backbone ({bb['source']}, {fmt(bb['steps'])} steps, cache key `{fmt(bb['cache_key'])}`, "
         f"trained in {bb.get('wall_s_trained', bb['wall_s']):.0f} s): held-out LM **{bb['heldout_lm']:.3f}** "
         f"nats/token beside the corpus's unigram entropy **{ent:.3f}** "
-        f"({(1 - bb['heldout_lm'] / ent) * 100:.0f}% lower"
+        f"({abs(1 - bb['heldout_lm'] / ent) * 100:.0f}% {'lower' if bb['heldout_lm'] <= ent else 'higher'}"
         + (f"; {bb['initial_lm']:.3f} before training" if bb.get("initial_lm") is not None else "") + ")."
     )
     lines += ["", *failed_section(summary)] if n_failed else []

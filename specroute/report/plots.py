@@ -50,6 +50,12 @@ def _band(ax: Any, x: np.ndarray, ys: np.ndarray, label: str, colour: Any) -> No
         ax.fill_between(x, ys.min(0), ys.max(0), color=colour, alpha=0.2, linewidth=0)
 
 
+def _legend(ax: Any, **kwargs: Any) -> None:
+    """A legend, unless nothing is labelled (every run failed: an empty plot, without an empty legend)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def read_train_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -74,7 +80,7 @@ def plot_lm(summary: dict[str, Any], path: Path) -> None:
     ax.set_xlabel("controller step")
     ax.set_ylabel("held-out LM loss (nats/token)")
     ax.set_title(f"{summary['study']} / {summary['profile']}: LM, mean and min-max over seeds")
-    ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     ax.grid(alpha=0.3)
     _save(fig, path)
 
@@ -102,8 +108,7 @@ def plot_grad_norm(summary: dict[str, Any], runs_dir: Path, path: Path) -> None:
     ax.set_xlabel("controller step")
     ax.set_ylabel("controller gradient norm (before clipping)")
     ax.set_title("gradient norm, moving average; mean and min-max over seeds")
-    if ax.get_legend_handles_labels()[0]:  # no run wrote metrics: an empty plot, without an empty legend
-        ax.legend(fontsize=8)
+    _legend(ax, fontsize=8)
     ax.grid(alpha=0.3, which="both")
     _save(fig, path)
 
@@ -140,7 +145,7 @@ def plot_full_fraction(summary: dict[str, Any], path: Path) -> None:
     ax.set_ylim(0, 1)
     ax.set_ylabel("realised full fraction")
     ax.set_title("full fraction per controlled layer, threshold routing (mean over seeds)")
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7, ncol=2)
     _save(fig, path)
 
 
@@ -170,7 +175,7 @@ def plot_scores(summary: dict[str, Any], path: Path) -> None:
     ax.set_xticks(np.arange(len(layers)), [f"layer {l}" for l in layers])
     ax.set_ylabel("gate score (routing logit)")
     ax.set_title("gate scores per controlled layer, last evaluation: 5/25/50/75/95% (mean over seeds)")
-    ax.legend(fontsize=7, ncol=2)
+    _legend(ax, fontsize=7, ncol=2)
     _save(fig, path)
 
 
