@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from specroute.store import UserError, cache_dir, sha256_bytes, sha256_json
+from specroute.store import UserError, atomic_write_bytes, cache_dir, sha256_bytes, sha256_json
 
 BYTES_DESCRIPTION = "specroute tokenizer 'bytes' v1: token id = UTF-8 byte value (0-255); document separator 0"
 GPT2_REPOS = ("openai-community/gpt2", "gpt2")
@@ -139,8 +138,7 @@ def find_gpt2_tokenizer(cache: str | Path | None = None) -> Path:
         got = hf_hub_download(GPT2_REPOS[0], "tokenizer.json", cache_dir=hub_cache_dir())
     except Exception as e:  # noqa: BLE001 - any download failure is the same user-facing problem
         raise DataUnavailable(f"downloading GPT-2's tokenizer failed: {e}\n" + ALTERNATIVES) from None
-    local.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(got, local)
+    atomic_write_bytes(local, Path(got).read_bytes())
     return local
 
 
