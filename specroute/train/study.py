@@ -127,7 +127,7 @@ class StudyResult:
             values = {k: v for _, f in runs for k, v in f["nonfinite"].items()}
             each.append(f"{arm} seed{'s' if len(runs) > 1 else ''} {seeds} at step {steps} of {runs[0][1]['steps']} "
                         f"({', '.join(f'{k} {v}' for k, v in values.items())})")
-        return (f"{len(failed)} of {total} {'run' if total == 1 else 'runs'} failed (non-finite values): "
+        return (f"{len(failed)} of {plural(total, 'run')} failed (non-finite values): "
                 f"{'; '.join(each)}. The report ({self.out / 'report.md'}) covers the finished runs and lists "
                 "these under \"Failed runs\"; a smaller learning rate (train.optimizer.lr_peak) or a gradient clip "
                 "(train.grad_clip) usually prevents this")
