@@ -186,7 +186,7 @@ def test_no_cell_can_break_a_table(study):
 
 
 def test_md_table_escapes_and_checks_row_width():
-    from specroute.report.text import md_table
+    from specroute.text import md_table
 
     assert md_table(["a", "b"], [["x|y", "1\n2"], ["only"]]) == ["| a | b |", "|---|---|", "| x\\|y | 1 2 |",
                                                                  "| only |  |"]
@@ -196,7 +196,7 @@ def test_md_table_escapes_and_checks_row_width():
 
 
 def test_plural():
-    from specroute.report.text import plural
+    from specroute.text import plural
 
     assert [plural(n, "run") for n in (0, 1, 2)] == ["0 runs", "1 run", "2 runs"]
     assert plural(1, "analysis", "analyses") == "1 analysis" and plural(2, "analysis", "analyses") == "2 analyses"

@@ -16,7 +16,7 @@ import statistics
 from typing import Any
 
 from specroute.bench.cases import PAPER_HOURS, BenchOptions, Case, quartile_spread
-from specroute.report.text import plural
+from specroute.text import plural
 from specroute.spec import Resolved
 from specroute.spec.models import ceil_budget
 from specroute.train.device import Device

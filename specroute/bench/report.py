@@ -15,7 +15,7 @@ from rich.table import Table
 from specroute import store
 from specroute.bench.figures import fmt_load, fmt_num, fmt_pct, fmt_share
 from specroute.claims.paper import WALL_HOURS
-from specroute.report.text import md_table, plural
+from specroute.text import md_table, plural
 from specroute.store import (
     atomic_write_json,
     atomic_write_text,

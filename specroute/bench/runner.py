@@ -41,7 +41,7 @@ from specroute.bench.figures import summarise
 from specroute.bench.machine import OtherLoad, machine
 from specroute.bench.reference import hf_version, quiet_transformers
 from specroute.bench.timing import measure_memory, memory_method, time_cases
-from specroute.report.text import plural
+from specroute.text import plural
 from specroute.spec import Resolved
 from specroute.store import UserError
 from specroute.train.device import Device, environment, pick_device

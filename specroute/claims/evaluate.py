@@ -22,6 +22,7 @@ from specroute.claims.stats import (THRESHOLDS, fmt_interval, outside, paired, r
                                     within)
 from specroute.claims.verdict import (INCONCLUSIVE, NECESSARY, NOT_CHECKABLE, NOT_REPRODUCED, REPRODUCED, Verdict,
                                       combine, from_paired, judge_band, judge_disappears, judge_wins, make)
+from specroute.text import plural
 
 GATES = ("G1", "G3")
 
@@ -175,9 +176,9 @@ def _c6(c: Claim, x: Context) -> Verdict:
     if all(s == "inside" for s in state):
         return make(c, REPRODUCED, f"insensitive: every interval lies inside ±{m:g} nats", numbers, **kw)
     if "outside" in state:
-        return make(c, NOT_REPRODUCED, f"sensitive: {state.count('outside')} interval(s) lie outside ±{m:g} nats",
+        return make(c, NOT_REPRODUCED, f"sensitive: {plural(state.count('outside'), 'interval')} outside ±{m:g} nats",
                     numbers, **kw)
-    return make(c, INCONCLUSIVE, f"{state.count('undecided')} interval(s) straddle ±{m:g} nats", numbers, **kw)
+    return make(c, INCONCLUSIVE, f"{plural(state.count('undecided'), 'interval')} straddling ±{m:g} nats", numbers, **kw)
 
 
 def _c7(c: Claim, x: Context) -> Verdict:

@@ -7,6 +7,7 @@ from typing import Any
 
 from specroute.claims.paper import SEEDS, Claim
 from specroute.claims.stats import Paired, fmt_interval
+from specroute.text import plural
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -87,11 +88,11 @@ def judge_wins(p: Paired, margin: float | None) -> tuple[str, str]:
     if p.wins == p.n:
         return REPRODUCED, f"{p.wins}/{p.n} seeds win beyond noise"
     if p.losses:
-        return NOT_REPRODUCED, f"{p.losses}/{p.n} seed(s) go the other way beyond noise"
+        return NOT_REPRODUCED, f"{p.losses}/{p.n} {'seed goes' if p.losses == 1 else 'seeds go'} the other way beyond noise"
     iv = p.interval
     if margin is not None and iv is not None and -margin <= iv[0] and iv[1] <= margin:
         return NOT_REPRODUCED, f"no effect: the interval {fmt_interval(iv)} lies within ±{margin:g} nats"
-    return INCONCLUSIVE, f"{p.wins} win(s) and {p.ties} tie(s) within noise: the data cannot separate the outcomes"
+    return INCONCLUSIVE, f"{plural(p.wins, 'win')} and {plural(p.ties, 'tie')} within noise: the data cannot separate the outcomes"
 
 
 def judge_disappears(p: Paired) -> tuple[str, str]:

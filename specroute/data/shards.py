@@ -31,6 +31,7 @@ from specroute.data.tokenizer import DataUnavailable, Tokenizer, load_tokenizer
 from specroute.spec.models import EmbeddedData, FinewebEduData, LocalData
 from specroute.store import (atomic_write_json, cache_dir, publish_dir, sha256_file, sha256_json, temp_dir_beside,
                              writing)
+from specroute.text import plural
 
 #: Version of the shard layout; part of every cache key.
 FORMAT = 1
@@ -227,7 +228,7 @@ def write_shards(
     heldout.close()
     if train.total == 0 or heldout.total == 0:
         raise DataUnavailable(f"the corpus gave {train.total} train and {heldout.total} held-out tokens "
-                              f"from {n_docs} document{'' if n_docs == 1 else 's'}; it needs at least two documents")
+                              f"from {plural(n_docs, 'document')}; it needs at least two documents")
     return {
         "corpus_sha256": h.hexdigest(),
         "tokenizer": tokenizer.name,

@@ -16,7 +16,7 @@ from rich.text import Text
 
 from specroute.claims.paper import PROXY
 from specroute.flops.analytic import count_params
-from specroute.report.text import plural
+from specroute.text import plural
 
 
 #: How the parameter groups of ``train.trainable`` are written in what the CLI prints.
@@ -63,8 +63,9 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any =
     )
     o = first.loss.oracle
     cf = f"per_token ({o.tokens_per_sequence} tokens/sequence)" if o.counterfactual == "per_token" else o.counterfactual
+    layers = plural(o.layers_per_step, "controlled layer") if o.layers_per_step else "all controlled layers"
     console.print(
-        f"oracle (util/rank): {o.labeling}, {cf}, {o.layers_per_step or 'all'} controlled layer(s) per step, "
+        f"oracle (util/rank): {o.labeling}, {cf}, {layers} per step, "
         f"util {o.util_target} {o.util_loss}, rank margin {o.rank_margin:g}, "
         f"{o.rank_pairs_per_token or 'all'} pairs/token"
     )
@@ -110,7 +111,7 @@ def print_flops(console: Console, rep: dict[str, Any]) -> None:
     st = rep["step"]
     console.print(f"[bold]{rep['study']}[/] (profile: [cyan]{rep['profile']}[/]): one step = {st['batch_size']} x "
                   f"{st['seq_len']} tokens; controlled layers {st['controlled_layers']} of {st['n_layers']}, budget "
-                  f"{st['full_fraction']}; oracle labels {st['labelled_layers_per_step'] or 'all'} layer(s)/step")
+                  f"{st['full_fraction']}; oracle labels {st['labelled_layers_per_step'] or 'all'} layers/step")
     params = Table(title="parameters")
     for col in ("arm", "routed model", "backbone", "cheap FFNs", "gate", "target head", "trained"):
         params.add_column(col, justify="left" if col == "arm" else "right")

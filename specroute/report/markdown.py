@@ -13,7 +13,7 @@ from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
 from specroute.report.summary import failed_runs
 from specroute.train.trainer import last_finite_text
-from specroute.report.text import md_row, md_table, plural
+from specroute.text import md_row, md_table, plural
 
 #: The paper's per-seed figure for (claim of a comparison, metric), from docs/CLAIMS.md.
 PAPER_WINS = {

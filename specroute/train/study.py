@@ -47,7 +47,7 @@ from specroute.spec.models import RunSpec
 from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir, hold_lock,
                              sha256_json)
 from specroute.report.plots import PLOTS
-from specroute.report.text import plural
+from specroute.text import plural
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
