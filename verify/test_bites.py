@@ -99,10 +99,10 @@ def test_target_head_changed_by_the_optimiser_is_caught(monkeypatch):
     t = target(G3)
     real = G3Gate.target_latent
 
-    def drifting(self, h_after_BTD):
+    def drifting(self, h_in_BTD, h_after_BTD):
         with torch.no_grad():
             self.target.weight.add_(1e-3)
-        return real(self, h_after_BTD)
+        return real(self, h_in_BTD, h_after_BTD)
 
     monkeypatch.setattr(G3Gate, "target_latent", drifting)
     r = jepa.target_frozen(t, CTX)
