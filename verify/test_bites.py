@@ -110,6 +110,24 @@ def test_target_head_changed_by_the_optimiser_is_caught(monkeypatch):
     assert "changed" in r.detail
 
 
+def test_jepa_target_of_the_wrong_kind_is_caught(monkeypatch):
+    """A gate that reads T(h_after) whatever its ``target`` says fails the target's equation."""
+    t = target({"gate": {**G3["gate"], "target": "ffn_effect"}, "loss": {"jepa": 1.0}})
+    assert jepa.target_equation(t, CTX).status == "pass"
+    monkeypatch.setattr(G3Gate, "target_latent", lambda self, h_in_BTD, h_after_BTD: self.target(h_after_BTD.detach()))
+    r = jepa.target_equation(t, CTX)
+    assert r.status == "fail"
+    assert "target differs" in r.detail
+
+
+def test_jepa_target_without_stop_gradient_is_caught(monkeypatch):
+    t = target({"gate": {**G3["gate"], "target": "ffn_effect"}, "loss": {"jepa": 1.0}})
+    monkeypatch.setattr(G3Gate, "target_latent", lambda self, h_in_BTD, h_after_BTD: self.target(h_after_BTD - h_in_BTD))
+    r = jepa.target_equation(t, CTX)
+    assert r.status == "fail"
+    assert "not stop-gradient" in r.detail
+
+
 def test_future_peeking_threshold_is_caught(monkeypatch):
     t = target({"routing": {"budget": {"enforcement": "threshold"}}, "loss": {"budget": 1.0}})
     assert causality.threshold_causal(t, CTX).status == "pass"

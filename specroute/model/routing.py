@@ -24,6 +24,9 @@ from specroute.model.layers import FFN
 from specroute.spec.models import BudgetSpec, G1Spec, G3Spec, ModelSpec, RunSpec, ceil_budget
 
 CHEAP, FULL = 0, 1  # action indices of the G3 predictor
+#: Epsilon of G3's ``score_norm: layernorm``. Far below LayerNorm's usual 1e-5: at init the predictor's action
+#: difference has a per-dimension variance of ~1e-7 (smoke profile), which 1e-5 would swamp (no normalisation).
+SCORE_NORM_EPS = 1e-12
 
 
 # --------------------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ class G3Gate(nn.Module):
         pred_full, pred_cheap = self.predict(z, FULL), self.predict(z, CHEAP)
         d_BTK = pred_full - pred_cheap
         if self.score_norm == "layernorm":
-            d_BTK = F.layer_norm(d_BTK, d_BTK.shape[-1:])
+            d_BTK = F.layer_norm(d_BTK, d_BTK.shape[-1:], eps=SCORE_NORM_EPS)
         score = self.score_head(d_BTK).squeeze(-1)
         return GateOut(score, pred_full, pred_cheap)
 
