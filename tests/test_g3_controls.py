@@ -18,6 +18,7 @@ from specroute.cli import app
 from specroute.losses import jepa_loss
 from specroute.model.routing import CHEAP, FULL, SCORE_NORM_EPS
 from specroute.report.markdown import diagnostics_section
+from specroute.report.plots import plot_gate_scale
 from specroute.report.summary import arm_entry, layer_diagnostics
 from specroute.spec.models import G3Spec, RunSpec
 from specroute.train.device import Device
@@ -123,7 +124,7 @@ def test_score_norm_needs_two_latent_dims(tmp_path):
     assert "target" in result.output and "h_after" in result.output
 
 
-def test_gate_diagnostics_through_evaluation_summary_and_report():
+def test_gate_diagnostics_through_evaluation_summary_and_report(tmp_path):
     """An evaluation records the score spread of every gate and G3's action gaps; the seed summary keeps them
     before and after training, the arm's aggregates and report.md's table read them."""
     x = tokens(2, 16, 1)
@@ -164,3 +165,9 @@ def test_gate_diagnostics_through_evaluation_summary_and_report():
     rows = [l for l in lines if l.startswith("| G3 test |")]
     assert len(rows) == 2 and f"{g3['score_std']['1']:.3g} → {g3['score_std']['1']:.3g}" in rows[0]
     assert diagnostics_section({"old": {**arm, "seeds": {"0": {}}}}) == []  # an older summary: no table
+    g1_spec, g1_eval = evals["G1"]
+    g1_seed = seed_summary(g1_spec, {**history, "initial": g1_eval, "eval": [{"step": 1, **g1_eval}]}, 1.0)
+    g1_arm = arm_entry("G1 test", g1_spec, {0: g1_seed})
+    plot_gate_scale({"arms": {"G3_test": arm, "G1_test": g1_arm}}, tmp_path / "gate_scale.png")
+    png = (tmp_path / "gate_scale.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000

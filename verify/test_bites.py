@@ -122,7 +122,8 @@ def test_jepa_target_of_the_wrong_kind_is_caught(monkeypatch):
 
 def test_jepa_target_without_stop_gradient_is_caught(monkeypatch):
     t = target({"gate": {**G3["gate"], "target": "ffn_effect"}, "loss": {"jepa": 1.0}})
-    monkeypatch.setattr(G3Gate, "target_latent", lambda self, h_in_BTD, h_after_BTD: self.target(h_after_BTD - h_in_BTD))
+    no_stop_gradient = lambda self, h_in_BTD, h_after_BTD: self.target(h_after_BTD - h_in_BTD)  # noqa: E731
+    monkeypatch.setattr(G3Gate, "target_latent", no_stop_gradient)
     r = jepa.target_equation(t, CTX)
     assert r.status == "fail"
     assert "not stop-gradient" in r.detail
