@@ -105,16 +105,16 @@ def collapse_measurable(target: Target, ctx: Context) -> CheckResult:
                   fresh=fresh, collapsed=collapsed, trained=trained, action=FULL)
 
 
-def _equation_target(model, rec) -> torch.Tensor:
-    """The JEPA target of a G3 layer's record by its equation, from an explicit forward of each token's
-    executed branch (the reference the gate's :meth:`G3Gate.target_latent` must equal), (B, T, K)."""
+def _equation_target(model, rec, kind: str) -> torch.Tensor:
+    """The JEPA target of a G3 layer's record by the equation of the spec's ``target`` kind, from an explicit
+    forward of each token's executed branch (what the gate's :meth:`G3Gate.target_latent` must equal), (B, T, K)."""
     block = model.blocks[rec.layer]
     gate = block.routed_ffn.gate
     x = block.ln2(rec.h_in_BTD)
     branch = torch.where(rec.full_BT.unsqueeze(-1), block.ffn(x), block.routed_ffn.cheap_branch(x))
     h_after = rec.h_in_BTD + branch
     source = {"h_after": h_after, "ffn_effect": branch,
-              "normalized": F.layer_norm(h_after, h_after.shape[-1:])}[gate.target_kind]
+              "normalized": F.layer_norm(h_after, h_after.shape[-1:])}[kind]
     return source.detach() @ gate.target.weight.T
 
 
@@ -134,7 +134,7 @@ def target_equation(target: Target, ctx: Context) -> CheckResult:
             block = model.blocks[rec.layer]
             gate = block.routed_ffn.gate
             got = gate.target_latent(rec.h_in_BTD, rec.h_out_BTD)
-            want = _equation_target(model, rec)
+            want = _equation_target(model, rec, kind)
             err = ((got - want).abs().max() / want.abs().max().clamp_min(1e-12)).item()
             stats["max_error"] = max(stats["max_error"], err)
             assert err < 1e-4, f"layer {rec.layer}: target differs from T(...) of target={kind} by {err:.2g} (relative)"
