@@ -259,15 +259,16 @@ def executed_latent(rec: LayerRouting) -> Tensor | None:
 
 
 def jepa_loss(model: Decoder, routing: list[LayerRouting]) -> Tensor:
-    """JEPA: MSE between the predicted latent of the executed action and the fixed target latent
-    T(sg(h_after)), averaged over G3 layers, tokens and latent dims (docs/DESIGN.md, "Gates")."""
+    """JEPA: MSE between the predicted latent of the executed action and the fixed target latent of its
+    outcome (T(sg(h_after)) by default; the gate's ``target``, :meth:`G3Gate.target_latent`), averaged over
+    G3 layers, tokens and latent dims (docs/DESIGN.md, "Gates")."""
     terms = []
     for rec in routing:
         gate = model.blocks[rec.layer].routed_ffn.gate
         pred = executed_latent(rec)
         if not isinstance(gate, G3Gate) or pred is None:
             continue
-        terms.append(F.mse_loss(pred, gate.target_latent(rec.h_out_BTD)))
+        terms.append(F.mse_loss(pred, gate.target_latent(rec.h_in_BTD, rec.h_out_BTD)))
     if not terms:
         raise ValueError("jepa loss needs G3 gates with scores in the forward")
     return torch.stack(terms).mean()

@@ -83,7 +83,8 @@ def test_validate_json_is_the_resolved_spec_of_every_arm():
     arm = payload["arms"]["G3_nojepa"]
     assert arm["spec"]["loss"]["jepa"] == 0.0
     assert arm["spec"]["gate"] == {"kind": "G3", "latent_dim": 64, "predictor_hidden": 256, "init_bias": 0.0,
-                                   "target_seed": 1234}
+                                   "target_seed": 1234, "score_init_std": None, "score_norm": "none",
+                                   "target": "h_after"}
     assert arm["params"]["total"] == sum(arm["params"][k] for k in ("backbone", "cheap_ffn", "gate", "target_head"))
 
 

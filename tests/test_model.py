@@ -220,7 +220,7 @@ def test_context_length_is_enforced():
 # gradient paths and freezing
 
 
-@pytest.mark.parametrize("g3", [False, True], ids=["G1", "G3"])
+@pytest.mark.parametrize("g3", [False, True, "layernorm"], ids=["G1", "G3", "G3-score-layernorm"])
 @pytest.mark.parametrize(
     "routing",
     [
@@ -233,7 +233,8 @@ def test_context_length_is_enforced():
     ids=["masked-scaling", "gather-scaling", "straight-through", "threshold", "topk-batch-skip"],
 )
 def test_lm_loss_alone_reaches_every_gate_parameter_and_no_backbone_parameter(g3, routing):
-    spec = tiny_spec({"routing": routing, **(G3 if g3 else {})})
+    gate = {"gate": {**G3["gate"], "score_norm": "layernorm"}} if g3 == "layernorm" else G3 if g3 else {}
+    spec = tiny_spec({"routing": routing, **gate})
     torch.manual_seed(0)
     model = build_model(spec)
     idx = tokens(2, 16)
@@ -309,6 +310,21 @@ def test_gate_init_bias_comes_from_the_spec():
     model = build_model(tiny_spec({"gate": {"init_bias": 1.5}}))
     for block in model.controlled_blocks():
         assert block.routed_ffn.gate.score_head.bias.item() == 1.5
+
+
+@pytest.mark.parametrize("gate", [{}, G3], ids=["G1", "G3"])
+def test_score_head_init_std_comes_from_the_spec(gate):
+    """score_init_std redraws only the score head's weight; null (the default) leaves the model as before."""
+    spec = tiny_spec(gate)
+    torch.manual_seed(0)
+    default = build_model(spec)
+    torch.manual_seed(0)
+    scaled = build_model(tiny_spec({"gate": {**spec.gate.model_dump(), "score_init_std": 5.0}}))
+    for (name, p), (_, q) in zip(default.named_parameters(), scaled.named_parameters()):
+        if ".score_head.weight" in name:
+            assert 3.0 < q.std().item() < 8.0 and p.std().item() < 0.1, name
+        else:
+            assert torch.equal(p, q), name
 
 
 def test_load_backbone_is_strict():

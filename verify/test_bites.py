@@ -99,15 +99,34 @@ def test_target_head_changed_by_the_optimiser_is_caught(monkeypatch):
     t = target(G3)
     real = G3Gate.target_latent
 
-    def drifting(self, h_after_BTD):
+    def drifting(self, h_in_BTD, h_after_BTD):
         with torch.no_grad():
             self.target.weight.add_(1e-3)
-        return real(self, h_after_BTD)
+        return real(self, h_in_BTD, h_after_BTD)
 
     monkeypatch.setattr(G3Gate, "target_latent", drifting)
     r = jepa.target_frozen(t, CTX)
     assert r.status == "fail"
     assert "changed" in r.detail
+
+
+def test_jepa_target_of_the_wrong_kind_is_caught(monkeypatch):
+    """A gate that reads T(h_after) whatever its ``target`` says fails the target's equation."""
+    t = target({"gate": {**G3["gate"], "target": "ffn_effect"}, "loss": {"jepa": 1.0}})
+    assert jepa.target_equation(t, CTX).status == "pass"
+    monkeypatch.setattr(G3Gate, "target_latent", lambda self, h_in_BTD, h_after_BTD: self.target(h_after_BTD.detach()))
+    r = jepa.target_equation(t, CTX)
+    assert r.status == "fail"
+    assert "target differs" in r.detail
+
+
+def test_jepa_target_without_stop_gradient_is_caught(monkeypatch):
+    t = target({"gate": {**G3["gate"], "target": "ffn_effect"}, "loss": {"jepa": 1.0}})
+    no_stop_gradient = lambda self, h_in_BTD, h_after_BTD: self.target(h_after_BTD - h_in_BTD)  # noqa: E731
+    monkeypatch.setattr(G3Gate, "target_latent", no_stop_gradient)
+    r = jepa.target_equation(t, CTX)
+    assert r.status == "fail"
+    assert "not stop-gradient" in r.detail
 
 
 def test_future_peeking_threshold_is_caught(monkeypatch):

@@ -92,7 +92,8 @@ class Decoder(nn.Module):
     # -- initialisation: the one place --------------------------------------------------------------
     def _init_weights(self) -> None:
         """Normal(0, init_std) weights, zero biases; residual projections scaled by 1/sqrt(2L)
-        (GPT-2); gate output bias = spec ``init_bias``; the G3 target head from its own seed."""
+        (GPT-2); gate output bias = spec ``init_bias``, its weight's std ``score_init_std`` when set; the G3
+        target head from its own seed."""
         m = self.spec.model
         for mod in self.modules():
             if isinstance(mod, (nn.Linear, nn.Embedding)):
@@ -105,6 +106,8 @@ class Decoder(nn.Module):
         for block in self.controlled_blocks():
             gate = block.routed_ffn.gate
             nn.init.constant_(gate.score_head.bias, gate.init_bias)
+            if gate.score_init_std is not None:
+                nn.init.normal_(gate.score_head.weight, 0.0, gate.score_init_std)
             if isinstance(gate, G3Gate):
                 g = torch.Generator().manual_seed(gate.target_seed + block.index)
                 w = torch.randn(gate.target.weight.shape, generator=g) / math.sqrt(m.d_model)

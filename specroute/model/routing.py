@@ -24,6 +24,9 @@ from specroute.model.layers import FFN
 from specroute.spec.models import BudgetSpec, G1Spec, G3Spec, ModelSpec, RunSpec, ceil_budget
 
 CHEAP, FULL = 0, 1  # action indices of the G3 predictor
+#: Epsilon of G3's ``score_norm: layernorm``. Far below LayerNorm's usual 1e-5: at init the predictor's action
+#: difference has a per-dimension variance of ~1e-7 (smoke profile), which 1e-5 would swamp (no normalisation).
+SCORE_NORM_EPS = 1e-12
 
 
 # --------------------------------------------------------------------------------------------------
@@ -46,7 +49,8 @@ class GateOut:
 class G1Gate(nn.Module):
     """G1: s_t = MLP(LN(h_t)) (docs/CLAIMS.md G1).
 
-    Like G3's, the layer that outputs the score is ``score_head`` (its bias starts at ``init_bias``).
+    Like G3's, the layer that outputs the score is ``score_head`` (its bias starts at ``init_bias``, its
+    weight's std is ``score_init_std`` when set).
     """
 
     def __init__(self, m: ModelSpec, g: G1Spec):
@@ -55,6 +59,7 @@ class G1Gate(nn.Module):
         self.fc = nn.Linear(m.d_model, g.hidden)
         self.score_head = nn.Linear(g.hidden, 1)
         self.init_bias = g.init_bias
+        self.score_init_std = g.score_init_std
 
     def forward(self, h_BTD: Tensor) -> GateOut:
         """(B, T, D) -> GateOut(score_BT (B, T))."""
@@ -65,9 +70,10 @@ class G3Gate(nn.Module):
     """G3: JEPA-guided gate (docs/CLAIMS.md G3, docs/DESIGN.md "Gates").
 
     z = E(LN(h)) in R^K; the action-conditional predictor P(z, a) = MLP([z, onehot(a)]) forecasts the
-    latent of the outcome of each action; score = w . (P(z, full) - P(z, cheap)) + bias. The fixed target
-    head T (random, seeded by ``target_seed``, never trained) maps an executed outcome's hidden state to
-    the latent that P is aligned to (loss ``jepa``).
+    latent of the outcome of each action; with d = P(z, full) - P(z, cheap), score = w . d + bias
+    (``score_norm: none``) or w . LN(d) + bias (``layernorm``, no affine parameters). The fixed target head
+    T (random, seeded by ``target_seed``, never trained) maps an executed outcome to the latent that P is
+    aligned to (loss ``jepa``; what it maps is ``target``, see :meth:`target_latent`).
 
     P's output layer has no bias: a bias shared by both actions cancels in P(z, full) - P(z, cheap), so the
     LM loss could never reach it (every gate parameter must get a gradient from the LM loss alone).
@@ -86,6 +92,9 @@ class G3Gate(nn.Module):
         self.target = nn.Linear(m.d_model, g.latent_dim, bias=False)
         self.target.requires_grad_(False)
         self.init_bias = g.init_bias
+        self.score_init_std = g.score_init_std
+        self.score_norm = g.score_norm
+        self.target_kind = g.target
         self.target_seed = g.target_seed
 
     def predict(self, z_BTK: Tensor, action: int) -> Tensor:
@@ -97,12 +106,25 @@ class G3Gate(nn.Module):
         """(B, T, D) -> GateOut(score_BT (B, T), predicted outcome latents (B, T, K) for full and cheap)."""
         z = self.encoder(self.ln(h_BTD))
         pred_full, pred_cheap = self.predict(z, FULL), self.predict(z, CHEAP)
-        score = self.score_head(pred_full - pred_cheap).squeeze(-1)
+        d_BTK = pred_full - pred_cheap
+        if self.score_norm == "layernorm":
+            d_BTK = F.layer_norm(d_BTK, d_BTK.shape[-1:], eps=SCORE_NORM_EPS)
+        score = self.score_head(d_BTK).squeeze(-1)
         return GateOut(score, pred_full, pred_cheap)
 
-    def target_latent(self, h_after_BTD: Tensor) -> Tensor:
-        """T(sg(h)): the fixed target latent of an executed outcome, (B, T, D) -> (B, T, K)."""
-        return self.target(h_after_BTD.detach())
+    def target_latent(self, h_in_BTD: Tensor, h_after_BTD: Tensor) -> Tensor:
+        """The fixed target latent of an executed outcome (stop-gradient), (B, T, D) x 2 -> (B, T, K).
+
+        h_in_BTD: the hidden state h entering the FFN step; h_after_BTD = h + FFN_a(LN(h)), the state after
+        the executed action a. By ``target``: ``h_after`` T(sg(h_after)); ``ffn_effect``
+        T(sg(h_after - h)) = T(sg(FFN_a(LN(h)))); ``normalized`` T(LN(sg(h_after))), LN without affine.
+        """
+        h_after = h_after_BTD.detach()
+        if self.target_kind == "ffn_effect":
+            return self.target(h_after - h_in_BTD.detach())
+        if self.target_kind == "normalized":
+            return self.target(F.layer_norm(h_after, h_after.shape[-1:]))
+        return self.target(h_after)
 
 
 def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> G1Gate | G3Gate:

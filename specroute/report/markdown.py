@@ -11,7 +11,7 @@ from specroute.claims.paper import PARAMS as PAPER_PARAMS
 from specroute.claims.paper import SEEDS
 from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
-from specroute.report.summary import failed_runs
+from specroute.report.summary import failed_runs, layer_diagnostics
 from specroute.train.trainer import last_finite_text
 from specroute.text import md_row, md_table, plural
 
@@ -62,6 +62,37 @@ def failed_section(summary: dict[str, Any]) -> list[str]:
              "–" if f["lr"] is None else f"{f['lr']:.3g}") for arm, seed, f in failed]
     lines += md_table(("arm", "seed", "step", "non-finite", "last finite", "learning rate"), rows)
     return [*lines, ""]
+
+
+def diagnostics_section(arms: dict[str, Any]) -> list[str]:
+    """The "Gate score scale and action dependence" table (empty for a summary without gate diagnostics):
+    per arm and controlled layer, means over seeds of the score's std over tokens and G3's
+    ||P(z, full) - P(z, cheap)||, ||T(full) - T(cheap)|| and its share of ||T||, before training -> last
+    evaluation."""
+    rows = []
+    for a in arms.values():
+        seeds = list(a["seeds"].values())
+        diags = {w: [layer_diagnostics(s, w) for s in seeds] for w in ("initial", "final")}
+        layers = sorted({l for d in diags["final"] for l in d.get("score_std", {})}, key=int)
+        for l in layers:
+            def cell(name: str, digits: int = 3) -> str:
+                vals = []
+                for w in ("initial", "final"):
+                    xs = [d[name][l] for d in diags[w] if (d.get(name) or {}).get(l) is not None]
+                    vals.append(f"{sum(xs) / len(xs):.{digits}g}" if xs else "–")
+                return " → ".join(vals)
+            g3 = a["gate"] == "G3"
+            rows.append((a["label"], l, cell("score_std"), cell("pred_gap") if g3 else "–",
+                         cell("target_gap") if g3 else "–", cell("target_share", 2) if g3 else "–"))
+    if not rows:
+        return []
+    return ["", "### Gate score scale and action dependence", "",
+            "Per controlled layer, mean over seeds, before training → last evaluation: the std of the gate's "
+            "score over the held-out tokens; for G3 the mean over tokens of the predictor's action dependence "
+            "‖P(z, full) − P(z, cheap)‖ (the vector the score is read from), the JEPA target's ‖T(full) − "
+            "T(cheap)‖ and its share of ‖T(executed)‖ (how much of the target the action moves).", "",
+            *md_table(("arm", "layer", "score std", "‖P(full) − P(cheap)‖", "‖T(full) − T(cheap)‖",
+                       "share of ‖T‖"), rows)]
 
 
 def wall_time(summary: dict[str, Any]) -> str:
@@ -149,6 +180,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         lines += md_table(("arm", "latent variance", "effective rank"),
                           [(a["label"], pm(a, "latent_variance", 5), pm(a, "latent_effective_rank", 2))
                            for a in arms.values() if a["mean"].get("latent_variance") is not None])
+    lines += diagnostics_section(arms)
     lines += ["", "## Per-seed comparisons", "",
               "Per seed, *better* against *worse*: a win or loss when the difference (better - worse) exceeds "
               "1.96 standard errors of the per-batch differences on the shared held-out batches, else a tie; "

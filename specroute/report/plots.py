@@ -1,6 +1,7 @@
 """The report's plots (matplotlib, Agg backend, PNG): LM curves with a seed band, gradient norms, the
 gate's score distribution per controlled layer, and the realised full fraction per layer for the arms
-that route by threshold (under top-k it is the budget by construction and says nothing). Each arm has
+that route by threshold (under top-k it is the budget by construction and says nothing), and the gate's score
+spread and G3's action dependence of predictor and target (``gate_scale``). Each arm has
 one colour in every plot (:func:`arm_colours`, from the study's arm order). Each plot is written
 atomically into ``<out>/plots/``."""
 
@@ -16,7 +17,7 @@ import numpy as np
 from specroute.store import atomic_write_bytes
 
 PLOTS = {"lm_curves": "lm_curves.png", "grad_norm": "grad_norm.png", "score_distribution": "score_distribution.png",
-         "full_fraction": "full_fraction.png"}
+         "full_fraction": "full_fraction.png", "gate_scale": "gate_scale.png"}
 
 
 def _plt():
@@ -179,11 +180,58 @@ def plot_scores(summary: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def layer_diagnostics(seed: dict[str, Any], when: str) -> dict[str, dict[str, float]]:
+    """:func:`specroute.report.summary.layer_diagnostics`, imported when called: the summary module imports
+    the trainer, which imports :data:`PLOTS` from here."""
+    from specroute.report.summary import layer_diagnostics as read
+
+    return read(seed, when)
+
+
+def _diagnostic_mean(a: dict[str, Any], when: str, name: str, layer: str) -> float | None:
+    """An arm's gate diagnostic ``name`` of ``layer`` at ``when``, mean over seeds (None if not recorded)."""
+    xs = [v for s in a["seeds"].values() if (v := (layer_diagnostics(s, when).get(name) or {}).get(layer)) is not None]
+    return float(np.mean(xs)) if xs else None
+
+
+def plot_gate_scale(summary: dict[str, Any], path: Path) -> None:
+    """Left: the std of the gate's score over tokens per controlled layer, before training (hollow) and at the
+    last evaluation (filled), per arm; right, G3 arms: ||P(z, full) - P(z, cheap)|| (filled) beside the
+    target's ||T(full) - T(cheap)|| (hollow) at the last evaluation. Means over seeds, log scale."""
+    plt = _plt()
+    colours = arm_colours(summary)
+    arms = list(summary["arms"].items())
+    layers = _layers([a for _, a in arms], lambda s: layer_diagnostics(s, "final").get("score_std"))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    width = 0.8 / max(1, len(arms))
+    for i, (arm, a) in enumerate(arms):
+        for k, l in enumerate(layers):
+            x = k + i * width - 0.4 + width / 2
+            for ax, filled, hollow in ((left, "score_std", ("initial", "score_std")),
+                                       (right, "pred_gap", ("final", "target_gap"))):
+                top = _diagnostic_mean(a, "final", filled, l)
+                if top is not None and top > 0:
+                    ax.plot([x], [top], "o", color=colours[arm], label=a["label"] if k == 0 else None)
+                low = _diagnostic_mean(a, *hollow, l)
+                if low is not None and low > 0:
+                    ax.plot([x], [low], "o", mfc="none", color=colours[arm])
+    titles = ((left, "score std over tokens", "score spread: before (o) / after (●) training"),
+              (right, "latent L2 norm", "G3, last evaluation: ‖P(full) − P(cheap)‖ (●), ‖T(full) − T(cheap)‖ (o)"))
+    for ax, ylabel, title in titles:
+        ax.set_xticks(np.arange(len(layers)), [f"layer {l}" for l in layers])
+        ax.set_yscale("log")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=9)
+    _legend(left, fontsize=7)
+    _save(fig, path)
+
+
 def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     """Write the plots that carry information for this study; return {name: path relative to ``out``}.
 
     Always the LM curves and gradient norms; the score distribution when the runs recorded scores; the
-    full fraction per layer only when an arm routes by threshold.
+    full fraction per layer only when an arm routes by threshold; the gate's score scale and G3's action
+    dependence when the runs recorded gate diagnostics.
     """
     folder = out / "plots"
     made = ["lm_curves", "grad_norm"]
@@ -195,6 +243,9 @@ def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     if threshold_arms(summary):
         plot_full_fraction(summary, folder / PLOTS["full_fraction"])
         made.append("full_fraction")
+    if any(layer_diagnostics(s, "final") for a in summary["arms"].values() for s in a["seeds"].values()):
+        plot_gate_scale(summary, folder / PLOTS["gate_scale"])
+        made.append("gate_scale")
     for k in PLOTS.keys() - set(made):  # a plot an earlier report of this study wrote that no longer applies
         (folder / PLOTS[k]).unlink(missing_ok=True)
     return {k: f"plots/{PLOTS[k]}" for k in made}

@@ -14,6 +14,9 @@ Layout (a contract: the claims evaluator reads it)::
                                           "full_fraction": {"train": {"<layer>": x}, "eval": {...}},
                                           "flops_proxy", "wall_s", "latent": {...} or null,
                                           "score_quantiles": {"<layer>": [q05, q25, q50, q75, q95]},
+                                          "gate_diagnostics": {"initial" | "final": {"score_std",
+                                              "pred_gap", "target_gap", "target_norm": {"<layer>": x}
+                                              (the last three null for G1)}},
                                           "lm_by_batch": {"avg_lm" | "best_lm" | "final_lm": [x per
                                                           held-out batch]} or null, ...}},
                     "mean": {metric: x}, "std": {metric: x}, "n": seeds finished, "failed_seeds": ["<seed>"]}},
@@ -58,6 +61,11 @@ AGGREGATES = {
     "full_fraction_eval": lambda s: _mean_or_none(s["full_fraction"]["eval"].values()),
     "latent_variance": lambda s: (s.get("latent") or {}).get("variance"),
     "latent_effective_rank": lambda s: (s.get("latent") or {}).get("effective_rank"),
+    "score_std_initial": lambda s: _diagnostic(s, "initial", "score_std"),
+    "score_std": lambda s: _diagnostic(s, "final", "score_std"),
+    "pred_gap": lambda s: _diagnostic(s, "final", "pred_gap"),
+    "target_gap": lambda s: _diagnostic(s, "final", "target_gap"),
+    "target_share": lambda s: _diagnostic(s, "final", "target_share"),
 }
 LM_METRICS = ("avg_lm", "best_lm")
 
@@ -75,6 +83,23 @@ def failed_runs(summary: dict[str, Any]) -> list[FailedRun]:
     """The summary's failed runs (its ``failed``), in spec order."""
     return [FailedRun(arm, seed, r["failure"]) for arm, seeds in (summary.get("failed") or {}).items()
             for seed, r in seeds.items()]
+
+
+def layer_diagnostics(seed: dict[str, Any], when: str) -> dict[str, dict[str, float]]:
+    """A seed's gate diagnostics (:func:`specroute.train.stages.gate_diagnostics`) at ``when`` (``initial`` or
+    ``final``) by name -> {layer: value}, with ``target_share`` = target_gap / target_norm added for G3
+    layers; {} for an older summary, G3 names absent for G1."""
+    diag = (seed.get("gate_diagnostics") or {}).get(when) or {}
+    out = {k: v for k, v in diag.items() if v is not None}
+    if "target_gap" in out and "target_norm" in out:
+        out["target_share"] = {l: g / out["target_norm"][l] if out["target_norm"][l] > 0 else None
+                               for l, g in out["target_gap"].items()}
+    return out
+
+
+def _diagnostic(seed: dict[str, Any], when: str, name: str) -> float | None:
+    """A gate diagnostic of a seed, mean over controlled layers (None when not recorded)."""
+    return _mean_or_none((layer_diagnostics(seed, when).get(name) or {}).values())
 
 
 def _mean_or_none(values: Any) -> float | None:

@@ -172,6 +172,13 @@ class G1Spec(Strict):
     kind: Literal["G1"] = Field("G1", description="Gate variant tag: G1 (MLP gate).")
     hidden: int = Field(64, ge=1, le=MAX_HIDDEN, description="Hidden width of the gate MLP.")
     init_bias: float = Field(0.0, description="Initial bias of the score output (logit).")
+    score_init_std: float | None = Field(
+        None,
+        gt=0,
+        description="Std of the normal init of the score head's weight; null: model.init_std (the paper reading). "
+        "The score's initial spread over tokens scales with it: a small value gives G1 the tiny initial spread "
+        "of G3 (docs/DESIGN.md, \"Gates\": score scale).",
+    )
 
 
 class G3Spec(Strict):
@@ -184,6 +191,35 @@ class G3Spec(Strict):
     target_seed: int = Field(
         1234, ge=0, le=MAX_SEED, description="Seed of the fixed (never trained) target projection head T."
     )
+    score_init_std: float | None = Field(
+        None,
+        gt=0,
+        description="Std of the normal init of the score head's weight w; null: model.init_std (the paper reading).",
+    )
+    score_norm: Literal["none", "layernorm"] = Field(
+        "none",
+        description="none: score = w . d + b with d = P(z, full) - P(z, cheap) (the paper reading: its spread "
+        "over tokens is a product of small weights); layernorm: score = w . LN(d) + b, LN over the K latent "
+        "dims without affine parameters, so that the score's scale no longer rides on the predictor's weights "
+        "(needs latent_dim >= 2; docs/DESIGN.md, \"Gates\": score scale).",
+    )
+    target: Literal["h_after", "ffn_effect", "normalized"] = Field(
+        "h_after",
+        description="What the fixed head T maps to the JEPA target of executed action a, with h the hidden "
+        "state entering the FFN step and h_after = h + FFN_a(LN(h)): h_after: T(sg(h_after)) (the paper "
+        "reading; = T(h) + T(FFN_a(LN(h))), mostly action-independent); ffn_effect: T(sg(FFN_a(LN(h)))), the "
+        "action's own effect; normalized: T(LN(sg(h_after))), LN without affine parameters "
+        "(docs/DESIGN.md, \"Gates\").",
+    )
+
+    @model_validator(mode="after")
+    def _norm_needs_latents(self) -> G3Spec:
+        if self.score_norm == "layernorm" and self.latent_dim < 2:
+            raise ValueError(
+                f"score_norm: layernorm over latent_dim={self.latent_dim} dimension makes every score equal "
+                "to the bias; set latent_dim >= 2 or score_norm: none"
+            )
+        return self
 
 
 GateSpec = Annotated[G1Spec | G3Spec, Field(discriminator="kind")]

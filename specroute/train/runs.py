@@ -20,7 +20,10 @@ before clipping at every step; ``full_fraction.train`` is the mean realised shar
 steps, ``full_fraction.eval`` the share at the last evaluation; ``flops_proxy`` is the analytic proxy
 of :func:`specroute.flops.analytic.flops_proxy` (denominator ``controller_only``) at the realised train
 full fraction; ``score_quantiles`` are the gate's score quantiles per layer at the last evaluation
-(:data:`specroute.train.stages.SCORE_QUANTILES`; None for an older history).
+(:data:`specroute.train.stages.SCORE_QUANTILES`; None for an older history); ``gate_diagnostics`` are the
+score spread per layer and G3's action dependence of predictor and target
+(:func:`specroute.train.stages.gate_diagnostics`) before training (``initial``) and at the last evaluation
+(``final``; each None for an older history).
 """
 
 from __future__ import annotations
@@ -194,6 +197,8 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
         "wall_s": wall_s,
         "latent": evals[-1].get("latent"),
         "score_quantiles": evals[-1].get("score_quantiles"),
+        "gate_diagnostics": {"initial": history["initial"].get("gate_diagnostics"),
+                             "final": evals[-1].get("gate_diagnostics")},
         "lm_by_batch": _lm_by_batch(evals, values),
     }
 

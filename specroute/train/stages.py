@@ -9,7 +9,8 @@ the throughput probe, the verifiers, the benchmark); :meth:`DenseStage.seeded` a
 :meth:`ControllerStage.on_backbone` build a study's.
 
 Both evaluate the held-out LM loss (nats/token) on fixed windows; the controller stage adds the realised
-full fraction per controlled layer and, for G3, the predictor's latent collapse metrics.
+full fraction per controlled layer, the gate's score distribution and spread and, for G3, the predictor's
+latent collapse metrics and the action dependence of predictor and target (:func:`gate_diagnostics`).
 
 Seeds: a run's seed is split into independent streams with :func:`derive_seed` — ``init`` (parameter
 initialisation), ``data`` (window order), ``loss`` (oracle layer and rank pair sampling).
@@ -28,6 +29,7 @@ from specroute.data.sampler import WindowSampler
 from specroute.losses import compute_losses, executed_latent, lm_loss, token_ce
 from specroute.metrics import effective_rank, latent_variance
 from specroute.model.decoder import Decoder, build_model
+from specroute.model.routing import G3Gate, LayerRouting
 from specroute.spec.models import RunSpec
 from specroute.spec.training import TrainSpec
 from specroute.train.device import Device
@@ -148,10 +150,12 @@ class ControllerStage:
     def evaluate(self) -> dict[str, Any]:
         """Held-out LM (nats/token; ``lm_batches`` per fixed evaluation batch, the noise the claims' per-seed
         ties rest on), realised full fraction per controlled layer, the quantiles of the gate's scores per
-        controlled layer (:data:`SCORE_QUANTILES`) and G3's latent statistics."""
+        controlled layer (:data:`SCORE_QUANTILES`), G3's latent statistics and ``gate_diagnostics``
+        (:func:`gate_diagnostics`)."""
         lm_batches, full = [], {str(l): 0.0 for l in self.spec.routing.controlled_layers}
         latents: dict[int, list[Tensor]] = {}
         scores: dict[str, list[Tensor]] = {}
+        gaps: dict[str, list[Tensor]] = {}
         with torch.no_grad(), self.device.autocast():
             for idx, targets in self.batches:
                 out = self.model(idx)
@@ -163,6 +167,7 @@ class ControllerStage:
                     pred = executed_latent(rec)
                     if pred is not None:
                         latents.setdefault(rec.layer, []).append(pred.reshape(-1, pred.shape[-1]).float())
+                        gaps.setdefault(str(rec.layer), []).append(action_gaps(self.model, rec))
         n = len(self.batches)
         result: dict[str, Any] = {"lm": sum(lm_batches) / n, "lm_batches": lm_batches,
                                   "full_fraction": {k: v / n for k, v in full.items()}}
@@ -170,12 +175,47 @@ class ControllerStage:
         q = torch.tensor(SCORE_QUANTILES)
         result["score_quantiles"] = {l: torch.quantile(torch.cat(v)[:1 << 24].cpu(), q).tolist()
                                      for l, v in scores.items()}
+        result["gate_diagnostics"] = gate_diagnostics(scores, gaps)
         return result
 
 
 #: Quantiles of the gate's scores per controlled layer recorded at every evaluation (the routing logit;
 #: under top-k routing the full fraction is fixed by construction, the score distribution is not).
 SCORE_QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def action_gaps(model: Decoder, rec: LayerRouting) -> Tensor:
+    """Per token of a G3 layer's record, how much the predictor's and the target's latents depend on the
+    action: (N, 3) float32 rows [||P(z, full) - P(z, cheap)||, ||T(full) - T(cheap)||, ||T(executed)||]
+    (L2 norms over the K latent dims; T(a) is the gate's JEPA target of action a's outcome,
+    :meth:`G3Gate.target_latent`, both outcomes run from the record's h_in). No gradient."""
+    block = model.blocks[rec.layer]
+    gate: G3Gate = block.routed_ffn.gate
+    h_in = rec.h_in_BTD
+    x = block.ln2(h_in)
+    t_full = gate.target_latent(h_in, h_in + block.ffn(x))
+    t_cheap = gate.target_latent(h_in, h_in + block.routed_ffn.cheap_branch(x))
+    t_exec = gate.target_latent(h_in, rec.h_out_BTD)
+    rows = [rec.gate.pred_full_BTK - rec.gate.pred_cheap_BTK, t_full - t_cheap, t_exec]
+    return torch.stack([r.float().norm(dim=-1).reshape(-1) for r in rows], dim=1)
+
+
+def gate_diagnostics(scores: dict[str, list[Tensor]], gaps: dict[str, list[Tensor]]) -> dict[str, Any]:
+    """The score-scale and action-dependence diagnostics of one evaluation, per controlled layer (keys are
+    layer indices as strings): ``score_std`` (std of the gate's score over the evaluated tokens, every
+    gate), and for G3 layers (else None) the means over tokens of ``pred_gap`` ||P(z, full) - P(z, cheap)||,
+    ``target_gap`` ||T(full) - T(cheap)|| and ``target_norm`` ||T(executed)|| (latent units; the score is
+    built from ``pred_gap``'s vector, and ``target_gap / target_norm`` is the share of the target that the
+    action moves: the collapse that matters for C5)."""
+    out: dict[str, Any] = {"score_std": {l: torch.cat(v).std(unbiased=False).item() for l, v in scores.items()}}
+    means = {l: torch.cat(v).mean(dim=0).tolist() for l, v in gaps.items()}
+    for i, name in enumerate(GAP_FIELDS):
+        out[name] = {l: m[i] for l, m in means.items()} if means else None
+    return out
+
+
+#: The G3 fields of :func:`gate_diagnostics`, in the column order of :func:`action_gaps`.
+GAP_FIELDS = ("pred_gap", "target_gap", "target_norm")
 
 
 def latent_metrics(latents: dict[int, list[Tensor]]) -> dict[str, float]:

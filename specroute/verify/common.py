@@ -101,17 +101,15 @@ def _shrunk_layers(controlled: list[int], n_layers: int) -> list[int]:
 
 
 def shrink(spec: RunSpec, update: dict[str, Any] | None = None, seq_len: int = 16, batch_size: int = 4) -> RunSpec:
-    """A small variant of ``spec``: same routing (budget, enforcement, execution, estimator), gate kind,
+    """A small variant of ``spec``: same routing (budget, enforcement, execution, estimator), gate kind and settings,
     loss weights and oracle settings; 4 blocks x width 32, context 32, bytes vocabulary; the cheap FFN
     keeps its share of the full FFN's width; then ``update`` (nested keys) is merged and all re-validated."""
     raw = dump_run(spec)
     m, r = spec.model, spec.routing
     ffn = 4 * SHRUNK_WIDTH
     cheap = 0 if r.cheap_ffn_hidden == 0 else max(1, round(r.cheap_ffn_hidden * ffn / m.ffn_hidden))
-    gate: dict[str, Any] = ({"kind": "G1", "hidden": 16, "init_bias": spec.gate.init_bias}
-                            if isinstance(spec.gate, G1Spec) else
-                            {"kind": "G3", "latent_dim": 8, "predictor_hidden": 16,
-                             "init_bias": spec.gate.init_bias, "target_seed": spec.gate.target_seed})
+    sizes = {"hidden": 16} if isinstance(spec.gate, G1Spec) else {"latent_dim": 8, "predictor_hidden": 16}
+    gate: dict[str, Any] = {**raw["gate"], **sizes}  # every other gate field (bias, init, norm, target) kept
     raw["model"] = {**raw["model"], "n_layers": SHRUNK_LAYERS, "d_model": SHRUNK_WIDTH, "n_heads": SHRUNK_HEADS,
                     "context_length": SHRUNK_CONTEXT, "vocab_size": SHRUNK_VOCAB, "d_ff": None}
     raw["routing"] = {**raw["routing"], "controlled_layers": _shrunk_layers(r.controlled_layers, m.n_layers),

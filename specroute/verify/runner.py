@@ -57,6 +57,7 @@ VERIFIERS: tuple[Verifier, ...] = (
     Verifier("flops.training_step", flops.training_step, _RECIPE, "training step == analytic (FlopCounterMode)"),
     Verifier("jepa.target_frozen", jepa.target_frozen, _RECIPE, "G3 target head never changes"),
     Verifier("jepa.collapse_measurable", jepa.collapse_measurable, _RECIPE, "predictor collapse measurable"),
+    Verifier("jepa.target_equation", jepa.target_equation, _SHAPE, "JEPA target = its equation, stop-gradient"),
 )
 
 
