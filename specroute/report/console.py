@@ -35,9 +35,12 @@ def millions(n: int) -> str:
 
 def gate_summary(gate: Any) -> str:
     """One-line description of a gate spec (G1 or G3) for the arms table."""
+    controls = [f"score init std {gate.score_init_std:g}"] if gate.score_init_std is not None else []
     if gate.kind == "G1":
-        return f"G1 (hidden {gate.hidden})"
-    return f"G3 (latent {gate.latent_dim}, predictor {gate.predictor_hidden})"
+        return f"G1 ({', '.join([f'hidden {gate.hidden}', *controls])})"
+    controls += [f"score {gate.score_norm}"] if gate.score_norm != "none" else []
+    controls += [f"target {gate.target}"] if gate.target != "h_after" else []
+    return f"G3 ({', '.join([f'latent {gate.latent_dim}', f'predictor {gate.predictor_hidden}', *controls])})"
 
 
 # --------------------------------------------------------------------------------------------------
