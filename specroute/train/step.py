@@ -93,19 +93,18 @@ def term_grad_norms(terms: Mapping[str, Tensor], groups: Mapping[str, Sequence[n
     groups = {g: list(ps) for g, ps in groups.items() if ps}
     params = [p for ps in groups.values() for p in ps]
     total = [torch.zeros_like(p) for p in params]
-    norms: dict[str, list[Tensor]] = {g: [] for g in groups}
-    for term in terms.values():
+    norms: dict[str, dict[str, Tensor]] = {g: {} for g in groups}
+
+    def add_norms(name: str, grads: list[Tensor]) -> None:
+        left = iter(grads)  # in the order of ``params``: group by group
+        for g, ps in groups.items():
+            norms[g][name] = torch.nn.utils.get_total_norm([next(left) for _ in ps])
+
+    for name, term in terms.items():
         grads = term_grad(term, params)
         for acc, g in zip(total, grads):
             acc.add_(g)
-        i = 0
-        for g, ps in groups.items():
-            norms[g].append(torch.nn.utils.get_total_norm(grads[i:i + len(ps)]))
-            i += len(ps)
-    out: dict[str, dict[str, float]] = {}
-    i = 0
-    for g, ps in groups.items():
-        values = torch.stack([*norms[g], torch.nn.utils.get_total_norm(total[i:i + len(ps)])]).tolist()
-        out[g] = dict(zip([*terms, "total"], values))
-        i += len(ps)
-    return out
+        add_norms(name, grads)
+    add_norms("total", total)
+    values = iter(torch.stack([v for n in norms.values() for v in n.values()]).tolist())  # one device sync
+    return {g: {name: next(values) for name in n} for g, n in norms.items()}
