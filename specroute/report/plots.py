@@ -194,9 +194,10 @@ def loss_grad_arms(summary: dict[str, Any]) -> list[str]:
 def plot_loss_grad_norms(summary: dict[str, Any], runs_dir: Path, path: Path) -> None:
     """Per arm (one panel each, shared log y axis), each loss term's gradient norm over the logged steps,
     weighted as the term enters the total: one colour per term (:data:`TERM_COLOURS`; their sum, ``total``,
-    a wide pale line behind), one line style per parameter group (:data:`GROUP_STYLES`), mean over seeds.
-    A zero norm (a term that does not reach a group) is left out of the log scale, and a series that is
-    zero throughout is not drawn."""
+    a wide pale line behind), one line style per parameter group (:data:`GROUP_STYLES`), mean over seeds
+    (a non-finite value, null in the log, left out). A zero mean (a term that reached the group in no seed
+    at that step, e.g. util on an earlier layer's cheap FFN when only the first controlled layer was
+    labelled) is left out of the log scale, and a series that is zero throughout is not drawn."""
     from matplotlib.lines import Line2D
 
     plt = _plt()
@@ -216,10 +217,11 @@ def plot_loss_grad_norms(summary: dict[str, Any], runs_dir: Path, path: Path) ->
                 for group, terms in (r.get("loss_grad_norm") or {}).items():
                     for term, v in terms.items():
                         per_step.setdefault((group, term), {}).setdefault(r["step"], []).append(
-                            np.nan if v is None or v <= 0 else v)
+                            np.nan if v is None else v)
         for (group, term), by_step in per_step.items():
             steps = sorted(by_step)
-            ys = np.array([np.mean(by_step[s]) for s in steps])
+            ys = np.array([np.nanmean(by_step[s]) if not np.isnan(by_step[s]).all() else np.nan for s in steps])
+            ys[ys <= 0] = np.nan  # zero in every seed at that step: off the log scale
             if np.isnan(ys).all():
                 continue
             total = term == "total"
