@@ -80,7 +80,7 @@ def loss_grad_section(summary: dict[str, Any]) -> list[str]:
             rows.append((a["label"], group, *(cell[t] for t in (*terms, "total")), _dominant(norms)))
     return ["", "### Which loss drives the controller (gradient norm per loss term)", "",
             "L2 norm of each term's gradient on the trained parameter group, weighted as the term enters the "
-            "total loss (λ · ∇term), at step 1 and every `train.loss_grad_norm_every` steps; mean over those steps, "
+            "total loss (λ · ∇term), every `train.loss_grad_norm_every` steps; mean over those steps, "
             "then mean ± std over seeds. `total` is the norm of their sum (below the sum of the norms when "
             "terms pull apart). Curves: `plots/loss_grad_norms.png`.", "",
             *md_table(("arm", "group", *terms, "total", "largest"), rows)]

@@ -81,9 +81,9 @@ class ControllerTrainSpec(TrainSpec):
     )
     loss_grad_norm_every: int | None = Field(
         None, ge=1, le=MAX_STEPS,
-        description="Log, at step 1 and every this many steps, the L2 norm of each loss term's gradient "
-        "(weighted as it enters the total) on each trained parameter group; null = never (one extra backward "
-        "pass per term at a logged step; the training itself is the same either way).",
+        description="Every this many steps (the steps whose 1-based number is a multiple of it), log the L2 "
+        "norm of each loss term's gradient (weighted as it enters the total) on each trained parameter group; "
+        "null = never. One extra backward pass per term at a logged step; the training is the same either way.",
     )
 
     @computed_field  # type: ignore[prop-decorator]

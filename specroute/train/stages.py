@@ -155,10 +155,11 @@ class ControllerStage:
         return terms.total, record
 
     def logs_term_grads(self, step: int) -> bool:
-        """Whether step ``step`` (1-based) logs each loss term's gradient norm: step 1 and every
-        ``spec.train.loss_grad_norm_every``-th step; never when that is null."""
+        """Whether step ``step`` (1-based) logs each loss term's gradient norm: every
+        ``spec.train.loss_grad_norm_every``-th step; never when that is null. (Not step 1 as such: the
+        throughput probe and ``specroute bench`` time a first step, which should be the study's usual one.)"""
         every = self.spec.train.loss_grad_norm_every
-        return every is not None and (step == 1 or step % every == 0)
+        return every is not None and step % every == 0
 
     def trained_groups(self) -> dict[str, list[nn.Parameter]]:
         """The trained parameters by ``train.trainable`` group (``gate``, ``cheap_ffn``, ``backbone``), the
