@@ -82,7 +82,9 @@ def loss_grad_section(summary: dict[str, Any]) -> list[str]:
             "L2 norm of each term's gradient on the trained parameter group, weighted as the term enters the "
             "total loss (λ · ∇term), every `train.loss_grad_norm_every` steps; mean over those steps, "
             "then mean ± std over seeds. `total` is the norm of their sum (below the sum of the norms when "
-            "terms pull apart). Curves: `plots/loss_grad_norms.png`.", "",
+            "terms pull apart). G3's `gate` group is its encoder, predictor and score head: JEPA's gradient "
+            "lands on the first two (the score head gets it only through later layers' inputs, next to "
+            "nothing). Curves: `plots/loss_grad_norms.png`.", "",
             *md_table(("arm", "group", *terms, "total", "largest"), rows)]
 
 
