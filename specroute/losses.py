@@ -305,17 +305,24 @@ def budget_loss(routing: list[LayerRouting], full_fraction: float) -> Tensor:
 # the recipe
 
 
+#: The recipe's terms, in the order of the equation (the names of ``LossSpec``'s weights and of every record).
+LOSS_TERMS = ("lm", "util", "rank", "jepa", "budget")
+
+
 @dataclass
 class LossTerms:
     """total: the weighted scalar to backprop; parts: each term's value (floats, unweighted);
     labels: oracle labels computed this step, {layer: (B, T)} (all_flip) or {layer: (B, S)} (per_token);
-    label_positions: per_token only, {layer: the labelled positions (B, S)}; out: the routed forward."""
+    label_positions: per_token only, {layer: the labelled positions (B, S)}; out: the routed forward;
+    weighted: each term as it enters the total, weight x term (scalar tensors with their graphs), for the
+    terms of non-zero weight (``lm``, ``util``, ``rank``, ``jepa``, ``budget``): ``total`` is their sum."""
 
     total: Tensor
     parts: dict[str, float]
     out: DecoderOutput
     labels: dict[int, Tensor] = field(default_factory=dict)
     label_positions: dict[int, Tensor] = field(default_factory=dict)
+    weighted: dict[str, Tensor] = field(default_factory=dict)
 
 
 def sample_label_layers(spec: RunSpec, generator: torch.Generator | None = None) -> list[int]:
@@ -339,13 +346,15 @@ def compute_losses(
     """One routed forward plus every term of the recipe whose weight is non-zero.
 
     Args: token ids and next-token targets, (B, T) each. ``generator`` drives layer and pair sampling.
-    Returns: :class:`LossTerms`; ``parts['lm']`` is the LM loss in nats/token.
+    Returns: :class:`LossTerms`; ``parts['lm']`` is the LM loss in nats/token, ``weighted`` each term of
+    non-zero weight as it enters ``total``.
     """
     w: LossSpec = spec.loss
     out = model(idx_BT)
     lm = lm_loss(out.logits_BTV, targets_BT)
     total = w.lm * lm
     parts = {"lm": lm.item()}
+    weighted = {"lm": total} if w.lm > 0 else {}
     labels: dict[int, Tensor] = {}
     positions: dict[int, Tensor] = {}
     if w.uses_oracle:
@@ -361,18 +370,22 @@ def compute_losses(
             labels = oracle_labels(model, out, targets_BT, layers, w.oracle.labeling)
         if w.util > 0:
             util = torch.stack([util_loss(scores[l], u, w.oracle) for l, u in labels.items()]).mean()
-            total = total + w.util * util
+            weighted["util"] = w.util * util
+            total = total + weighted["util"]
             parts["util"] = util.item()
         if w.rank > 0:
             rank = torch.stack([rank_loss(scores[l], u, w.oracle, generator) for l, u in labels.items()]).mean()
-            total = total + w.rank * rank
+            weighted["rank"] = w.rank * rank
+            total = total + weighted["rank"]
             parts["rank"] = rank.item()
     if w.jepa > 0:
         jepa = jepa_loss(model, out.routing)
-        total = total + w.jepa * jepa
+        weighted["jepa"] = w.jepa * jepa
+        total = total + weighted["jepa"]
         parts["jepa"] = jepa.item()
     if w.budget > 0:
         budget = budget_loss(out.routing, spec.routing.budget.full_fraction)
-        total = total + w.budget * budget
+        weighted["budget"] = w.budget * budget
+        total = total + weighted["budget"]
         parts["budget"] = budget.item()
-    return LossTerms(total, parts, out, labels, positions)
+    return LossTerms(total, parts, out, labels, positions, weighted)

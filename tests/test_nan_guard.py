@@ -75,7 +75,7 @@ class ScalarStage:
     def trainable(self) -> dict[str, nn.Parameter]:
         return {"w": self.model.w}
 
-    def loss(self, idx_BT, targets_BT, generator):
+    def loss(self, idx_BT, targets_BT, generator, step=1):
         self.calls += 1
         w = self.model.w
         lm = (w - 1) ** 2
@@ -187,8 +187,8 @@ def _nan_for_seed(seed: int, from_call: int):
     original = ControllerStage.loss
     calls: dict[int, int] = {}
 
-    def loss(self, idx_BT, targets_BT, generator):
-        total, record = original(self, idx_BT, targets_BT, generator)
+    def loss(self, idx_BT, targets_BT, generator, step=1):
+        total, record = original(self, idx_BT, targets_BT, generator, step)
         calls[self.spec.seed] = calls.get(self.spec.seed, 0) + 1
         if self.spec.seed == seed and calls[seed] >= from_call:
             total = total * math.nan

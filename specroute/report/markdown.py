@@ -11,6 +11,7 @@ from specroute.claims.paper import PARAMS as PAPER_PARAMS
 from specroute.claims.paper import SEEDS
 from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
+from specroute.losses import LOSS_TERMS
 from specroute.report.summary import failed_runs, layer_diagnostics
 from specroute.train.trainer import last_finite_text
 from specroute.text import md_row, md_table, plural
@@ -93,6 +94,47 @@ def diagnostics_section(arms: dict[str, Any]) -> list[str]:
             "T(cheap)‖ and its share of ‖T(executed)‖ (how much of the target the action moves).", "",
             *md_table(("arm", "layer", "score std", "‖P(full) − P(cheap)‖", "‖T(full) − T(cheap)‖",
                        "share of ‖T‖"), rows)]
+
+
+def loss_grad_section(summary: dict[str, Any]) -> list[str]:
+    """The "Which loss drives the controller" section (empty when no arm logged ``loss_grad_norm``): per arm
+    and trained group, each loss term's gradient norm (mean ± std over seeds of the mean over logged steps)
+    and the term with the largest one."""
+    arms = [a for a in summary["arms"].values() if a.get("loss_grad_norm")]
+    if not arms:
+        return []
+    terms = [t for t in LOSS_TERMS if any(t in g for a in arms for g in a["loss_grad_norm"].values())]
+    rows = []
+    for a in arms:
+        for group, norms in a["loss_grad_norm"].items():
+            cell = {t: _mean_pm(norms[t], len(a["seeds"])) if t in norms else "–" for t in (*terms, "total")}
+            rows.append((a["label"], group, *(cell[t] for t in (*terms, "total")), _dominant(norms)))
+    return ["", "### Which loss drives the controller (gradient norm per loss term)", "",
+            "L2 norm of each term's gradient on the trained parameter group, weighted as the term enters the "
+            "total loss (λ · ∇term), every `train.loss_grad_norm_every` steps; mean over those steps, "
+            "then mean ± std over seeds. `total` is the norm of their sum (below the sum of the norms when "
+            "terms pull apart). G3's `gate` group is its encoder, predictor and score head: JEPA's gradient "
+            "lands on the first two (the score head gets it only through later layers' inputs, next to "
+            "nothing). Curves: `plots/loss_grad_norms.png`.", "",
+            *md_table(("arm", "group", *terms, "total", "largest"), rows)]
+
+
+def _mean_pm(v: dict[str, Any], n: int) -> str:
+    if v["mean"] is None:
+        return "–"
+    return f"{v['mean']:.3g} ± {v['std']:.2g}" if n > 1 else f"{v['mean']:.3g}"
+
+
+def _dominant(norms: dict[str, dict[str, Any]]) -> str:
+    """The term with the largest mean norm and how many times the next one's it is, e.g. ``rank (8.1× lm)``."""
+    ranked = sorted(((v["mean"], t) for t, v in norms.items() if t != "total" and v["mean"] is not None), reverse=True)
+    if not ranked:
+        return "–"
+    (top, name), rest = ranked[0], ranked[1:]
+    if not rest:
+        return name
+    nxt, other = rest[0]
+    return f"{name} ({top / nxt:.2g}× {other})" if nxt > 0 else f"{name} (others 0)"
 
 
 def wall_time(summary: dict[str, Any]) -> str:
@@ -181,6 +223,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
                           [(a["label"], pm(a, "latent_variance", 5), pm(a, "latent_effective_rank", 2))
                            for a in arms.values() if a["mean"].get("latent_variance") is not None])
     lines += diagnostics_section(arms)
+    lines += loss_grad_section(summary)
     lines += ["", "## Per-seed comparisons", "",
               "Per seed, *better* against *worse*: a win or loss when the difference (better - worse) exceeds "
               "1.96 standard errors of the per-batch differences on the shared held-out batches, else a tie; "

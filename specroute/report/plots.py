@@ -1,9 +1,10 @@
 """The report's plots (matplotlib, Agg backend, PNG): LM curves with a seed band, gradient norms, the
-gate's score distribution per controlled layer, and the realised full fraction per layer for the arms
-that route by threshold (under top-k it is the budget by construction and says nothing), and the gate's score
-spread and G3's action dependence of predictor and target (``gate_scale``). Each arm has
-one colour in every plot (:func:`arm_colours`, from the study's arm order). Each plot is written
-atomically into ``<out>/plots/``."""
+gate's score distribution per controlled layer, the realised full fraction per layer for the arms
+that route by threshold (under top-k it is the budget by construction and says nothing), the gate's score
+spread and G3's action dependence of predictor and target (``gate_scale``), and, for runs that log them,
+the gradient norm of each loss term on the controller. Each arm has one colour in every plot
+(:func:`arm_colours`, from the study's arm order), each loss term one in the last (:data:`TERM_COLOURS`).
+Each plot is written atomically into ``<out>/plots/``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,17 @@ from typing import Any
 
 import numpy as np
 
+from specroute.losses import LOSS_TERMS
 from specroute.store import atomic_write_bytes
 
 PLOTS = {"lm_curves": "lm_curves.png", "grad_norm": "grad_norm.png", "score_distribution": "score_distribution.png",
-         "full_fraction": "full_fraction.png", "gate_scale": "gate_scale.png"}
+         "full_fraction": "full_fraction.png", "gate_scale": "gate_scale.png",
+         "loss_grad_norms": "loss_grad_norms.png"}
+
+#: One colour per loss term (and their sum) in :func:`plot_loss_grad_norms`, the same in every study.
+TERM_COLOURS = {**{t: f"C{i}" for i, t in enumerate(LOSS_TERMS)}, "total": "k"}
+#: Line style per parameter group in :func:`plot_loss_grad_norms`.
+GROUP_STYLES = {"gate": "-", "cheap_ffn": "--", "backbone": ":"}
 
 
 def _plt():
@@ -226,12 +234,72 @@ def plot_gate_scale(summary: dict[str, Any], path: Path) -> None:
     _save(fig, path)
 
 
+def loss_grad_arms(summary: dict[str, Any]) -> list[str]:
+    """Arms whose runs logged each loss term's gradient norm (``train.loss_grad_norm_every``)."""
+    return [arm for arm, a in summary["arms"].items() if a.get("loss_grad_norm")]
+
+
+def plot_loss_grad_norms(summary: dict[str, Any], runs_dir: Path, path: Path) -> None:
+    """Per arm (one panel each, shared log y axis), each loss term's gradient norm over the logged steps,
+    weighted as the term enters the total: one colour per term (:data:`TERM_COLOURS`; their sum, ``total``,
+    a wide pale line behind), one line style per parameter group (:data:`GROUP_STYLES`), mean over seeds
+    (a non-finite value, null in the log, left out). A zero mean (a term that reached the group in no seed
+    at that step, e.g. util on an earlier layer's cheap FFN when only the first controlled layer was
+    labelled) is left out of the log scale, and a series that is zero throughout is not drawn."""
+    from matplotlib.lines import Line2D
+
+    plt = _plt()
+    arms = loss_grad_arms(summary)
+    cols = min(len(arms), 3) or 1
+    rows = max(1, -(-len(arms) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows + 0.8), sharey=True, squeeze=False,
+                             layout="constrained")
+    for ax in axes.flat[len(arms):]:
+        ax.set_visible(False)
+    drawn_terms, drawn_groups = set(), set()
+    for ax, arm in zip(axes.flat, arms):
+        a = summary["arms"][arm]
+        per_step: dict[tuple[str, str], dict[int, list[float]]] = {}
+        for seed in a["seeds"]:
+            for r in read_train_records(runs_dir / arm / f"seed{seed}" / "metrics.jsonl"):
+                for group, terms in (r.get("loss_grad_norm") or {}).items():
+                    for term, v in terms.items():
+                        per_step.setdefault((group, term), {}).setdefault(r["step"], []).append(
+                            np.nan if v is None else v)
+        for (group, term), by_step in per_step.items():
+            steps = sorted(by_step)
+            ys = np.array([np.nanmean(by_step[s]) if not np.isnan(by_step[s]).all() else np.nan for s in steps])
+            ys[ys <= 0] = np.nan  # zero in every seed at that step: off the log scale
+            if np.isnan(ys).all():
+                continue
+            total = term == "total"
+            ax.plot(steps, ys, color=TERM_COLOURS.get(term, "grey"), ls=GROUP_STYLES.get(group, "-."),
+                    lw=3.5 if total else 1.4, alpha=0.3 if total else 1.0, zorder=1 if total else 2,
+                    marker="." if len(steps) < 30 and not total else None)
+            drawn_terms.add(term)
+            drawn_groups.add(group)
+        ax.set_yscale("log")
+        ax.set_title(a["label"], fontsize=9)
+        ax.set_xlabel("controller step", fontsize=8)
+        ax.grid(alpha=0.3, which="both")
+    for row in axes:
+        row[0].set_ylabel("‖λ·∇term‖ on the group", fontsize=8)
+    handles = [Line2D([], [], color=TERM_COLOURS[t], lw=3.5 if t == "total" else 2, alpha=0.3 if t == "total" else 1,
+                      label=t) for t in TERM_COLOURS if t in drawn_terms]
+    handles += [Line2D([], [], color="grey", ls=GROUP_STYLES[g], label=g) for g in GROUP_STYLES if g in drawn_groups]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8, frameon=False)
+    fig.suptitle("gradient norm of each loss term on the controller, weighted as in the total (mean over seeds)",
+                 fontsize=10)
+    _save(fig, path)
+
+
 def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     """Write the plots that carry information for this study; return {name: path relative to ``out``}.
 
     Always the LM curves and gradient norms; the score distribution when the runs recorded scores; the
     full fraction per layer only when an arm routes by threshold; the gate's score scale and G3's action
-    dependence when the runs recorded gate diagnostics.
+    dependence when the runs recorded gate diagnostics; each loss term's gradient norm when an arm logged them.
     """
     folder = out / "plots"
     made = ["lm_curves", "grad_norm"]
@@ -246,6 +314,9 @@ def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     if any(layer_diagnostics(s, "final") for a in summary["arms"].values() for s in a["seeds"].values()):
         plot_gate_scale(summary, folder / PLOTS["gate_scale"])
         made.append("gate_scale")
+    if loss_grad_arms(summary):
+        plot_loss_grad_norms(summary, out / "runs", folder / PLOTS["loss_grad_norms"])
+        made.append("loss_grad_norms")
     for k in PLOTS.keys() - set(made):  # a plot an earlier report of this study wrote that no longer applies
         (folder / PLOTS[k]).unlink(missing_ok=True)
     return {k: f"plots/{PLOTS[k]}" for k in made}

@@ -18,8 +18,10 @@ Layout (a contract: the claims evaluator reads it)::
                                               "pred_gap", "target_gap", "target_norm": {"<layer>": x}
                                               (the last three null for G1)}},
                                           "lm_by_batch": {"avg_lm" | "best_lm" | "final_lm": [x per
-                                                          held-out batch]} or null, ...}},
-                    "mean": {metric: x}, "std": {metric: x}, "n": seeds finished, "failed_seeds": ["<seed>"]}},
+                                                          held-out batch]} or null,
+                                          "loss_grad_norm": {group: {term: x}} (only when logged), ...}},
+                    "mean": {metric: x}, "std": {metric: x}, "n": seeds finished, "failed_seeds": ["<seed>"],
+                    "loss_grad_norm": {group: {term: {"mean", "std"}}} (only when logged)}},
      "failed": {ARM: {"<seed>": {"status": "failed", "failure": {"step", "steps", "event", "lr", "nonfinite",
                                                                 "last_finite", "message"}, "wall_s", ...}}},
      "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
@@ -34,6 +36,11 @@ JSON). ``std`` is the sample standard deviation over seeds (ddof 1; 0 for a sing
 :func:`specroute.claims.stats.paired`: per seed a win, tie (within the noise over held-out batches) or
 loss of ``better`` against ``worse``; over seeds the mean difference (better - worse), its 95% interval
 and a sign-test p-value. ``roles`` are the study's declared claim roles (:mod:`specroute.spec.roles`).
+
+``loss_grad_norm`` (runs of a spec with ``train.loss_grad_norm_every``): per trained parameter group (``gate``,
+``cheap_ffn``, ``backbone``) the L2 norm of each loss term's gradient, weighted as the term enters the total
+(``lm``, ``util``, ``rank``, ``jepa``, ``budget``) and of their sum (``total``); a seed's is the mean over its
+logged steps, an arm's the mean and spread of those over seeds.
 """
 
 from __future__ import annotations
@@ -121,7 +128,7 @@ def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]], faile
     mean, std = {}, {}
     for name, read in AGGREGATES.items():
         mean[name], std[name] = mean_std([read(v) for v in per_seed.values()])
-    return {
+    entry = {
         "label": label or spec.gate.kind,
         "gate": spec.gate.kind,
         "loss": {"util": spec.loss.util, "rank": spec.loss.rank, "jepa": spec.loss.jepa, "budget": spec.loss.budget},
@@ -135,6 +142,23 @@ def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]], faile
         "n": len(per_seed),
         "failed_seeds": [str(s) for s in sorted(failed)],
     }
+    grads = [v["loss_grad_norm"] for v in per_seed.values() if v.get("loss_grad_norm")]
+    if grads:
+        entry["loss_grad_norm"] = _term_grad_spread(grads)
+    return entry
+
+
+def _term_grad_spread(per_seed: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{group: {term: {"mean", "std"}}} over seeds of the seeds' ``loss_grad_norm`` (in first-seen order)."""
+    keys = {g: list(dict.fromkeys(t for s in per_seed for t in s.get(g, {}))) for g in
+            dict.fromkeys(g for s in per_seed for g in s)}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for g, terms in keys.items():
+        out[g] = {}
+        for t in terms:
+            m, sd = mean_std([s.get(g, {}).get(t) for s in per_seed])
+            out[g][t] = {"mean": m, "std": sd}
+    return out
 
 
 def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, int, RunSpec]],

@@ -79,6 +79,12 @@ class ControllerTrainSpec(TrainSpec):
     lm_thresholds: list[float] = Field(
         default_factory=list, max_length=MAX_THRESHOLDS, description="LM levels tau (nats/token) for threshold_hits."
     )
+    loss_grad_norm_every: int | None = Field(
+        None, ge=1, le=MAX_STEPS,
+        description="Every this many steps (the steps whose 1-based number is a multiple of it), log the L2 "
+        "norm of each loss term's gradient (weighted as it enters the total) on each trained parameter group; "
+        "null = never. One extra backward pass per term at a logged step; the training is the same either way.",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property

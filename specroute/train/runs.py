@@ -23,13 +23,16 @@ full fraction; ``score_quantiles`` are the gate's score quantiles per layer at t
 (:data:`specroute.train.stages.SCORE_QUANTILES`; None for an older history); ``gate_diagnostics`` are the
 score spread per layer and G3's action dependence of predictor and target
 (:func:`specroute.train.stages.gate_diagnostics`) before training (``initial``) and at the last evaluation
-(``final``; each None for an older history).
+(``final``; each None for an older history); ``loss_grad_norm``, only
+when the spec logs them (``train.loss_grad_norm_every``), is the mean over the logged steps of each loss
+term's gradient norm (weighted as it enters the total) per trained group, {group: {term: x, "total": x}}.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import statistics
 import threading
@@ -184,7 +187,7 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
     layers = [str(l) for l in spec.routing.controlled_layers]
     train_ff = {l: statistics.fmean(r["full_fraction"][l] for r in history["train"]) for l in layers}
     realised = statistics.fmean(train_ff.values()) if train_ff else None
-    return {
+    summary = {
         "lm": lm,
         "initial_lm": history["initial"]["lm"],
         "best_lm": min(values),
@@ -201,6 +204,23 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
                              "final": evals[-1].get("gate_diagnostics")},
         "lm_by_batch": _lm_by_batch(evals, values),
     }
+    logged = [r["loss_grad_norm"] for r in history["train"] if r.get("loss_grad_norm")]
+    if logged:
+        summary["loss_grad_norm"] = _mean_term_grads(logged)
+    return summary
+
+
+def _mean_term_grads(logged: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:
+    """{group: {term: mean over the logged steps}} of the steps' ``loss_grad_norm`` records (non-finite
+    values, null in the log, left out; None when a term has none)."""
+    groups: dict[str, dict[str, list[float]]] = {}
+    for record in logged:
+        for group, terms in record.items():
+            for term, v in terms.items():
+                groups.setdefault(group, {}).setdefault(term, [])
+                if v is not None and math.isfinite(v):
+                    groups[group][term].append(v)
+    return {g: {t: statistics.fmean(vs) if vs else None for t, vs in terms.items()} for g, terms in groups.items()}
 
 
 def _lm_by_batch(evals: list[dict[str, Any]], values: list[float]) -> dict[str, list[float]] | None:

@@ -33,6 +33,7 @@ from specroute.model.routing import G3Gate, LayerRouting
 from specroute.spec.models import RunSpec
 from specroute.spec.training import TrainSpec
 from specroute.train.device import Device
+from specroute.train.step import term_grad_norms
 
 #: Tokens (rows) of predicted latents used for the collapse metrics at each evaluation.
 LATENT_TOKENS = 8192
@@ -89,7 +90,8 @@ class DenseStage:
     def trainable(self) -> dict[str, nn.Parameter]:
         return dict(self.model.named_parameters())
 
-    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator,
+             step: int = 1) -> tuple[Tensor, dict[str, Any]]:
         with self.device.autocast():
             lm = self.loss_of(idx_BT, targets_BT)
         return lm, {"loss": lm.item(), "lm": lm.item()}
@@ -140,12 +142,32 @@ class ControllerStage:
     def trainable(self) -> dict[str, nn.Parameter]:
         return trainable_params(self.model)
 
-    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
+    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator,
+             step: int = 1) -> tuple[Tensor, dict[str, Any]]:
+        """The recipe's total loss and the step's record: the total and each term (unweighted), the realised
+        full fraction per controlled layer and, at the steps :meth:`logs_term_grads` names,
+        ``loss_grad_norm`` ({group: {term: norm, "total": norm}}, :func:`specroute.train.step.term_grad_norms`
+        of the weighted terms on the trained groups). ``step``: the 1-based step this loss is for."""
         with self.device.autocast():
             terms = compute_losses(self.model, idx_BT, targets_BT, self.spec, generator)
         record: dict[str, Any] = {"loss": terms.total.item(), **terms.parts}
         record["full_fraction"] = {str(r.layer): r.full_fraction for r in terms.out.routing}
+        if self.logs_term_grads(step):
+            record["loss_grad_norm"] = term_grad_norms(terms.weighted, self.trained_groups())
         return terms.total, record
+
+    def logs_term_grads(self, step: int) -> bool:
+        """Whether step ``step`` (1-based) logs each loss term's gradient norm: every
+        ``spec.train.loss_grad_norm_every``-th step; never when that is null. (Not step 1 as such: the
+        throughput probe and ``specroute bench`` time a first step, which should be the study's usual one.)"""
+        every = self.spec.train.loss_grad_norm_every
+        return every is not None and step % every == 0
+
+    def trained_groups(self) -> dict[str, list[nn.Parameter]]:
+        """The trained parameters by ``train.trainable`` group (``gate``, ``cheap_ffn``, ``backbone``), the
+        groups with none left out."""
+        groups = {g: [p for _, p in ps if p.requires_grad] for g, ps in self.model.param_groups().items()}
+        return {g: ps for g, ps in groups.items() if ps}
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out LM (nats/token; ``lm_batches`` per fixed evaluation batch, the noise the claims' per-seed

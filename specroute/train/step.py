@@ -4,12 +4,16 @@ The studies' two stages (:class:`specroute.train.trainer.Trainer`), the throughp
 (:mod:`specroute.train.estimate`), the verifiers' tiny trainings (:mod:`specroute.verify.common`) and
 ``specroute bench`` all step through :func:`optimizer_step` with an optimiser from :func:`make_optimizer`,
 so what the benchmark times and the probe measures is the step a study runs.
+
+:func:`term_grad_norms` measures, at the steps a spec asks for (``train.loss_grad_norm_every``), which loss
+term drives which parameter group: extra ``torch.autograd.grad`` passes on the step's graph that leave
+``.grad``, and so the step itself, as they were.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -61,3 +65,46 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
     return {**record, "grad_norm": float(grad_norm), "lr": lr}
+
+
+def term_grad(term: Tensor, params: Sequence[nn.Parameter]) -> list[Tensor]:
+    """d term / d p for each of ``params`` (one ``torch.autograd.grad``, the graph kept for the step's own
+    backward; ``.grad`` untouched); zeros for a parameter the term does not reach, or for every one when
+    the term has no graph."""
+    if not term.requires_grad:
+        return [torch.zeros_like(p) for p in params]
+    grads = torch.autograd.grad(term, list(params), retain_graph=True, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+
+def term_grad_norms(terms: Mapping[str, Tensor], groups: Mapping[str, Sequence[nn.Parameter]]
+                    ) -> dict[str, dict[str, float]]:
+    """The L2 norm of each loss term's gradient on each parameter group.
+
+    Args:
+        terms: {term: scalar tensor with its graph}, each as it enters the step's total loss (weight x
+            term: :attr:`specroute.losses.LossTerms.weighted`), so their gradients sum to the total's.
+        groups: {group: its parameters} (``gate``, ``cheap_ffn``, ...; an empty group is left out).
+    Returns:
+        {group: {term: ||d term / d theta_group||_2, ..., "total": ||sum over terms||_2}}, floats (the
+        "total" is the norm of the summed gradient, the group's share of the step's ``grad_norm``; it is
+        below the terms' sum of norms when they pull apart). One backward pass per term.
+    """
+    groups = {g: list(ps) for g, ps in groups.items() if ps}
+    params = [p for ps in groups.values() for p in ps]
+    total = [torch.zeros_like(p) for p in params]
+    norms: dict[str, dict[str, Tensor]] = {g: {} for g in groups}
+
+    def add_norms(name: str, grads: list[Tensor]) -> None:
+        left = iter(grads)  # in the order of ``params``: group by group
+        for g, ps in groups.items():
+            norms[g][name] = torch.nn.utils.get_total_norm([next(left) for _ in ps])
+
+    for name, term in terms.items():
+        grads = term_grad(term, params)
+        for acc, g in zip(total, grads):
+            acc.add_(g)
+        add_norms(name, grads)
+    add_norms("total", total)
+    values = iter(torch.stack([v for n in norms.values() for v in n.values()]).tolist())  # one device sync
+    return {g: {name: next(values) for name in n} for g, n in norms.items()}

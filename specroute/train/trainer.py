@@ -109,8 +109,10 @@ class Stage(Protocol):
 
     def trainable(self) -> dict[str, nn.Parameter]: ...
 
-    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, Any]]:
-        """The scalar to backpropagate and the step's metrics (floats, or dicts of floats)."""
+    def loss(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator,
+             step: int) -> tuple[Tensor, dict[str, Any]]:
+        """The scalar to backpropagate and the step's metrics (floats, or dicts of floats); ``step``: the
+        1-based step it is for (a stage may record more at some steps)."""
 
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics; must hold ``lm`` (nats/token)."""
@@ -282,7 +284,7 @@ class Trainer:
         """One optimiser step on (B, T) ids and targets at the current step's learning rate (the step
         counter is not advanced); returns the stage's metrics plus ``grad_norm`` and ``lr``."""
         return optimizer_step(self.optimizer, list(self.params.values()),
-                              lambda: self.stage.loss(idx, targets, self.loss_gen),
+                              lambda: self.stage.loss(idx, targets, self.loss_gen, self.step + 1),
                               lr_at(self.step, self.spec.steps, self.spec.optimizer), self.spec.grad_clip)
 
     def log(self, record: dict[str, Any]) -> None:
