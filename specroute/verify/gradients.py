@@ -17,13 +17,11 @@ import math
 import torch
 from hypothesis import strategies as st
 
-from specroute.losses import compute_losses
+from specroute.losses import LOSS_TERMS, compute_losses
 from specroute.spec.models import G1Spec
 from specroute.train.stages import seeded_model
 from specroute.verify.common import (CheckResult, Context, Target, result, run_property, shrink,
                                      skipped, tokens)
-
-TERMS = ("lm", "util", "rank", "jepa", "budget")
 
 
 def _path(name: str, group: str, term: str, last_layer: int) -> str:
@@ -47,7 +45,7 @@ def alone(term: str):
         cid = f"gradients.{term}"
         if term == "jepa" and isinstance(target.spec.gate, G1Spec):
             return skipped(cid, target, "jepa needs a G3 gate")
-        weights = {t: 0.0 for t in TERMS}
+        weights = {t: 0.0 for t in LOSS_TERMS}
         weights[term] = 1.0
         update = {"loss": weights}
         if term in ("util", "rank"):
@@ -120,7 +118,7 @@ def extreme(target: Target, ctx: Context) -> CheckResult:
                            scale=st.sampled_from([1e-6, 1.0, 1e3, 1e6]),
                            init_bias=st.sampled_from([0.0, 30.0, -30.0]),
                            B=st.integers(1, 2), T=st.integers(1, 12), seed=st.integers(0, 2**16))
-    terms = [t for t in ("lm", "util", "rank", "jepa", "budget") if getattr(spec.loss, t) > 0]
+    terms = [t for t in LOSS_TERMS if getattr(spec.loss, t) > 0]
     return result("gradients.extreme", target, failure is None,
                   "all finite" if failure is None else "non-finite", "finite logits, losses, gradients",
                   failure or f"recipe {terms}; embeddings x1e-6..1e6, gate bias +-30; {seen['examples']} examples")
