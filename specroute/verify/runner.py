@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from specroute.losses import LOSS_TERMS
 from specroute.spec import SpecError, load_study
 from specroute.spec.loader import dump_run
 from specroute.verify import budget, causality, flops, gradients, jepa, oracle
@@ -44,7 +45,7 @@ VERIFIERS: tuple[Verifier, ...] = (
     Verifier("causality.topk_reported", causality.topk_reported, _SHAPE, "top-k: non-causal, reported, refused"),
     Verifier("execution.parity", flops.parity, _SHAPE, "gather == masked; all-full == dense"),
     *(Verifier(f"gradients.{t}", gradients.alone(t), _RECIPE, f"{t} alone: gradient path")
-      for t in gradients.TERMS),
+      for t in LOSS_TERMS),
     Verifier("gradients.extreme", gradients.extreme, _RECIPE, "finite under extreme hidden states"),
     Verifier("oracle.brute_force", oracle.brute_force, _RECIPE, "batched labels == brute force"),
     Verifier("oracle.policy_equivalence", oracle.policy_equivalence, _SHAPE, "off == on iff later layers full"),
