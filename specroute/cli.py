@@ -167,15 +167,24 @@ def run(
         with _sigterm_as_interrupt():
             result = run_study(resolved, options, console=console, confirm=confirm)
     except _Terminated:
-        err_console.print("terminated; continue with the same command plus --resume")
+        err_console.print(f"terminated; {_how_to_continue(resolved, options)}")
         raise typer.Exit(128 + signal.SIGTERM) from None
     except (Interrupted, KeyboardInterrupt):
-        err_console.print("interrupted; continue with the same command plus --resume")
+        err_console.print(f"interrupted; {_how_to_continue(resolved, options)}")
         raise typer.Exit(130) from None
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
     failed = result.failure_message()
     if failed:
         fail(failed, code=1)
+
+
+def _how_to_continue(resolved: Any, options: Any) -> str:
+    from specroute.train.study import default_out
+
+    out = Path(options.out) if options.out else default_out(resolved)
+    if (out / "study.json").is_file():
+        return "continue with the same command plus --resume"
+    return "nothing was written yet; run the same command again"
 
 
 class _Terminated(KeyboardInterrupt):
@@ -282,13 +291,21 @@ def _read_summary(report: Path | None, specs: list[Path]) -> tuple[dict, list[Pa
 
     if report is None:
         return {"arms": {}, "profile": None}, specs
+    hint = "give the folder `specroute run` wrote, or its summary.json"
+    if not report.exists():
+        fail(f"--claims: {report} not found; {hint}")
+    if report.is_dir() and not (report / "summary.json").is_file():
+        fail(f"--claims: {report} holds no summary.json, so it is not a study report; {hint}")
     try:
         summary = load_summary(report)
-    except (OSError, ValueError) as e:
-        fail(f"cannot read the report {report}: {e}")
+    except UnicodeDecodeError:
+        fail(f"--claims: {report} is not a study report's summary.json (not UTF-8 text); {hint}")
+    except ValueError as e:
+        fail(f"--claims: {report} is not a study report's summary.json (not JSON: {e}); {hint}")
+    except OSError as e:
+        fail(f"--claims: cannot read {report} ({e.strerror or e}); {hint}")
     if not (isinstance(summary, dict) and isinstance(summary.get("arms"), dict) and "study" in summary):
-        fail(f"{report} is not a study report's summary.json (no 'study' and 'arms'); "
-             "give the folder `specroute run` wrote, or its summary.json")
+        fail(f"{report} is not a study report's summary.json (no 'study' and 'arms'); {hint}")
     own = Path("specs") / f"{summary.get('study')}.yaml"
     return summary, ([own] if own.is_file() else specs)
 

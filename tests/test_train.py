@@ -174,6 +174,37 @@ def test_workers_end_quietly_when_the_study_process_is_killed(tmp_path):
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
+def test_ctrl_c_while_workers_start_is_one_line(tmp_path):
+    """Ctrl-C in a terminal signals the whole process group; sent while the workers are still importing,
+    it ends the study with its one-line message, no worker traceback, no worker left."""
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "specroute.cli", "run", str(SPECS / "a3.yaml"), "--profile", "smoke",
+            *[x for s in [*MICRO, "train.steps=100000"] for x in ("--set", s)],
+            "--arm", "G1_lm", "--seed", "0", "--seed", "1", "--workers", "2", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache")]
+    log = tmp_path / "stderr.txt"
+    study = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    workers: list[int] = []
+    try:
+        deadline = time.monotonic() + 240
+        while len(workers) < 2 and time.monotonic() < deadline:  # the pool's workers exist, still importing
+            assert study.poll() is None, "the study ended before its workers started"
+            workers = [w for w in _children(study.pid) if _pid_alive(w)]
+            time.sleep(0.05)
+        os.killpg(study.pid, signal.SIGINT)
+        rc = study.wait(timeout=60)
+    finally:
+        if study.poll() is None:
+            study.kill()
+    assert rc == 130
+    assert _wait_gone(workers, 10) == []
+    err = log.read_text()
+    assert "Traceback" not in err and "SpawnPoolWorker" not in err, err
+    assert err.strip().splitlines()[-1].startswith("interrupted; ")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc (Linux)")
 @pytest.mark.parametrize(("sig", "rc_expected"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_or_sigterm_to_the_study_process_stops_its_workers_at_once(tmp_path, sig, rc_expected):
     out = tmp_path / "out"

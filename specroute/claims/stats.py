@@ -22,6 +22,7 @@ from typing import Any
 from scipy import stats as sps
 
 from specroute.claims.paper import CONFIDENCE, NOISE_Z
+from specroute.text import plural
 
 WIN, TIE, LOSS, UNKNOWN = "win", "tie", "loss", "unknown"
 THRESHOLDS = "threshold_hits"
@@ -83,7 +84,7 @@ class Paired:
 
     def text(self, unit: str = "nats") -> str:
         """E.g. ``3/3 wins, 0 ties; diff -0.0123 nats [-0.02, -0.004], sign p 0.25``."""
-        head = f"{self.wins}/{self.n} wins, {self.ties} ties"
+        head = f"{self.wins}/{self.n} wins, {plural(self.ties, 'tie')}"
         if self.mean is None:
             return head
         return f"{head}; diff {self.mean:+.4g} {unit} {fmt_interval(self.interval)}, sign p {self.p_sign:.2g}"

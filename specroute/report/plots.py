@@ -297,14 +297,17 @@ def plot_loss_grad_norms(summary: dict[str, Any], runs_dir: Path, path: Path) ->
 def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     """Write the plots that carry information for this study; return {name: path relative to ``out``}.
 
-    Always the LM curves and gradient norms; the score distribution when the runs recorded scores; the
+    The LM curves and gradient norms when a run finished (none when every run failed); the score
+    distribution when the runs recorded scores; the
     full fraction per layer only when an arm routes by threshold; the gate's score scale and G3's action
     dependence when the runs recorded gate diagnostics; each loss term's gradient norm when an arm logged them.
     """
     folder = out / "plots"
-    made = ["lm_curves", "grad_norm"]
-    plot_lm(summary, folder / PLOTS["lm_curves"])
-    plot_grad_norm(summary, out / "runs", folder / PLOTS["grad_norm"])
+    made = []
+    if any(a["seeds"] for a in summary["arms"].values()):
+        plot_lm(summary, folder / PLOTS["lm_curves"])
+        plot_grad_norm(summary, out / "runs", folder / PLOTS["grad_norm"])
+        made += ["lm_curves", "grad_norm"]
     if any(s.get("score_quantiles") for a in summary["arms"].values() for s in a["seeds"].values()):
         plot_scores(summary, folder / PLOTS["score_distribution"])
         made.append("score_distribution")

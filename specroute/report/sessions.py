@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from specroute.store import atomic_write_json
+from specroute.store import UserError, atomic_write_json
 
 SESSIONS = "sessions.json"
 
@@ -31,25 +31,34 @@ def read_sessions(out: Path) -> list[dict[str, Any]]:
         if isinstance(sessions, list) else []
 
 
-def record_session(out: Path, t_start: float, ended: str) -> list[dict[str, Any]]:
-    """Append this session (started at ``time.perf_counter()`` value ``t_start``) to ``out``'s sessions;
-    return them all, this one last."""
+def with_session(out: Path, t_start: float, ended: str) -> list[dict[str, Any]]:
+    """``out``'s sessions with this one (started at ``time.perf_counter()`` value ``t_start``) appended,
+    last; nothing is written (:func:`write_sessions`)."""
     wall = time.perf_counter() - t_start
     started = datetime.fromtimestamp(time.time() - wall, timezone.utc).isoformat(timespec="seconds")
-    sessions = [*read_sessions(out), {"started": started, "wall_s": wall, "ended": ended}]
+    return [*read_sessions(out), {"started": started, "wall_s": wall, "ended": ended}]
+
+
+def write_sessions(out: Path, sessions: list[dict[str, Any]]) -> None:
     atomic_write_json(out / SESSIONS, sessions)
+
+
+def record_session(out: Path, t_start: float, ended: str) -> list[dict[str, Any]]:
+    """Append this session to ``out``'s sessions (:func:`with_session`) and write them; return them all."""
+    sessions = with_session(out, t_start, ended)
+    write_sessions(out, sessions)
     return sessions
 
 
 @contextlib.contextmanager
 def interrupted_session(out: Path, t_start: float) -> Iterator[None]:
     """Record the session as interrupted (Ctrl-C, SIGTERM, a step budget) or failed if the block raises;
-    the exception propagates. A session that completes is recorded by :func:`record_session`."""
+    the exception propagates. A session that completes is recorded by :func:`write_sessions`."""
     from specroute.train.trainer import Interrupted
 
     try:
         yield
     except BaseException as e:
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, UserError):  # e.g. the full disk that stopped the session
             record_session(out, t_start, "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed")
         raise

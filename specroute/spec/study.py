@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from specroute.spec.base import MAX_ARMS, MAX_SEEDS, Strict
 from specroute.spec.models import GateSpec, RunSpec
@@ -66,6 +66,15 @@ class StudySpec(RunSpec):
         description="LM difference (nats/token) within which two arms count as equivalent: C6's margin, "
         "and the 'no effect' bound of the seed claims (default: the paper's 0.005, C4).",
     )
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+        if repeated:
+            raise ValueError(f"{'seed' if len(repeated) == 1 else 'seeds'} {', '.join(map(str, repeated))} given more "
+                             "than once; each seed is one run per arm")
+        return seeds
 
     @model_validator(mode="before")
     @classmethod

@@ -34,6 +34,7 @@ import functools
 import json
 import math
 import os
+import signal
 import statistics
 import threading
 import time
@@ -149,6 +150,7 @@ def init_worker(q: Any, threads: int, parent: int | None = None) -> None:
     import torch
 
     _QUEUE = q
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the study ends us
     torch.set_num_threads(threads)
     if parent is not None:
         threading.Thread(target=_exit_without_parent, args=(parent,), daemon=True, name="parent-watch").start()

@@ -26,10 +26,12 @@ study at once (UserError: nothing to route).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import multiprocessing
 import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -235,7 +237,8 @@ def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     threads = max(1, (os.cpu_count() or 1) // workers)
-    pool = ctx.Pool(workers, initializer=init_worker, initargs=(q, threads, os.getpid()))
+    with _sigint_ignored():  # workers start ignoring Ctrl-C (inherited): this process ends them, quietly
+        pool = ctx.Pool(workers, initializer=init_worker, initargs=(q, threads, os.getpid()))
     try:
         at_once = min(workers, len(jobs))
         pending = [pool.apply_async(run_in_worker, (j.arm, j.spec, str(data_path), j.backbone, str(j.folder),
@@ -258,6 +261,21 @@ def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
         pool.join()
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process for the block (so that processes started in it ignore it too; a
+    Ctrl-C meanwhile is lost, not half-delivered to workers that are importing)."""
+    try:
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to change
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def run_study(resolved: Resolved, options: StudyOptions, console: Console | None = None,
               confirm: Callable[[str], bool] | None = None) -> StudyResult:
     """Run the study's selected runs and write the report.
@@ -276,7 +294,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             SpecError: unknown arm.
         specroute.train.trainer.Interrupted: the session's step budget ran out (tests).
     """
-    from specroute.report.sessions import interrupted_session, record_session
+    from specroute.report.sessions import interrupted_session, with_session, write_sessions
 
     t_start = time.perf_counter()
     study = resolved.study
@@ -341,10 +359,12 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
 
         from specroute.report import build_summary, write_report
 
-        sessions = record_session(out, t_start, "complete")
+        sessions = with_session(out, t_start, "complete")
         summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
                                 environment(device), sum(s["wall_s"] for s in sessions), sessions)
-        write_report(out, summary, resolved)
+        with interrupted_session(out, t_start):  # a report that cannot be written (disk full) is a failed session
+            write_report(out, summary, resolved)
+        write_sessions(out, sessions)
     note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
 
