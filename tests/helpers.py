@@ -69,3 +69,31 @@ def write(folder: Path, name: str, text: str) -> Path:
     path = folder / name
     path.write_text(text)
     return path
+
+
+def assert_exit_2(result, *fragments: str, prefix: str = "error: invalid spec\n") -> None:
+    """A CliRunner result of a refused command: exit 2, nothing on stdout, no traceback, a short message on
+    stderr starting with ``prefix`` and holding every fragment."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    assert result.stdout == ""
+    assert result.stderr.startswith(prefix), result.stderr
+    assert len(result.stderr) < 4000, len(result.stderr)
+    for fragment in fragments:
+        assert fragment in result.stderr, (fragment, result.stderr)
+
+
+def check_bad_spec(folder: Path, text: str, where: str, field: str, words: str) -> None:
+    """``specroute validate`` on a spec file ``text`` (written as ``folder/bad.yaml``; the caller's working
+    folder) exits 2 naming the file with ``where`` (``:line:``, or another fragment), ``field`` and ``words``."""
+    from typer.testing import CliRunner
+
+    from specroute.cli import app
+
+    write(folder, "bad.yaml", text)
+    result = CliRunner().invoke(app, ["validate", "bad.yaml"])
+    fragments = [f"bad.yaml{where}" if where.startswith(":") else where, words]
+    if field:
+        fragments.append(f": {field}: ")
+    assert_exit_2(result, *fragments)

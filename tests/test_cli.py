@@ -13,7 +13,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from helpers import SPECS, write
+from helpers import SPECS, assert_exit_2, check_bad_spec, write
 from specroute.cli import app
 
 runner = CliRunner()
@@ -24,14 +24,8 @@ def invoke(*args: str):
 
 
 def assert_user_error(result, *fragments: str) -> None:
-    """Exit 2, nothing on stdout, no traceback, every fragment in the message on stderr."""
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    assert result.stderr.startswith("error: invalid spec\n")
-    for fragment in fragments:
-        assert fragment in result.stderr, (fragment, result.stderr)
+    """Exit 2 with one "invalid spec" message holding every fragment (:func:`helpers.assert_exit_2`)."""
+    assert_exit_2(result, *fragments)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -163,12 +157,7 @@ def test_schema_is_a_json_schema_of_the_spec_file():
 )
 def test_bad_spec_exits_2_naming_file_field_and_line(tmp_path, monkeypatch, text, where, field, words):
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "bad.yaml", text)
-    result = invoke("validate", "bad.yaml")
-    fragments = [f"bad.yaml{where}" if where.startswith(":") else where, words]
-    if field:
-        fragments.append(f": {field}: ")
-    assert_user_error(result, *fragments)
+    check_bad_spec(tmp_path, text, where, field, words)
 
 
 def test_yaml_tag_is_never_executed(tmp_path, monkeypatch):

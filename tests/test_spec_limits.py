@@ -16,7 +16,7 @@ import textwrap
 import pytest
 from typer.testing import CliRunner
 
-from helpers import SPECS, tiny_spec, write
+from helpers import SPECS, assert_exit_2, check_bad_spec, tiny_spec, write
 from specroute.cli import app
 from specroute.report.console import millions
 from specroute.spec import SpecError, load_study
@@ -32,18 +32,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
-
-
-def assert_exit_2(result, *fragments: str, prefix: str = "error: invalid spec\n") -> None:
-    """Exit 2, nothing on stdout, no traceback, a short message holding every fragment."""
-    assert result.exit_code == 2, result.output
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    assert result.stderr.startswith(prefix), result.stderr
-    assert len(result.stderr) < 4000, len(result.stderr)
-    for fragment in fragments:
-        assert fragment in result.stderr, (fragment, result.stderr)
 
 
 def _laughs(levels: int, fan: int) -> str:
@@ -107,12 +95,7 @@ def _merge_laughs(levels: int) -> str:
 )
 def test_bad_input_exits_2_naming_file_limit_and_line(tmp_path, monkeypatch, text, where, field, words):
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "bad.yaml", text)
-    result = invoke("validate", "bad.yaml")
-    fragments = [f"bad.yaml{where}" if where.startswith(":") else where, words]
-    if field:
-        fragments.append(f": {field}: ")
-    assert_exit_2(result, *fragments)
+    check_bad_spec(tmp_path, text, where, field, words)
 
 
 @pytest.mark.parametrize(
