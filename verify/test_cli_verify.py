@@ -45,13 +45,19 @@ def test_verify_user_errors_exit_2(tmp_path):
 
 def test_verify_claims_refuses_what_is_not_a_report(tmp_path):
     missing = runner.invoke(app, ["verify", "--claims", str(tmp_path / "no_such_report")])
-    assert missing.exit_code == 2 and "report" in missing.output and "spec" not in missing.output
-    for i, text in enumerate(['[1, 2]', '{"a": 1}', '{"study": "x", "arms": 5}']):
+    assert missing.exit_code == 2 and "not found" in missing.output and "invalid spec" not in missing.output
+    (tmp_path / "folder").mkdir()
+    folder = runner.invoke(app, ["verify", "--claims", str(tmp_path / "folder")])
+    assert folder.exit_code == 2 and "holds no summary.json, so it is not a study report" in folder.output
+    for i, text in enumerate(['[1, 2]', '{"a": 1}', '{"study": "x", "arms": 5}', 'not json']):
         path = tmp_path / f"s{i}.json"
         path.write_text(text)
         r = runner.invoke(app, ["verify", "--claims", str(path)])
         assert r.exit_code == 2 and isinstance(r.exception, SystemExit), (text, r.output)
         assert "not a study report" in r.output, text
+    (tmp_path / "bytes.json").write_bytes(bytes(range(128, 256)))
+    r = runner.invoke(app, ["verify", "--claims", str(tmp_path / "bytes.json")])
+    assert r.exit_code == 2 and "not a study report's summary.json (not UTF-8 text)" in r.output
 
 
 def test_verify_claims_against_the_committed_micro_report():
