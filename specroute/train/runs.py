@@ -1,8 +1,9 @@
 """Stage 2 for one (arm, seed): train the controller on the frozen backbone and summarise the run.
 
 Files in the run's folder (``runs/<arm>/seed<k>/``): ``metrics.jsonl`` (every step and evaluation),
-``ckpt/`` (resumable checkpoints), and once the run is complete ``controller.safetensors`` (the trained
-controller), ``spec.json`` (the resolved run spec) and ``result.json`` (the run's summary, written last:
+``ckpt/`` (resumable checkpoints), and once the run is complete ``controller.safetensors`` (every trained
+parameter by name: the controller, and in a joint run, ``train.trainable`` with ``backbone``, the trained
+backbone too, so that the cached backbone with this file loaded over it is the model that was evaluated), ``spec.json`` (the resolved run spec) and ``result.json`` (the run's summary, written last:
 its presence means the run is done and a resumed study skips it). While it trains, the run holds its
 folder's lock (:func:`specroute.store.hold_lock`), so that no other process (a worker of a killed study
 still ending, say) writes into it too.

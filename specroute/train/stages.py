@@ -1,8 +1,9 @@
 """The two stages as :class:`specroute.train.trainer.Stage` objects.
 
 - :class:`DenseStage` (stage 1): the dense backbone, every parameter trained on the LM loss.
-- :class:`ControllerStage` (stage 2): the routed model on a frozen backbone; the spec's ``trainable``
-  groups are trained on the recipe of :func:`specroute.losses.compute_losses`.
+- :class:`ControllerStage` (stage 2): the routed model on the stage-1 backbone; the spec's ``trainable``
+  groups are trained on the recipe of :func:`specroute.losses.compute_losses` (the backbone stays frozen
+  unless ``backbone`` is one of them: joint training).
 
 Both take a built model (and held-out batches to evaluate on, none for a training that is only stepped:
 the throughput probe, the verifiers, the benchmark); :meth:`DenseStage.seeded` and
@@ -115,8 +116,9 @@ def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:
 
 
 class ControllerStage:
-    """Stage 2: controller training on a frozen backbone (the parameters that require a gradient, as
-    ``train.trainable`` set them), on the recipe of ``spec.loss``.
+    """Stage 2: controller training on the backbone (the parameters that require a gradient, as
+    ``train.trainable`` set them: frozen backbone by default, trained with the controller when ``backbone``
+    is listed), on the recipe of ``spec.loss``.
 
     Args:
         spec: the run spec (loss recipe, routing). model: the routed model, on ``device``.

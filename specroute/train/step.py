@@ -39,7 +39,10 @@ def lr_at(step: int, steps: int, opt: OptimizerSpec) -> float:
 
 def make_optimizer(params: Mapping[str, nn.Parameter], opt: OptimizerSpec) -> torch.optim.AdamW:
     """AdamW with ``opt``'s settings; weight decay on matrices (dim >= 2) only, none on biases, norms and
-    gains (GPT-2 habit). ``params``: the trained parameters by name (an empty group is left out)."""
+    gains (GPT-2 / nanoGPT habit: the token and position embeddings are matrices and are decayed; a tied LM
+    head is the embedding, counted once). ``params``: the trained parameters by name, any of the
+    ``train.trainable`` groups (the backbone's too in a joint run), an empty decay group left out. Returns
+    the optimiser with the decayed group first."""
     decay = [p for p in params.values() if p.dim() >= 2]
     no_decay = [p for p in params.values() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
