@@ -106,3 +106,28 @@ def test_joint_run_resumes_to_identical_metrics(tmp_path):
     run = Path("runs") / "G3_lm_joint" / "seed0" / "controller.safetensors"
     want, have = load_file(str(ref.out / run)), load_file(str(got.out / run))
     assert want.keys() == have.keys() and all(torch.equal(want[k], have[k]) for k in want)
+
+
+def joint_target(update: dict | None = None):
+    from specroute.spec.loader import deep_merge
+    from specroute.spec.models import RunSpec
+    from specroute.verify.common import Target
+
+    base = {"model": {"n_layers": 4, "d_model": 32, "n_heads": 2, "context_length": 32},
+            "routing": {"controlled_layers": [1], "cheap_ffn_hidden": 16}, "loss": {"util": 1.0, "rank": 1.0},
+            "train": {"seq_len": 16, "batch_size": 4, "trainable": JOINT}, "backbone": {"train": {"seq_len": 16}}}
+    return Target("joint", RunSpec.model_validate(deep_merge(base, update or {})))
+
+
+def test_gradient_verifier_knows_the_backbone_path_of_a_joint_run_and_bites(monkeypatch):
+    import specroute.model.layers as layers
+    from specroute.verify import gradients
+    from specroute.verify.common import Context
+
+    ctx = Context(examples=3, train_steps=5)
+    t = joint_target()  # controlled layer 1 of 4: util's gradient must stop below blocks 2 and 3
+    assert [gradients.alone(term)(t, ctx).status for term in ("lm", "util", "rank", "budget")] == ["pass"] * 4
+    real = layers.CausalSelfAttention.forward
+    monkeypatch.setattr(layers.CausalSelfAttention, "forward", lambda self, x: real(self, x).detach())
+    r = gradients.alone("lm")(t, ctx)
+    assert r.status == "fail" and "blocks.0.ln1.weight got no gradient" in r.detail  # ln1 feeds only attention

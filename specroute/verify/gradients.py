@@ -5,7 +5,9 @@
   other trainable parameter a zero (or no) gradient, and no frozen parameter a gradient at all.
   Paths: lm reaches the whole gate and the cheap FFN; util, rank and budget act on the score, so they reach
   the whole gate (rank is blind to the score's output bias: it only sees score differences); jepa reaches
-  G3's LayerNorm, encoder and predictor, not the score head.
+  G3's LayerNorm, encoder and predictor, not the score head. A trained backbone (joint training) gets lm's
+  gradient everywhere (a full FFN only where some token took it) and may get the other terms' below and at
+  the last controlled layer (what feeds a gate), never above it or in the final LayerNorm.
 - ``gradients.extreme``: under extreme hidden states (embeddings scaled by up to 1e6, saturated gate
   scores) the logits, every loss term and every gradient of the spec's recipe stay finite.
 """
@@ -31,6 +33,10 @@ def _path(name: str, group: str, term: str, last_layer: int) -> str:
     feeds_later_gate = layer < last_layer
     if group == "cheap_ffn":
         return "required" if term == "lm" else "allowed" if feeds_later_gate else "zero"
+    if group == "backbone":  # trained (joint training): lm reaches all of it, the other terms what feeds a gate
+        if term == "lm":
+            return "allowed" if ".ffn." in name else "required"  # a full FFN no token took gets none
+        return "allowed" if layer <= last_layer and not name.startswith(("ln_f.", "lm_head.")) else "zero"
     if group != "gate":
         return "zero"
     if (term == "rank" and name.endswith(".gate.score_head.bias")) or (term == "jepa" and ".gate.score_head." in name):
