@@ -98,6 +98,7 @@ def test_joint_run_resumes_to_identical_metrics(tmp_path):
     with pytest.raises(Interrupted):  # backbone 30 steps, controller checkpoint at 5, died at 8
         run_study(resolved, StudyOptions(out=out, arms=arms, seeds=[0], device="cpu", cache=cache,
                                          resume=True, workers=1, max_steps_this_session=38))
+    assert (out / "runs" / "G3_lm_joint" / "seed0" / "ckpt" / "latest").read_text() == "step_000005"
     got = run_study(resolved, StudyOptions(out=out, arms=arms, seeds=[0], device="cpu", cache=cache,
                                            resume=True, workers=1))
     a = ref.summary["arms"]["G3_lm_joint"]["seeds"]["0"]
