@@ -90,8 +90,9 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any =
     console.print(
         f"parameter count: routed model (backbone + cheap FFNs) = [bold]{millions(pc.routed_model)}[/]; gate params "
         "(the controller) counted apart" + (f", G3's fixed target head {pc.target_head:,}" if pc.target_head else "")
-        + f"; trained params = {' + '.join(GROUP_NAMES[g] for g in first.train.trainable)} "
-        "(train.trainable)."
+        + "; trained params = "
+        + " or ".join(dict.fromkeys(" + ".join(GROUP_NAMES[g] for g in s.train.trainable) for s in arms.values()))
+        + " (train.trainable, per arm)."
     )
     if memory is not None:
         if memory.status == "fits":
