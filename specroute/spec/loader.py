@@ -23,7 +23,7 @@ from specroute.spec.errors import (NOT_ON_ITS_OWN, Origin, Path_, Problem, SpecE
 from specroute.spec.models import DEFAULT_KINDS, RunSpec, with_default_kinds
 from specroute.spec.roles import role_problems
 from specroute.spec.study import StudySpec
-from specroute.spec.sweeps import expand_sweeps
+from specroute.spec.sweeps import blame_sweeps, expand_sweeps
 from specroute.spec.yaml_io import (MAX_DEPTH, MAX_FILE_BYTES, MAX_SCALAR_CHARS, Budget, SpecLimitError, deep_merge,
                                     load_raw, parse_yaml)
 
@@ -203,9 +203,9 @@ def load_study(
     try:
         study = validate(StudySpec, raw, Origin(source, provenance, set_tree=set_tree))
     except SpecError as e:
-        raise SpecError(unique(e.problems + problems)) from None
+        raise SpecError(blame_sweeps(unique(e.problems + problems), raw)) from None
     if problems:
-        raise SpecError(unique(problems))
+        raise SpecError(blame_sweeps(unique(problems), raw))
     resolved = Resolved(study, source, raw, set_tree, provenance)
     for arm in study.arms:
         try:
@@ -217,7 +217,7 @@ def load_study(
             where = lookup(provenance, tuple(path.split("."))) or (str(source), None)
             problems.append(Problem(where[0], path, where[1], reason))
     if problems:
-        raise SpecError(problems)
+        raise SpecError(blame_sweeps(problems, raw))
     return resolved
 
 

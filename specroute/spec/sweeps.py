@@ -161,9 +161,34 @@ def expansion(sweep: SweepSpec) -> list[tuple[str, tuple[Any, ...]]]:
             for combo in itertools.product(*sweep.grid.values())]
 
 
-def swept_arms(raw_base: dict[str, Any]) -> set[str]:
-    """Names of the arms a study's (already expanded, so valid) ``sweeps:`` made."""
-    return {name for entry in raw_base.get("sweeps") or [] for name, _ in expansion(SweepSpec.model_validate(entry))}
+def swept_arms(raw_base: dict[str, Any]) -> dict[str, tuple[int, tuple[str, ...]]]:
+    """Arm name -> (index of its sweep, the sweep's grid paths), for every arm a study's (already expanded,
+    so valid) ``sweeps:`` made."""
+    out = {}
+    for i, entry in enumerate(raw_base.get("sweeps") or []):
+        sweep = SweepSpec.model_validate(entry)
+        out.update({name: (i, tuple(sweep.grid)) for name, _ in expansion(sweep)})
+    return out
+
+
+def blame_sweeps(problems: list[Problem], raw_base: dict[str, Any]) -> list[Problem]:
+    """Problems of swept arms at a grid path named as the sweep's grid entry (``sweeps.0.grid.loss.util``), once
+    for all the arms it made (a bad value keeps ``(in arm ...)``, the one arm it made wrong)."""
+    swept = swept_arms(raw_base)
+    out = []
+    for p in problems:
+        for arm, (i, paths) in swept.items():
+            prefix = f"arms.{arm}.overrides."
+            if not p.field.startswith(prefix):
+                continue
+            rest = p.field[len(prefix):]
+            path = next((g for g in paths if rest == g or rest.startswith(g + ".")), None)
+            if path is not None:
+                p = p._replace(field=f"sweeps.{i}.grid.{rest}",
+                               reason=p.reason if "unknown field" in p.reason else f"{p.reason} (in arm {arm!r})")
+            break
+        out.append(p)
+    return list(dict.fromkeys(out))
 
 
 def confirm_sweep(raw_base: dict[str, Any], runs: list[tuple[str, int, Any]], yes: bool,
