@@ -118,8 +118,8 @@ def expand_sweeps(raw: dict[str, Any], provenance: dict[Path_, tuple[str, int | 
                 problems.append(Problem(w[0], ".".join(at + ("base",)), w[1], f"names arm {sweep.base!r}, which "
                                         f"is not one of the arms written in the file: {sorted(written)}"))
                 continue
-            base_arm = arms[sweep.base]
-            base = dict(base_arm.get("overrides") or {}) if isinstance(base_arm, dict) else {}
+            written_overrides = arms[sweep.base].get("overrides") if isinstance(arms[sweep.base], dict) else None
+            base = dict(written_overrides) if isinstance(written_overrides, dict) else {}  # else: the arm's error
         for name, combo in expansion(sweep):
             w = lookup(provenance, at + ("name",)) or where0
             if name in arms:
