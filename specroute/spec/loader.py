@@ -23,6 +23,7 @@ from specroute.spec.errors import (NOT_ON_ITS_OWN, Origin, Path_, Problem, SpecE
 from specroute.spec.models import DEFAULT_KINDS, RunSpec, with_default_kinds
 from specroute.spec.roles import role_problems
 from specroute.spec.study import StudySpec
+from specroute.spec.sweeps import blame_sweeps, expand_sweeps
 from specroute.spec.yaml_io import (MAX_DEPTH, MAX_FILE_BYTES, MAX_SCALAR_CHARS, Budget, SpecLimitError, deep_merge,
                                     load_raw, parse_yaml)
 
@@ -31,7 +32,7 @@ LOADER_KEYS = ("extends", "profiles", "default_profile")
 #: Most profiles in a spec file (each is validated on its own, so the time to load a spec grows with their number).
 MAX_PROFILES = 64
 #: StudySpec keys that do not belong to a run.
-STUDY_KEYS = ("profile", "seeds", "arms", "gates", "comparisons", "roles", "equivalence_margin_nats")
+STUDY_KEYS = ("profile", "seeds", "arms", "sweeps", "gates", "comparisons", "roles", "equivalence_margin_nats")
 
 __all__ = ["LOADER_KEYS", "STUDY_KEYS", "Problem", "Resolved", "SpecError", "deep_merge", "dump_run",
            "load_raw", "load_study", "parse_set", "rebuild", "with_gate_preset"]
@@ -151,9 +152,12 @@ def load_study(
         profile: a name under ``profiles:``; None picks ``default_profile`` (or none if absent).
         overrides: ``key.path=value`` strings (``--set``), applied last.
 
+    ``sweeps:`` expand into arms (:func:`specroute.spec.sweeps.expand_sweeps`) after the profile is applied.
+
     Raises:
         SpecError: missing file, bad YAML or tag, ``extends`` cycle, unknown profile, or any validation
-            failure (unknown key, wrong type, out-of-range value, cross-field rule) in the base or an arm.
+            failure (unknown key, wrong type, out-of-range value, cross-field rule) in the base or an arm;
+            a bad sweep (its file:line), a swept arm name that collides with another arm.
     """
     source = Path(path)
     raw, provenance = load_raw(source)
@@ -190,6 +194,7 @@ def load_study(
             if k[:2] == ("profiles", name) and len(k) > 2:
                 provenance[k[2:]] = v
         raw["profile"] = name
+    raw = expand_sweeps(raw, provenance, source)
     set_tree = parse_set(overrides)
     raw = _gate_preset(deep_merge(with_default_kinds(raw), set_tree))  # kinds before --set: it may switch one
     for k in leaf_paths(set_tree):
@@ -198,9 +203,9 @@ def load_study(
     try:
         study = validate(StudySpec, raw, Origin(source, provenance, set_tree=set_tree))
     except SpecError as e:
-        raise SpecError(unique(e.problems + problems)) from None
+        raise SpecError(blame_sweeps(unique(e.problems + problems), raw)) from None
     if problems:
-        raise SpecError(unique(problems))
+        raise SpecError(blame_sweeps(unique(problems), raw))
     resolved = Resolved(study, source, raw, set_tree, provenance)
     for arm in study.arms:
         try:
@@ -212,7 +217,7 @@ def load_study(
             where = lookup(provenance, tuple(path.split("."))) or (str(source), None)
             problems.append(Problem(where[0], path, where[1], reason))
     if problems:
-        raise SpecError(problems)
+        raise SpecError(blame_sweeps(problems, raw))
     return resolved
 
 

@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from specroute.spec.base import MAX_ARMS, MAX_SEEDS, Strict
 from specroute.spec.models import GateSpec, RunSpec
 from specroute.spec.roles import RolesSpec
+from specroute.spec.sweeps import SweepSpec
 
 
 class ArmSpec(Strict):
@@ -47,6 +48,11 @@ class StudySpec(RunSpec):
         max_length=MAX_ARMS,
         description="Named arms of the study, each a set of overrides on the base run spec (at least one; "
         "without the key, one arm named 'default').",
+    )
+    sweeps: list[SweepSpec] = Field(
+        default_factory=list,
+        description="Sweeps: each expands into one arm per combination of its grid's values, named "
+        "<name>_<field><value>... and added to arms (specroute.spec.sweeps).",
     )
     gates: dict[str, GateSpec] = Field(
         default_factory=dict,

@@ -46,6 +46,7 @@ from specroute.data.shards import prepare_data
 from specroute.flops.analytic import count_params
 from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
+from specroute.spec.sweeps import confirm_sweep
 from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir, hold_lock,
                              sha256_json)
 from specroute.report.plots import PLOTS
@@ -321,6 +322,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
              f"on {device.type} "
              f"({device.dtype_name}); output {escape(str(out))}")
         with deterministic(device):
+            confirm_sweep(resolved.raw_base, runs, options.yes, confirm)
             rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
             note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
             if any(s.data != first.data for _, _, s in runs):
