@@ -23,7 +23,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from specroute.spec import SpecError, load_study
-from specroute.store import UserError, hold_lock, json_text
+from specroute.locks import hold_lock
+from specroute.store import UserError, json_text
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 # Wide enough for the tables when output is piped (rich defaults to 80 columns there).

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 
 from helpers import MICRO, SPECS, micro
 from specroute.cli import app
-from specroute.store import LOCK_NAME, UserError, hold_lock
+from specroute.locks import hold_lock
+from specroute.store import LOCK_NAME, UserError
 from specroute.train import study as study_module
 from specroute.train.study import prepare_out, spec_sha256
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RUN_ARGS = ["run", str(SPECS / "a3.yaml"), "--profile", "smoke", *[x for s in MICRO for x in ("--set", s)],
             "--arm", "G1_lm"]
 #: A process that holds the lock of the folder given as its argument until it is killed.
-HOLDER = ("import sys, time; from pathlib import Path; from specroute.store import hold_lock\n"
+HOLDER = ("import sys, time; from pathlib import Path; from specroute.locks import hold_lock\n"
           "with hold_lock(Path(sys.argv[1]), sys.argv[2]):\n"
           "    print('held', flush=True); time.sleep(300)\n")
 

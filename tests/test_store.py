@@ -10,8 +10,9 @@ import stat
 
 import pytest
 
+from specroute.locks import hold_lock
 from specroute.store import (ANY, FILE, LOCK_NAME, UserError, atomic_write_json, atomic_write_text,
-                             atomic_write_with, check_out_dir, clear_out_dir, foreign_entries, fs_error, hold_lock,
+                             atomic_write_with, check_out_dir, clear_out_dir, foreign_entries, fs_error,
                              make_dir, replace_dir, temp_dir_beside, writing)
 
 

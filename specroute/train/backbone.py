@@ -7,7 +7,7 @@ checkpoints in ``ckpt/`` while it trains. The key hashes exactly what determines
 spec, ``backbone.train``, the data spec, the corpus and tokenizer hashes and :data:`BACKBONE_SEED`. Every
 arm and seed of a study (and every study with the same backbone) shares it; routing, gate, loss and the
 controller stage are not part of it. A process trains a backbone holding the lock of its folder
-(:func:`specroute.store.hold_lock`); another study that needs the same backbone meanwhile waits for it and
+(:func:`specroute.locks.hold_lock`); another study that needs the same backbone meanwhile waits for it and
 then reads the cache.
 """
 
@@ -27,7 +27,8 @@ from specroute.data.sampler import WindowSampler
 from specroute.data.shards import TokenData
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
-from specroute.store import UserError, atomic_write_json, atomic_write_with, cache_dir, hold_lock, sha256_json
+from specroute.locks import hold_lock
+from specroute.store import UserError, atomic_write_json, atomic_write_with, cache_dir, sha256_json
 from specroute.train.device import Device
 from specroute.train.progress import StudyProgress
 from specroute.train.stages import DenseStage, build_seeded, dense_heldout_lm, derive_seed, eval_batches

@@ -5,7 +5,7 @@ Files in the run's folder (``runs/<arm>/seed<k>/``): ``metrics.jsonl`` (every st
 parameter by name: the controller, and in a joint run, ``train.trainable`` with ``backbone``, the trained
 backbone too, so that the cached backbone with this file loaded over it is the model that was evaluated), ``spec.json`` (the resolved run spec) and ``result.json`` (the run's summary, written last:
 its presence means the run is done and a resumed study skips it). While it trains, the run holds its
-folder's lock (:func:`specroute.store.hold_lock`), so that no other process (a worker of a killed study
+folder's lock (:func:`specroute.locks.hold_lock`), so that no other process (a worker of a killed study
 still ending, say) writes into it too.
 
 A run whose loss, gradient norm or held-out LM stops being finite (:class:`specroute.train.trainer.Diverged`)
@@ -50,7 +50,8 @@ from specroute.data.shards import TokenData, load_shards
 from specroute.flops.analytic import flops_proxy
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
-from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with, hold_lock
+from specroute.locks import hold_lock
+from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with
 from specroute.train.device import Device, deterministic
 from specroute.train.progress import QueueProgress, StudyProgress
 from specroute.train.stages import ControllerStage, derive_seed

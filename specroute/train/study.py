@@ -13,7 +13,7 @@ that holds only the ``study.json`` (and ``sessions.json``) of the same spec, a s
 any run began, is continued without ``--resume``.
 
 One process writes a study at a time: the study holds the lock of its output folder
-(:func:`specroute.store.hold_lock`) from before the folder is checked until the report is written, and
+(:func:`specroute.locks.hold_lock`) from before the folder is checked until the report is written, and
 each controller run the lock of its run folder; a second ``specroute run`` into the same folder is
 refused at once, naming the holder. A start that fails before ``study.json`` is written (bad data, a
 full or read-only disk) leaves nothing behind.
@@ -47,7 +47,8 @@ from specroute.flops.analytic import count_params
 from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
 from specroute.spec.sweeps import confirm_sweep
-from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir, hold_lock,
+from specroute.locks import hold_lock
+from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir,
                              sha256_json)
 from specroute.report.plots import PLOTS
 from specroute.text import plural
