@@ -97,3 +97,24 @@ def check_bad_spec(folder: Path, text: str, where: str, field: str, words: str) 
     if field:
         fragments.append(f": {field}: ")
     assert_exit_2(result, *fragments)
+
+
+def lone_and_resumed(resolved: Resolved, arm: str, folder: Path, budgets: tuple[int, ...]):
+    """Seed 0 of ``arm`` run once without a break (``folder/ref``), and once (``folder/resumed``) killed by
+    each step budget in ``budgets`` in turn (a simulated crash: nothing saved at that step) and resumed to the
+    end; each with its own cache. Returns the two :class:`specroute.train.StudyResult` and the run's last
+    checkpoint (``ckpt/latest``) as the crashes left it."""
+    import pytest
+
+    from specroute.train import Interrupted, StudyOptions, run_study
+
+    def options(out: Path, cache: Path, **kw: Any) -> StudyOptions:
+        return StudyOptions(out=out, arms=[arm], seeds=[0], device="cpu", cache=cache, workers=1, **kw)
+
+    ref = run_study(resolved, options(folder / "ref", folder / "cache_ref"))
+    out, cache = folder / "resumed", folder / "cache_resumed"
+    for budget in budgets:
+        with pytest.raises(Interrupted):
+            run_study(resolved, options(out, cache, resume=True, max_steps_this_session=budget))
+    latest = (out / "runs" / arm / "seed0" / "ckpt" / "latest").read_text()
+    return ref, run_study(resolved, options(out, cache, resume=True)), latest

@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from helpers import MICRO, SPECS, strip_wall, tiny_spec
+from helpers import MICRO, SPECS, lone_and_resumed, strip_wall, tiny_spec
 from specroute.flops.analytic import count_params
 from specroute.spec.loader import load_study
 from specroute.spec.training import OptimizerSpec
-from specroute.train import Interrupted, StudyOptions, run_study
+from specroute.train import StudyOptions, run_study
 from specroute.train.memory import stage_memory
 from specroute.train.stages import seeded_model, trainable_params
 from specroute.train.step import make_optimizer
@@ -91,16 +91,9 @@ def test_memory_counts_backbone_gradients_and_adamw_state(device):
 
 def test_joint_run_resumes_to_identical_metrics(tmp_path):
     resolved = a8()
-    arms = ["G3_lm_joint"]
-    ref = run_study(resolved, StudyOptions(out=tmp_path / "ref", arms=arms, seeds=[0], device="cpu",
-                                           cache=tmp_path / "cache_ref", workers=1))
-    out, cache = tmp_path / "resumed", tmp_path / "cache_resumed"
-    with pytest.raises(Interrupted):  # backbone 30 steps, controller checkpoint at 5, died at 8
-        run_study(resolved, StudyOptions(out=out, arms=arms, seeds=[0], device="cpu", cache=cache,
-                                         resume=True, workers=1, max_steps_this_session=38))
-    assert (out / "runs" / "G3_lm_joint" / "seed0" / "ckpt" / "latest").read_text() == "step_000005"
-    got = run_study(resolved, StudyOptions(out=out, arms=arms, seeds=[0], device="cpu", cache=cache,
-                                           resume=True, workers=1))
+    # backbone 30 steps, controller checkpoint at 5, died at 8
+    ref, got, latest = lone_and_resumed(resolved, "G3_lm_joint", tmp_path, (38,))
+    assert latest == "step_000005"
     a = ref.summary["arms"]["G3_lm_joint"]["seeds"]["0"]
     b = got.summary["arms"]["G3_lm_joint"]["seeds"]["0"]
     assert strip_wall(a) == strip_wall(b) and a["loss_grad_norm"]["backbone"]["lm"] > 0
