@@ -41,7 +41,8 @@ from torch import Tensor
 
 from specroute.model.decoder import Decoder, DecoderOutput
 from specroute.model.routing import G3Gate, LayerRouting
-from specroute.spec.models import LossSpec, OracleSpec, RunSpec
+from specroute.spec.controller import LossSpec, OracleSpec
+from specroute.spec.models import RunSpec
 
 
 def token_ce(logits_BTV: Tensor, targets_BT: Tensor) -> Tensor:

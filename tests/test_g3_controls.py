@@ -20,7 +20,8 @@ from specroute.model.routing import CHEAP, FULL, SCORE_NORM_EPS
 from specroute.report.markdown import diagnostics_section
 from specroute.report.plots import plot_gate_scale
 from specroute.report.summary import arm_entry, layer_diagnostics
-from specroute.spec.models import G3Spec, RunSpec
+from specroute.spec.controller import G3Spec
+from specroute.spec.models import RunSpec
 from specroute.train.device import Device
 from specroute.train.runs import seed_summary
 from specroute.train.stages import ControllerStage, seeded_model

@@ -26,7 +26,8 @@ from specroute.losses import (
 )
 from specroute.model.decoder import build_model
 from specroute.spec.loader import deep_merge
-from specroute.spec.models import OracleSpec, RunSpec
+from specroute.spec.controller import OracleSpec
+from specroute.spec.models import RunSpec
 from specroute.verify.oracle import brute_force_token_labels
 
 

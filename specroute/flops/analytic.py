@@ -13,7 +13,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from specroute.spec.models import G1Spec, RunSpec
+from specroute.spec.controller import G1Spec
+from specroute.spec.models import RunSpec
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specroute.model.layers import FFN
-from specroute.spec.models import BudgetSpec, G1Spec, G3Spec, ModelSpec, RunSpec, ceil_budget
+from specroute.spec.controller import G1Spec, G3Spec
+from specroute.spec.models import BudgetSpec, ModelSpec, RunSpec, ceil_budget
 
 CHEAP, FULL = 0, 1  # action indices of the G3 predictor
 #: Epsilon of G3's ``score_norm: layernorm``. Far below LayerNorm's usual 1e-5: at init the predictor's action

@@ -11,7 +11,8 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from specroute.spec.base import MAX_ARMS, MAX_SEEDS, Strict
-from specroute.spec.models import GateSpec, RunSpec
+from specroute.spec.controller import GateSpec
+from specroute.spec.models import RunSpec
 from specroute.spec.roles import RolesSpec
 from specroute.spec.sweeps import SweepSpec
 

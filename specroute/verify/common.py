@@ -21,7 +21,8 @@ from torch import Tensor
 from specroute.losses import lm_loss
 from specroute.model.decoder import Decoder
 from specroute.spec.loader import deep_merge, dump_run
-from specroute.spec.models import G1Spec, RunSpec
+from specroute.spec.controller import G1Spec
+from specroute.spec.models import RunSpec
 from specroute.spec.training import TrainSpec
 from specroute.train.device import Device
 from specroute.train.stages import ControllerStage, DenseStage

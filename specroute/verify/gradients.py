@@ -20,7 +20,8 @@ import torch
 from hypothesis import strategies as st
 
 from specroute.losses import LOSS_TERMS, compute_losses
-from specroute.spec.models import G1Spec, ceil_budget
+from specroute.spec.controller import G1Spec
+from specroute.spec.models import ceil_budget
 from specroute.train.stages import seeded_model
 from specroute.verify.common import (CheckResult, Context, Target, result, run_property, shrink,
                                      skipped, tokens)

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from specroute.losses import executed_latent
 from specroute.metrics import effective_rank, latent_variance
 from specroute.model.routing import FULL, G3Gate
-from specroute.spec.models import G1Spec
+from specroute.spec.controller import G1Spec
 from specroute.train.stages import action_gaps, seeded_model, trainable_params
 from specroute.verify.common import (CheckResult, Context, Target, batch, prose_tokens, result, run_property, shrink,
                                      skipped, tokens, train_controller)
