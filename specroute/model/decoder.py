@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from specroute.model.layers import FFN, CausalSelfAttention
+from specroute.model.layers import CausalSelfAttention, build_ffn, build_norm
 from specroute.model.routing import G3Gate, LayerRouting, RoutedFFN
 from specroute.spec.models import RunSpec
 
@@ -31,16 +31,16 @@ class NonCausalRoutingError(RuntimeError):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block; if ``controlled``, its FFN step is routed per token (``routed_ffn``)."""
+    """Pre-norm transformer block; if ``controlled``, its FFN step is routed per token (``routed_ffn``)."""
 
     def __init__(self, spec: RunSpec, index: int, controlled: bool):
         super().__init__()
         m = spec.model
         self.index = index
-        self.ln1 = nn.LayerNorm(m.d_model, bias=m.bias)
+        self.ln1 = build_norm(m)
         self.attn = CausalSelfAttention(m)
-        self.ln2 = nn.LayerNorm(m.d_model, bias=m.bias)
-        self.ffn = FFN(m.d_model, m.ffn_hidden, m.bias)
+        self.ln2 = build_norm(m)
+        self.ffn = build_ffn(m, m.ffn_hidden)
         self.routed_ffn = RoutedFFN(spec) if controlled else None
 
     @property
@@ -72,7 +72,11 @@ class DecoderOutput:
 
 
 class Decoder(nn.Module):
-    """GPT decoder compiled from a :class:`RunSpec`; ``routed=False`` builds the dense backbone only."""
+    """GPT decoder compiled from a :class:`RunSpec`; ``routed=False`` builds the dense backbone only.
+
+    The architecture options of ``spec.model`` decide its parts: no position embedding ``wpe`` under rotary
+    positions (``position: rope``, applied in attention), ``ln_f`` of the norm kind, an LM head of its own
+    unless ``tie_embeddings``."""
 
     def __init__(self, spec: RunSpec, routed: bool = True):
         super().__init__()
@@ -81,9 +85,9 @@ class Decoder(nn.Module):
         self.routed = routed
         controlled = set(spec.routing.controlled_layers) if routed else set()
         self.wte = nn.Embedding(m.vocab_size, m.d_model)
-        self.wpe = nn.Embedding(m.context_length, m.d_model)
+        self.wpe = nn.Embedding(m.context_length, m.d_model) if m.position == "learned" else None
         self.blocks = nn.ModuleList(Block(spec, i, i in controlled) for i in range(m.n_layers))
-        self.ln_f = nn.LayerNorm(m.d_model, bias=m.bias)
+        self.ln_f = build_norm(m)
         self.lm_head = nn.Linear(m.d_model, m.vocab_size, bias=False)
         if m.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -91,8 +95,8 @@ class Decoder(nn.Module):
 
     # -- initialisation: the one place --------------------------------------------------------------
     def _init_weights(self) -> None:
-        """Normal(0, init_std) weights, zero biases; residual projections scaled by 1/sqrt(2L)
-        (GPT-2); gate output bias = spec ``init_bias``, its weight's std ``score_init_std`` when set; the G3
+        """Normal(0, init_std) weights, zero biases, unit norm gains (torch's default); residual projections
+        (attention's and the FFNs' ``proj``) scaled by 1/sqrt(2L) (GPT-2); gate output bias = spec ``init_bias``, its weight's std ``score_init_std`` when set; the G3
         target head from its own seed."""
         m = self.spec.model
         for mod in self.modules():
@@ -177,6 +181,8 @@ class Decoder(nn.Module):
         T = idx_BT.shape[1]
         if T > self.spec.model.context_length:
             raise ValueError(f"sequence of {T} tokens exceeds context_length={self.spec.model.context_length}")
+        if self.wpe is None:  # rotary positions: applied in attention
+            return self.wte(idx_BT)
         pos = torch.arange(T, device=idx_BT.device)
         return self.wte(idx_BT) + self.wpe(pos)
 

@@ -1,34 +1,86 @@
-"""The backbone's layers: causal self-attention and the GELU FFN (GPT-2's), shared by every block.
+"""The backbone's layers, shared by every block: the norm, rotary positions, causal self-attention and the
+FFNs. The spec's architecture options pick them (docs/DESIGN.md, "The model"): GPT-2's LayerNorm, learned
+positions (in the decoder) and tanh-GELU MLP by default; Llama's RMSNorm, rotary positions, SwiGLU and
+grouped-query attention as options.
 
-Shape legend: B batch, T tokens, D width (d_model), H heads, E head width (D / H).
+Shape legend: B batch, T tokens, D width (d_model), H query heads, G key/value heads (each serves H / G query
+heads), E head width (D / H).
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specroute.spec.models import ModelSpec
 
 
+def build_norm(m: ModelSpec) -> nn.LayerNorm | nn.RMSNorm:
+    """A backbone norm over D of the spec's kind: LayerNorm (with a bias when ``bias``) or RMSNorm (a gain
+    only: x / sqrt(mean(x^2) + eps) * gain); epsilon ``norm_eps``."""
+    if m.norm == "rmsnorm":
+        return nn.RMSNorm(m.d_model, eps=m.norm_eps)
+    return nn.LayerNorm(m.d_model, eps=m.norm_eps, bias=m.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding of queries and keys (RoPE, Su et al. 2021, arXiv 2104.09864), in the
+    rotate-half layout of Llama's Hugging Face implementation: dimensions i and i + E/2 of a head form a
+    pair, turned by the angle position * theta^(-2i / E), i = 0 .. E/2 - 1. No parameters: the
+    frequencies are a buffer that is not saved."""
+
+    def __init__(self, head_dim: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, q_BHTE: Tensor, k_BGTE: Tensor, offset: int = 0) -> tuple[Tensor, Tensor]:
+        """Rotate queries (B, H, T, E) and keys (B, G, T, E) of the tokens at positions
+        ``offset .. offset + T - 1``; same shapes and dtype out."""
+        T = q_BHTE.shape[2]
+        pos_T = torch.arange(offset, offset + T, device=q_BHTE.device, dtype=torch.float32)
+        half_TE = pos_T[:, None] * self.inv_freq.float()[None, :]  # (T, E / 2) angles
+        angle_TE = torch.cat([half_TE, half_TE], dim=-1)
+        cos, sin = angle_TE.cos().to(q_BHTE.dtype), angle_TE.sin().to(q_BHTE.dtype)
+        return q_BHTE * cos + _rotate_half(q_BHTE) * sin, k_BGTE * cos + _rotate_half(k_BGTE) * sin
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) over the last dimension's halves: the pair partner of each dimension."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
 class CausalSelfAttention(nn.Module):
+    """Causal self-attention with H query heads and G key/value heads (G = H: multi-head; G < H:
+    grouped-query), rotary positions when the spec says so. One fused projection gives q (D), k and v
+    (G * E each); ``proj`` maps the concatenated heads back to D."""
+
     def __init__(self, m: ModelSpec):
         super().__init__()
-        self.n_heads = m.n_heads
-        self.qkv = nn.Linear(m.d_model, 3 * m.d_model, bias=m.bias)
+        self.n_heads, self.kv_heads = m.n_heads, m.kv_heads
+        self.qkv = nn.Linear(m.d_model, m.d_model + 2 * m.kv_dim, bias=m.attn_bias)
         self.proj = nn.Linear(m.d_model, m.d_model, bias=m.bias)
+        self.rotary = Rotary(m.head_dim, m.rope_theta) if m.position == "rope" else None
 
     def forward(self, x_BTD: Tensor) -> Tensor:
-        """Causal multi-head self-attention, (B, T, D) -> (B, T, D); H heads of width E = D / H."""
+        """Causal self-attention, (B, T, D) -> (B, T, D); H heads of width E = D / H, each reading the keys
+        and values of its group."""
         B, T, D = x_BTD.shape
-        q, k, v = self.qkv(x_BTD).split(D, dim=2)  # 3 x (B, T, D)
-        q, k, v = (t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (B, H, T, E)
-        y_BHTE = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        H, G = self.n_heads, self.kv_heads
+        E = D // H
+        q, k, v = self.qkv(x_BTD).split([D, G * E, G * E], dim=2)
+        q_BHTE = q.view(B, T, H, E).transpose(1, 2)
+        k_BGTE, v_BGTE = (t.view(B, T, G, E).transpose(1, 2) for t in (k, v))
+        if self.rotary is not None:
+            q_BHTE, k_BGTE = self.rotary(q_BHTE, k_BGTE)
+        y_BHTE = F.scaled_dot_product_attention(q_BHTE, k_BGTE, v_BGTE, is_causal=True, enable_gqa=G != H)
         return self.proj(y_BHTE.transpose(1, 2).reshape(B, T, D))  # heads concatenated: (B, T, D)
 
 
 class FFN(nn.Module):
-    """Two-layer GELU MLP, D -> hidden -> D (GPT-2's tanh GELU)."""
+    """GPT-2's MLP (``ffn: mlp``): proj(GELU_tanh(fc(x))), D -> hidden -> D."""
 
     def __init__(self, d_model: int, hidden: int, bias: bool):
         super().__init__()
@@ -37,3 +89,23 @@ class FFN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(F.gelu(self.fc(x), approximate="tanh"))
+
+
+class SwiGLU(nn.Module):
+    """Llama's FFN (``ffn: swiglu``; Shazeer 2020, arXiv 2002.05202): proj(SiLU(fc(x)) * fc_up(x)),
+    D -> hidden -> D. Hugging Face's names: ``fc`` is gate_proj, ``fc_up`` up_proj, ``proj`` down_proj."""
+
+    def __init__(self, d_model: int, hidden: int, bias: bool):
+        super().__init__()
+        self.fc = nn.Linear(d_model, hidden, bias=bias)
+        self.fc_up = nn.Linear(d_model, hidden, bias=bias)
+        self.proj = nn.Linear(hidden, d_model, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(F.silu(self.fc(x)) * self.fc_up(x))
+
+
+def build_ffn(m: ModelSpec, hidden: int) -> FFN | SwiGLU:
+    """An FFN of the spec's kind (``ffn``) and hidden width: the block's full FFN (``ffn_hidden``) or a
+    controlled layer's cheap FFN (``routing.cheap_ffn_hidden``)."""
+    return (SwiGLU if m.ffn == "swiglu" else FFN)(m.d_model, hidden, m.bias)

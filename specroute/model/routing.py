@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specroute.model.layers import FFN
+from specroute.model.layers import FFN, SwiGLU, build_ffn
 from specroute.spec.controller import G1Spec, G3Spec
 from specroute.spec.models import BudgetSpec, ModelSpec, RunSpec, ceil_budget
 
@@ -188,7 +188,8 @@ class LayerRouting:
 class RoutedFFN(nn.Module):
     """The routed FFN step of a controlled layer: score, decide, run full or cheap.
 
-    Holds the gate, the cheap FFN (``None`` when its width is 0: the cheap action is a skip), the budget,
+    Holds the gate, the cheap FFN (of the model's FFN kind, ``model.ffn``: a narrow SwiGLU for a SwiGLU model;
+    ``None`` when its width is 0: the cheap action is a skip), the budget,
     the gradient estimator and the execution mode. The block runs it in two steps, :meth:`decide` (score,
     decide) and :meth:`execute` (run full or cheap); the full FFN is the block's own (a backbone weight,
     the same as the dense model's) and is passed in.
@@ -197,7 +198,7 @@ class RoutedFFN(nn.Module):
     def __init__(self, spec: RunSpec):
         super().__init__()
         m, r = spec.model, spec.routing
-        self.cheap = FFN(m.d_model, r.cheap_ffn_hidden, m.bias) if r.cheap_ffn_hidden else None
+        self.cheap = build_ffn(m, r.cheap_ffn_hidden) if r.cheap_ffn_hidden else None
         self.gate = build_gate(m, spec.gate)
         self.budget = r.budget
         self.execution = r.execution
@@ -219,7 +220,7 @@ class RoutedFFN(nn.Module):
             full_BT = torch.full(h_BTD.shape[:2], bool(force), dtype=torch.bool, device=h_BTD.device)
         return full_BT, gate
 
-    def execute(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, gate: GateOut | None) -> Tensor:
+    def execute(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, gate: GateOut | None) -> Tensor:
         """Run full or cheap per token: x_BTD = LN(h), (B, T, D) -> the executed branch's output (B, T, D),
         with the estimator's gradient path to the gate's score. ``full_ffn`` is the block's full FFN."""
         p_BT = torch.sigmoid(gate.score_BT) if gate is not None else None
@@ -239,7 +240,7 @@ class RoutedFFN(nn.Module):
         zero = p_BT - p_BT.detach()
         return (1 + zero).unsqueeze(-1), (1 - zero).unsqueeze(-1)
 
-    def _masked(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
+    def _masked(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
         """Both branches on every token, then select."""
         full, cheap = full_ffn(x_BTD), self.cheap_branch(x_BTD)
         if self.estimator == "straight_through" and p_BT is not None:
@@ -248,7 +249,7 @@ class RoutedFFN(nn.Module):
         w_full, w_cheap = self._scales(p_BT)
         return torch.where(full_BT.unsqueeze(-1), full * w_full, cheap * w_cheap)
 
-    def _gather(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
+    def _gather(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
         """Each branch on its own tokens only (gather, run, scatter back)."""
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)

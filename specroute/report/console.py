@@ -58,6 +58,7 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any =
     console.print(
         f"model: {m.n_layers} layers x d_model {m.d_model}, {m.n_heads} heads, context {m.context_length}, "
         f"vocab {m.vocab_size}, FFN {m.ffn_hidden}, tied={m.tie_embeddings}"
+        + (f"; {', '.join(m.architecture_changes)}" if m.architecture_changes else "")
     )
     console.print(
         f"routing: controlled layers {r.controlled_layers}, full_fraction {r.budget.full_fraction} "
