@@ -79,7 +79,7 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any =
     table = Table(title="arms")
     for col in ("arm", "gate", "full fraction", "λ util", "λ rank", "λ jepa", "λ budget", "labeling",
                 "routed model params", "gate params", "trained params"):
-        table.add_column(col, justify="right" if "params" in col else "left", no_wrap=col == "arm")
+        table.add_column(col, justify="right" if "params" in col else "left", no_wrap=col == "arm" or "params" in col)
     for name, s in arms.items():
         pc = count_params(s)
         table.add_row(Text(name), gate_summary(s.gate), f"{s.routing.budget.full_fraction:g}", f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
