@@ -26,7 +26,7 @@ from torch import Tensor
 
 from specroute.model.decoder import Decoder, Thresholds
 from specroute.spec.models import RunSpec
-from specroute.store import UserError, atomic_write_json
+from specroute.store import UserError
 
 #: The file beside a run's ``controller.safetensors`` that holds its calibrated thresholds.
 THRESHOLDS_FILE = "thresholds.json"
@@ -86,11 +86,13 @@ def calibrate(model: Decoder, batches: list[Tensor], full_fraction: float) -> Ca
     return Calibration(thresholds, shares, n)
 
 
-def save_thresholds(folder: Path, calibration: Calibration, spec: RunSpec) -> None:
-    """Write ``calibration`` as ``folder/thresholds.json`` (atomically), with the budget it was fitted to."""
-    atomic_write_json(folder / THRESHOLDS_FILE, {
-        "rule": "full iff score > tau_l (calibrated to the budget on training batches)",
-        "full_fraction": spec.routing.budget.full_fraction, **calibration.as_dict()})
+def thresholds_record(spec: RunSpec, causal: dict[str, Any]) -> dict[str, Any]:
+    """What a run's ``thresholds.json`` holds: the rule, the budget b, ``thresholds`` (tau per controlled
+    layer, string keys), ``calibration_full_fraction`` and ``tokens`` of its last evaluation's ``causal``
+    record (:meth:`specroute.train.stages.ControllerStage.evaluate_causal`)."""
+    return {"rule": "full iff score > tau_l, tau_l calibrated to the budget on training batches",
+            "full_fraction": spec.routing.budget.full_fraction,
+            **{k: causal[k] for k in ("thresholds", "calibration_full_fraction", "tokens")}}
 
 
 def load_thresholds(path: Path) -> Thresholds:
