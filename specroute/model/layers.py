@@ -1,19 +1,55 @@
 """The backbone's layers, shared by every block: the norm, rotary positions, causal self-attention and the
-FFNs. The spec's architecture options pick them (docs/DESIGN.md, "The model"): GPT-2's LayerNorm, learned
-positions (in the decoder) and tanh-GELU MLP by default; Llama's RMSNorm, rotary positions, SwiGLU and
-grouped-query attention as options.
+FFNs, and the KV cache that lets generation run each new token through the blocks alone. The spec's
+architecture options pick the layers (docs/DESIGN.md, "The model"): GPT-2's LayerNorm, learned positions (in
+the decoder) and tanh-GELU MLP by default; Llama's RMSNorm, rotary positions, SwiGLU and grouped-query
+attention as options.
 
-Shape legend: B batch, T tokens, D width (d_model), H query heads, G key/value heads (each serves H / G query
-heads), E head width (D / H).
+Shape legend: B batch, T tokens (new this call), P tokens cached before them, D width (d_model), H query
+heads, G key/value heads (each serves H / G query heads), E head width (D / H), L layers.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from specroute.spec.models import ModelSpec
+
+
+@dataclass
+class LayerKV:
+    """One layer's cached attention keys and values, (B, G, P, E) each (None before the first token): G
+    key/value heads (the field names say H; they are the query heads' count without grouped-query
+    attention); under rotary positions the keys are cached rotated."""
+
+    k_BHPE: Tensor | None = None
+    v_BHPE: Tensor | None = None
+
+    def extend(self, k_BHTE: Tensor, v_BHTE: Tensor) -> tuple[Tensor, Tensor]:
+        """Append the new tokens' keys and values; returns all of them, (B, G, P + T, E) each."""
+        if self.k_BHPE is not None:
+            k_BHTE = torch.cat([self.k_BHPE, k_BHTE], dim=2)
+            v_BHTE = torch.cat([self.v_BHPE, v_BHTE], dim=2)
+        self.k_BHPE, self.v_BHPE = k_BHTE, v_BHTE
+        return k_BHTE, v_BHTE
+
+
+@dataclass
+class KVCache:
+    """The attention keys and values of the tokens a sequence has seen so far, one :class:`LayerKV` per
+    block, and ``offset``: how many tokens are cached, i.e. the position of the next token (positions are
+    0-based; the decoder advances it after each call). Attention is never routed, so a routed model's cache
+    is the dense model's. Build one with :meth:`empty`."""
+
+    layers: list[LayerKV] = field(default_factory=list)
+    offset: int = 0
+
+    @classmethod
+    def empty(cls, n_layers: int) -> KVCache:
+        return cls([LayerKV() for _ in range(n_layers)], 0)
 
 
 def build_norm(m: ModelSpec) -> nn.LayerNorm | nn.RMSNorm:
@@ -64,18 +100,32 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(m.d_model, m.d_model, bias=m.bias)
         self.rotary = Rotary(m.head_dim, m.rope_theta) if m.position == "rope" else None
 
-    def forward(self, x_BTD: Tensor) -> Tensor:
+    def forward(self, x_BTD: Tensor, kv: LayerKV | None = None) -> Tensor:
         """Causal self-attention, (B, T, D) -> (B, T, D); H heads of width E = D / H, each reading the keys
-        and values of its group."""
+        and values of its group.
+
+        ``kv``: this layer's cache; the T tokens are then the ones after its P cached tokens (positions P ..
+        P + T - 1, which is where rotary positions start): they attend to the cached keys and to each other
+        causally, and their keys and values are appended to it.
+        """
         B, T, D = x_BTD.shape
         H, G = self.n_heads, self.kv_heads
         E = D // H
         q, k, v = self.qkv(x_BTD).split([D, G * E, G * E], dim=2)
         q_BHTE = q.view(B, T, H, E).transpose(1, 2)
         k_BGTE, v_BGTE = (t.view(B, T, G, E).transpose(1, 2) for t in (k, v))
+        P = 0 if kv is None or kv.k_BHPE is None else kv.k_BHPE.shape[2]
         if self.rotary is not None:
-            q_BHTE, k_BGTE = self.rotary(q_BHTE, k_BGTE)
-        y_BHTE = F.scaled_dot_product_attention(q_BHTE, k_BGTE, v_BGTE, is_causal=True, enable_gqa=G != H)
+            q_BHTE, k_BGTE = self.rotary(q_BHTE, k_BGTE, offset=P)
+        if P == 0:
+            if kv is not None:
+                kv.extend(k_BGTE, v_BGTE)
+            y_BHTE = F.scaled_dot_product_attention(q_BHTE, k_BGTE, v_BGTE, is_causal=True, enable_gqa=G != H)
+        else:
+            k_BGSE, v_BGSE = kv.extend(k_BGTE, v_BGTE)  # S = P + T keys
+            # new token i (position P + i) sees keys 0..P + i
+            mask_TS = torch.ones(T, P + T, dtype=torch.bool, device=x_BTD.device).tril(diagonal=P)
+            y_BHTE = F.scaled_dot_product_attention(q_BHTE, k_BGSE, v_BGSE, attn_mask=mask_TS, enable_gqa=G != H)
         return self.proj(y_BHTE.transpose(1, 2).reshape(B, T, D))  # heads concatenated: (B, T, D)
 
 
