@@ -174,3 +174,21 @@ def test_kv_cache_under_rotary_and_grouped_query_attention(routing):
     prompt = tokens(2, 5, seed=2)
     cached = model.generate(prompt, 30, temperature=0)  # past the context of 32: the window is recomputed
     assert torch.equal(cached, model.generate(prompt, 30, temperature=0, use_cache=False))
+
+
+def test_backbone_cache_key_leaves_out_the_options_at_their_defaults():
+    """A GPT-2 spec keeps the cache key it had before the options existed (its cached backbone still
+    holds); setting an option to a non-default value gives another key."""
+    import types
+
+    from specroute.spec.models import ARCHITECTURE_DEFAULTS
+    from specroute.train.backbone import backbone_key
+
+    data = types.SimpleNamespace(meta={"corpus_sha256": "c", "tokenizer_sha256": "t"})
+    spec = tiny_spec()
+    explicit = tiny_spec({"model": ARCHITECTURE_DEFAULTS})
+    assert backbone_key(explicit, data) == backbone_key(spec, data)
+    keys = {backbone_key(tiny_spec({"model": {k: v}}), data)
+            for k, v in [("norm", "rmsnorm"), ("position", "rope"), ("ffn", "swiglu"), ("n_kv_heads", 1),
+                         ("qkv_bias", False), ("norm_eps", 1e-6)]}
+    assert len(keys) == 6 and backbone_key(spec, data) not in keys

@@ -50,6 +50,9 @@ def with_default_kinds(data: Any) -> Any:
 
 #: GPT-2's values of the architecture options (ModelSpec's defaults): see ModelSpec.architecture_changes.
 GPT2_ARCHITECTURE: dict[str, Any] = {"norm": "layernorm", "norm_eps": 1e-5, "position": "learned", "ffn": "mlp"}
+#: Every architecture option's default, those above and the ones that only matter beside another option.
+ARCHITECTURE_DEFAULTS: dict[str, Any] = {**GPT2_ARCHITECTURE, "n_kv_heads": None, "qkv_bias": None,
+                                         "rope_theta": 10000.0}
 
 
 class ModelSpec(Strict):
