@@ -71,12 +71,6 @@ class TrainSpec(Strict):
         """Tokens per optimiser step: batch_size * seq_len."""
         return self.batch_size * self.seq_len
 
-    @computed_field  # type: ignore[prop-decorator]
-    @property
-    def micro_batch_size(self) -> int:
-        """Sequences per micro-batch: batch_size / grad_accum_steps (on one process)."""
-        return self.batch_size // self.grad_accum_steps
-
 
 class BackboneSpec(Strict):
     """Stage 1: dense pretraining of the backbone, or a checkpoint to load instead."""

@@ -13,9 +13,12 @@ the losses are those of the global batch (:mod:`specroute.train.accumulate`). On
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -79,6 +82,18 @@ class World:
 
 #: One process: no collectives.
 SINGLE = World()
+
+T = TypeVar("T")
+
+
+def main_only(world: World, block: contextlib.AbstractContextManager[T]) -> contextlib.AbstractContextManager[Any]:
+    """``block`` on the main process; a block that does nothing on the others (a lock, a session record)."""
+    return block if world.is_main else contextlib.nullcontext()
+
+
+def on_main(world: World, write: Callable[[], T]) -> T | None:
+    """``write()`` on the main process only (the others write nothing); its result, None elsewhere."""
+    return write() if world.is_main else None
 
 
 def join_world(device_type: str) -> World:

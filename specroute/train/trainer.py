@@ -184,6 +184,9 @@ class NoSink:
     def truncate(self, n: int) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 def step_name(step: int) -> str:
     """A checkpoint's folder name: ``step_NNNNNN``."""
