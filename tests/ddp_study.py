@@ -11,12 +11,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import micro  # noqa: E402
-from specroute.train import Interrupted, StudyOptions, run_study  # noqa: E402
+from helpers import micro
+from specroute.train import Interrupted, StudyOptions, run_study
 
 out, cache, budget, sets = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[5::2]
 resolved = micro(*sets)
-options = dict(out=out, arms=["G3_utilrank"], seeds=[0], device="cpu", cache=cache, workers=1)
+options = {"out": out, "arms": ["G3_utilrank"], "seeds": [0], "device": "cpu", "cache": cache, "workers": 1}
 try:
     run_study(resolved, StudyOptions(**options, max_steps_this_session=budget))
     raise SystemExit("the step budget did not interrupt the run")
