@@ -57,6 +57,7 @@ from specroute.train.backbone import backbone_key, backbone_steps_left, get_back
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.memory import check_memory
 from specroute.train.parallel import SINGLE, World, join_world, main_only, on_main
+from specroute.train.tracking import TrackingFlags, check_available
 from specroute.train.progress import StudyProgress, TokenisingProgress
 from specroute.train.runs import (RUN_LAYOUT, RUN_LOCK_WAIT_S, init_worker, is_failed, run_controller, run_dir,
                                   run_in_worker, run_steps_left)
@@ -87,7 +88,8 @@ class StudyOptions:
 
     ``arms`` / ``seeds``: run only these (empty = all). ``cache``: cache root override. ``yes``: no
     confirmation for a paper-profile run without a GPU. ``workers``: controller runs at once
-    (None: see :func:`auto_workers`). ``max_steps_this_session``: stop (as if the
+    (None: see :func:`auto_workers`). ``tensorboard`` / ``wandb``: tracking over the spec's
+    ``train.tracking`` (:class:`specroute.train.tracking.TrackingFlags`). ``max_steps_this_session``: stop (as if the
     process died) after that many optimiser steps in total; for interruption tests.
     """
 
@@ -101,6 +103,8 @@ class StudyOptions:
     yes: bool = False
     workers: int | None = None
     max_steps_this_session: int | None = None
+    tensorboard: Path | None = None
+    wandb: str | None = None
 
 
 @dataclass
@@ -231,8 +235,8 @@ class Job(NamedTuple):
     folder: Path
 
 
-def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
-                 progress: StudyProgress) -> Iterator[tuple[str, int, dict[str, Any]]]:
+def run_parallel(jobs: list[Job], data_path: Path | None, workers: int, progress: StudyProgress,
+                 tracking: TrackingFlags | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
     """Run controller jobs in ``workers`` spawned processes (CPU); yield (arm, seed, result) in job order.
 
     On any exception here (a failed run, SIGINT, SIGTERM) the workers are terminated at once: their last
@@ -245,7 +249,7 @@ def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
     try:
         at_once = min(workers, len(jobs))
         pending = [pool.apply_async(run_in_worker, (j.arm, j.spec, str(data_path), j.backbone, str(j.folder),
-                                                    at_once)) for j in jobs]
+                                                    at_once, tracking)) for j in jobs]
         for job, res in zip(jobs, pending):
             while True:
                 try:
@@ -310,6 +314,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         console = None  # the main process shows the progress
     note = console.print if console else (lambda *a, **k: None)
     specs = [spec for _, _, spec in runs]
+    tracking = TrackingFlags(study.name, out, options.tensorboard, options.wandb)
+    check_available(tracking, [s.train.tracking for s in specs])
     # Memory first: nothing (folder, data, model) is touched for a study that cannot fit.
     memory_warning = check_memory(specs, device.type, min(options.workers or auto_workers(device, specs[0], len(runs)),
                                                           len(runs)), options.yes)
@@ -366,7 +372,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                                   f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
                 jobs = [Job(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
                         for arm, seed, spec in runs]
-                results = run_controllers(jobs, data, device, options, progress, budget, world)
+                results = run_controllers(jobs, data, device, options, progress, budget, world, tracking)
         results = with_earlier_runs(results, resolved, out)
 
         from specroute.report import build_summary, write_report
@@ -415,7 +421,8 @@ def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, 
 
 def run_controllers(jobs: list[Job], data: Any, device: Device,
                     options: StudyOptions, progress: StudyProgress,
-                    budget: StepBudget, world: World = SINGLE) -> dict[str, dict[int, dict[str, Any]]]:
+                    budget: StepBudget, world: World = SINGLE,
+                    tracking: TrackingFlags | None = None) -> dict[str, dict[int, dict[str, Any]]]:
     """Every controller run, in this process or (CPU, several pending, one process) in worker processes;
     under data parallel (``world``) one run after another, each by every process."""
     done_before = {j.folder: (j.folder / "result.json").is_file() for j in jobs}
@@ -425,10 +432,10 @@ def run_controllers(jobs: list[Job], data: Any, device: Device,
     if workers > 1 and len(todo) > 1 and options.max_steps_this_session is None and world.size == 1:
         done = itertools.chain(
             ((j.arm, j.seed, json.loads((j.folder / "result.json").read_text())) for j in finished),
-            run_parallel(todo, data.path, workers, progress))
+            run_parallel(todo, data.path, workers, progress, tracking))
     else:
         done = ((j.arm, j.seed, run_controller(j.arm, j.spec, data, j.backbone, device, j.folder, progress, budget,
-                                               world=world)) for j in jobs)
+                                               world=world, tracking=tracking)) for j in jobs)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for arm, seed, res in done:
         results.setdefault(arm, {})[seed] = res
