@@ -117,3 +117,16 @@ def test_spec_refuses_what_accumulation_cannot_match():
     assert tiny_spec().train.grad_accum_steps == 1
     with pytest.raises(UserError, match="multiple of 4"):
         BatchSplit(6, 2, type(BatchSplit(2).world)(0, 2, 0))
+
+
+def test_a_callers_own_batch_is_cut_into_what_divides_it():
+    """The throughput probe steps a smaller batch than the spec's: 6 rows under grad_accum_steps=4 run as
+    2 micro-batches of 3, and equal the whole 6-row step."""
+    records = []
+    for k in (1, 4):
+        spec = _spec("all_G3", k)
+        trainer = Trainer(ControllerStage(spec, seeded_model(spec, 0), CPU), FixedBatch(*[tokens(1, T)] * 2),
+                          torch.Generator().manual_seed(5), CPU)
+        idx = tokens(6, T, seed=8)
+        records.append(trainer.train_step(idx, idx.roll(-1, 1)))
+    _close_records(*records)

@@ -75,3 +75,11 @@ def test_a_batch_the_processes_cannot_share_is_refused():
         BatchSplit(6, 1, World(1, 4, 1))
     split = BatchSplit(8, 2, World(1, 2, 1))
     assert (split.rows_per_rank, split.rows_per_micro, split.micro_rows(1)) == (4, 2, slice(6, 8))
+
+
+def test_python_dash_m_specroute_is_the_command_line():
+    """What ``torchrun ... -m specroute run SPEC`` starts in each process."""
+    r = subprocess.run([sys.executable, "-m", "specroute", "run", "--help"], check=False, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "--tensorboard" in r.stdout and "torchrun" in r.stdout

@@ -68,6 +68,8 @@ class World:
         device = params[0].device
         has = self.sum(torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=device))
         live = [p for p, n in zip(params, has.tolist()) if n > 0]
+        if not live:
+            return
         for p in live:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -82,6 +84,11 @@ class World:
 
 #: One process: no collectives.
 SINGLE = World()
+
+
+def main_process() -> bool:
+    """Whether this process is the main one of a torchrun launch (``RANK`` 0), or not launched by torchrun."""
+    return os.environ.get("RANK", "0") == "0"
 
 T = TypeVar("T")
 

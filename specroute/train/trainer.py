@@ -306,13 +306,15 @@ class Trainer:
         processes, the gradient and the metrics are the whole batch's (:mod:`specroute.train.accumulate`)."""
         lr = lr_at(self.step, self.spec.steps, self.spec.optimizer)
         params = list(self.params.values())
-        if self.split.whole:
+        split = self.split
+        if idx.shape[0] != split.rows_per_rank and self.world.size == 1:  # a caller's own batch (the probe)
+            split = BatchSplit(idx.shape[0], math.gcd(idx.shape[0], split.micro_batches))
+        if split.whole:
             return optimizer_step(self.optimizer, params,
                                   lambda: self.stage.loss(idx, targets, self.loss_gen, self.step + 1),
                                   lr, self.spec.grad_clip)
         return optimizer_step(self.optimizer, params,
-                              lambda: (None, self.stage.backward(idx, targets, self.loss_gen, self.step + 1,
-                                                                 self.split)),
+                              lambda: (None, self.stage.backward(idx, targets, self.loss_gen, self.step + 1, split)),
                               lr, self.spec.grad_clip, self.world.sum_grads)
 
     def log(self, record: dict[str, Any]) -> None:
