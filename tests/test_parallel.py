@@ -45,14 +45,17 @@ def _assert_close(a, b, where: str = "") -> None:
 
 
 def test_two_processes_train_one_run_like_one_process(tmp_path):
-    resolved = micro(*SETS)
+    """2 processes x 2 micro-batches of 1 sequence, crashed after step 5 and resumed from step 3, against 1
+    process on the whole batch of 4 (whose backbone, trained first, the processes load from the cache: the
+    session's step budget would count the backbone's steps on rank 0 alone)."""
     one = tmp_path / "one"
-    run_study(resolved, StudyOptions(out=one, arms=[ARM], seeds=[0], device="cpu", cache=tmp_path / "cache",
-                                     workers=1))
+    run_study(micro(*SETS), StudyOptions(out=one, arms=[ARM], seeds=[0], device="cpu", cache=tmp_path / "cache",
+                                         workers=1))
     two = tmp_path / "two"
     script = Path(__file__).resolve().parent / "ddp_study.py"
+    sets = [*SETS, "train.grad_accum_steps=2"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           str(two), str(tmp_path / "cache"), "5", *[x for s in SETS for x in ("--set", s)]]
+           str(two), str(tmp_path / "cache"), "5", *[x for s in sets for x in ("--set", s)]]
     r = subprocess.run(cmd, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                        timeout=240)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -61,6 +64,7 @@ def test_two_processes_train_one_run_like_one_process(tmp_path):
     assert [r["step"] for r in b if r["event"] == "train"] == list(range(1, 7))  # truncated at the resume
     for x, y in zip(a, b):
         _assert_close(x, y)
+    assert len(list((tmp_path / "cache" / "backbones").iterdir())) == 1  # the same backbone, trained once
     result_one = json.loads((one / "runs" / ARM / "seed0" / "result.json").read_text())
     result_two = json.loads((two / "runs" / ARM / "seed0" / "result.json").read_text())
     _assert_close(result_one, result_two)
