@@ -116,7 +116,7 @@ def test_tensorboard_and_wandb_get_every_metric(tmp_path, monkeypatch):
 def test_a_resumed_run_has_each_step_once_in_tensorboard(tmp_path):
     flags = TrackingFlags("study", tmp_path, tensorboard=tmp_path / "tb")
     # session 1 crashed after step 5; session 2 resumed from the checkpoint of step 2
-    for session, steps in ((1, range(0, 6)), (2, range(3, 9))):
+    for session, steps in ((1, range(6)), (2, range(3, 9))):
         sink = TrackingSink(NoSink(), flags, TrackingSpec(), "arm", 0, {})
         for s in steps:
             sink.write({"event": "train", "step": s, "loss": 10.0 * s + session})
