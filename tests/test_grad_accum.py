@@ -130,3 +130,13 @@ def test_a_callers_own_batch_is_cut_into_what_divides_it():
         idx = tokens(6, T, seed=8)
         records.append(trainer.train_step(idx, idx.roll(-1, 1)))
     _close_records(*records)
+
+
+def test_the_memory_estimate_counts_one_micro_batch_of_activations():
+    from specroute.train.memory import stage_memory
+
+    whole = stage_memory(tiny_spec({"train": {"batch_size": 8}}), "cpu")
+    micro = stage_memory(tiny_spec({"train": {"batch_size": 8, "grad_accum_steps": 4}}), "cpu")
+    two = stage_memory(tiny_spec({"train": {"batch_size": 2}}), "cpu")
+    assert micro[1].activations == two[1].activations == whole[1].activations // 4
+    assert micro[1].exact == whole[1].exact and micro[0] == whole[0]  # the backbone stage as it was
