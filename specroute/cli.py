@@ -179,7 +179,7 @@ def run(
     except (Interrupted, KeyboardInterrupt):
         err_console.print(f"interrupted; {_how_to_continue(resolved, options)}")
         raise typer.Exit(130) from None
-    from specroute.train.parallel import main_process
+    from specroute.train.distributed import main_process
 
     if not main_process():  # under torchrun the main process reports
         return

@@ -1,4 +1,4 @@
-"""Launched by tests/test_parallel.py under torchrun: one run of the micro A3 study, data parallel over the
+"""Launched by tests/test_distributed.py under torchrun: one run of the micro A3 study, data parallel over the
 processes, interrupted by a step budget and resumed in the same processes.
 
 Usage: torchrun --nproc_per_node=K tests/ddp_study.py OUT CACHE BUDGET [--set ITEM ...]

@@ -11,7 +11,7 @@ from helpers import G3, tiny_spec, tokens
 from specroute.spec.models import RunSpec
 from specroute.store import UserError
 from specroute.train.device import Device
-from specroute.train.parallel import BatchSplit
+from specroute.train.distributed import BatchSplit
 from specroute.train.stages import ControllerStage, DenseStage, seeded_model
 from specroute.train.trainer import FixedBatch, Trainer
 

@@ -1,5 +1,5 @@
 """One optimiser step's gradient from micro-batches (``train.grad_accum_steps``) and processes (data
-parallel, :mod:`specroute.train.parallel`), equal to the whole batch's within float tolerance.
+parallel, :mod:`specroute.train.distributed`), equal to the whole batch's within float tolerance.
 
 Shape legend: B the global batch, b a micro-batch, T tokens, L labelled tokens per sequence (T, or S under
 ``per_token`` labels), P rank partners per token.
@@ -37,7 +37,7 @@ from specroute.losses import (budget_temperature, jepa_loss, lm_loss, oracle_lab
 from specroute.model.decoder import Decoder
 from specroute.spec.models import RunSpec
 from specroute.train.device import Device
-from specroute.train.parallel import BatchSplit
+from specroute.train.distributed import BatchSplit
 from specroute.train.step import group_norms, term_grad
 
 

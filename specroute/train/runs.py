@@ -53,7 +53,7 @@ from specroute.spec.models import RunSpec
 from specroute.locks import hold_lock
 from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with
 from specroute.train.device import Device, deterministic
-from specroute.train.parallel import SINGLE, World, main_only, on_main
+from specroute.train.distributed import SINGLE, World, main_only, on_main
 from specroute.train.progress import QueueProgress, StudyProgress
 from specroute.train.calibration import THRESHOLDS_FILE, thresholds_record
 from specroute.train.stages import ControllerStage, derive_seed
@@ -97,7 +97,7 @@ def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str,
     a failed run's result (see the module docstring; :func:`is_failed`) when its training diverged.
     ``concurrent_runs``: how many runs train at once beside this one (recorded: C12 trusts only the wall
     time of runs timed one at a time). ``world``: the data-parallel processes that train it together
-    (:mod:`specroute.train.parallel`; only the main one writes and holds the lock; all return when the
+    (:mod:`specroute.train.distributed`; only the main one writes and holds the lock; all return when the
     run's files are written). ``tracking``: the study's tracking flags (TensorBoard / W&B beside
     metrics.jsonl, :mod:`specroute.train.tracking`; None: none). Raises UserError when another process holds the run folder's lock for
     longer than :data:`RUN_LOCK_WAIT_S`."""

@@ -38,7 +38,7 @@ from specroute.spec.training import TrainSpec
 from specroute.train.accumulate import controller_backward, dense_backward
 from specroute.train.calibration import calibrate, calibrates
 from specroute.train.device import Device
-from specroute.train.parallel import BatchSplit
+from specroute.train.distributed import BatchSplit
 from specroute.train.step import term_grad_norms
 
 #: Tokens (rows) of predicted latents used for the collapse metrics at each evaluation.

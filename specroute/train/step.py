@@ -57,7 +57,7 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     """One step: set the learning rate, ``zero_grad(set_to_none=True)``, ``loss, metrics = loss_fn()``,
     backward (none when ``loss`` is None: ``loss_fn`` ran its micro-batches' backward passes itself,
     :mod:`specroute.train.accumulate`), ``reduce_grads(params)`` if given (the sum over data-parallel
-    processes, :meth:`specroute.train.parallel.World.sum_grads`), global-norm clip of ``params`` to
+    processes, :meth:`specroute.train.distributed.World.sum_grads`), global-norm clip of ``params`` to
     ``grad_clip`` (None: no clip, the norm is still measured), optimiser step.
 
     Returns ``metrics`` plus ``grad_norm`` (the global L2 norm of the gradient before clipping) and ``lr``.

@@ -56,7 +56,7 @@ from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.memory import check_memory
-from specroute.train.parallel import SINGLE, World, join_world, main_only, on_main
+from specroute.train.distributed import SINGLE, World, join_world, main_only, on_main
 from specroute.train.tracking import TrackingFlags, check_available
 from specroute.train.progress import StudyProgress, TokenisingProgress
 from specroute.train.runs import (RUN_LAYOUT, RUN_LOCK_WAIT_S, init_worker, is_failed, run_controller, run_dir,

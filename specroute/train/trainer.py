@@ -30,7 +30,7 @@ from specroute.spec.training import TrainSpec
 from specroute.store import (UserError, atomic_write_text, json_text, make_dir, nonfinite_paths, replace_dir,
                              temp_dir_beside, writing)
 from specroute.train.device import Device
-from specroute.train.parallel import SINGLE, BatchSplit, World
+from specroute.train.distributed import SINGLE, BatchSplit, World
 from specroute.train.step import lr_at, make_optimizer, optimizer_step
 
 
@@ -217,7 +217,7 @@ class Trainer:
         on_step: called after every step with (step, record) (progress display).
         budget: this session's step cap across stages.
         name: the training's name in messages (:class:`Diverged`).
-        world: the data-parallel processes training this run (:mod:`specroute.train.parallel`): each
+        world: the data-parallel processes training this run (:mod:`specroute.train.distributed`): each
             samples the global batch and trains on its rows; only the main one saves checkpoints (pass the
             others no sink). Default one process.
 

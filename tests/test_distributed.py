@@ -73,7 +73,7 @@ def test_two_processes_train_one_run_like_one_process(tmp_path):
 
 def test_a_batch_the_processes_cannot_share_is_refused():
     from specroute.store import UserError
-    from specroute.train.parallel import BatchSplit, World
+    from specroute.train.distributed import BatchSplit, World
 
     with pytest.raises(UserError, match=r"train.batch_size: 6 sequences cannot be cut into 4 process"):
         BatchSplit(6, 1, World(1, 4, 1))
