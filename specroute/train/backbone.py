@@ -60,8 +60,10 @@ def backbone_key(spec: RunSpec, data: TokenData) -> str:
     d = dump_run(spec)
     # the architecture options at their defaults (GPT-2's) are left out: a key made before they existed holds
     model = {k: v for k, v in d["model"].items() if k not in ARCHITECTURE_DEFAULTS or v != ARCHITECTURE_DEFAULTS[k]}
+    # micro-batches change the memory a step takes, not the training (equal within float tolerance)
+    train = {k: v for k, v in d["backbone"]["train"].items() if k != "grad_accum_steps"}
     return sha256_json({
-        "format": FORMAT, "model": model, "train": d["backbone"]["train"], "data": d["data"],
+        "format": FORMAT, "model": model, "train": train, "data": d["data"],
         "corpus_sha256": data.meta["corpus_sha256"], "tokenizer_sha256": data.meta["tokenizer_sha256"],
         "seed": BACKBONE_SEED,
     })[:20]
