@@ -71,18 +71,20 @@ class BytesTokenizer:
 
 
 class Gpt2Tokenizer:
-    """GPT-2's byte-level BPE (50257 ids) from a ``tokenizer.json``."""
+    """GPT-2's byte-level BPE (50257 ids) from a ``tokenizer.json`` (name ``gpt2``), or a pretrained
+    checkpoint's ``tokenizer.json`` (name ``pretrained``; its end-of-text token ``eot_token``)."""
 
     name = "gpt2"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, name: str = "gpt2", eot_token: str = GPT2_EOT):
         from tokenizers import Tokenizer as HFTokenizer
 
         self.path = path
+        self.name = name
         self._tok = HFTokenizer.from_file(str(path))
-        eot = self._tok.token_to_id(GPT2_EOT)
+        eot = self._tok.token_to_id(eot_token)
         if eot is None:
-            raise DataUnavailable(f"{path} is not GPT-2's tokenizer (no {GPT2_EOT} token)")
+            raise DataUnavailable(f"{path} has no end-of-text token {eot_token} to separate documents")
         self.eot = eot
         self.vocab_size = self._tok.get_vocab_size()
         model = json.loads(self._tok.to_str())["model"]
@@ -93,11 +95,16 @@ class Gpt2Tokenizer:
         return [np.asarray(e.ids, dtype=np.uint16) for e in self._tok.encode_batch(texts)]
 
 
-def load_tokenizer(name: str, cache: str | Path | None = None) -> Tokenizer:
-    """The tokenizer called ``name`` (``bytes`` or ``gpt2``). Raises DataUnavailable if gpt2 cannot be
-    found locally and the hub is unreachable."""
+def load_tokenizer(name: str, cache: str | Path | None = None, pretrained: Path | None = None) -> Tokenizer:
+    """The tokenizer called ``name`` (``bytes``, ``gpt2`` or ``pretrained``: the ``tokenizer.json`` at
+    ``pretrained``, a checkpoint's). Raises DataUnavailable if gpt2 cannot be found locally and the hub is
+    unreachable, or for ``pretrained`` without its file."""
     if name == "bytes":
         return BytesTokenizer()
+    if name == "pretrained":
+        if pretrained is None:
+            raise DataUnavailable("data.tokenizer: pretrained needs the checkpoint of backbone.pretrained")
+        return Gpt2Tokenizer(pretrained, "pretrained")
     if name != "gpt2":
         raise ValueError(f"unknown tokenizer {name!r}")
     return Gpt2Tokenizer(find_gpt2_tokenizer(cache))

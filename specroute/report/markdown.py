@@ -182,6 +182,10 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         "",
     ]
     ent = data["unigram_entropy_nats"]
+    ckpt = bb.get("checkpoint")
+    if ckpt:
+        lines += [f"- pretrained checkpoint `{ckpt['source']}` ({ckpt['model_type']}), "
+                  f"revision `{fmt(ckpt['revision'])}`, `{ckpt['weights_file']}` sha256 `{ckpt['weights_sha256']}`", ""]
     lines.append(
         f"Dense backbone ({bb['source']}, {fmt(bb['steps'])} steps, cache key `{fmt(bb['cache_key'])}`, "
         f"trained in {bb.get('wall_s_trained', bb['wall_s']):.0f} s): held-out LM **{bb['heldout_lm']:.3f}** "

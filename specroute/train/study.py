@@ -53,7 +53,7 @@ from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, chec
 from specroute.report.plots import PLOTS
 from specroute.text import plural
 from specroute.train import estimate
-from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
+from specroute.train.backbone import backbone_key, backbone_steps_left, checkpoint_of, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.memory import check_memory
 from specroute.train.progress import StudyProgress, TokenisingProgress
@@ -329,7 +329,9 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             if any(s.data != first.data for _, _, s in runs):
                 raise UserError("arms with different data are not supported in one study")
             with TokenisingProgress(console) as tokenising:
-                data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update)
+                checkpoint = checkpoint_of(first, resolved.source.parent, options.cache)  # backbone.pretrained
+                data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update,
+                                    checkpoint.tokenizer_file if checkpoint else None)
             note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
                  f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {escape(str(data.path))}")
             backbone_specs = {backbone_key(s, data): s for _, _, s in runs}
