@@ -80,9 +80,7 @@ def state_dict(hf: Mapping[str, Tensor], model: Any) -> dict[str, Tensor]:
             take(f"h.{i}.{src}.bias", f"blocks.{i}.{dst}.bias", False, bias_shapes.get(dst, (D,)))
     take("ln_f.weight", "ln_f.weight", False, (D,))
     take("ln_f.bias", "ln_f.bias", False, (D,))
-    if model.tie_embeddings:
-        out["lm_head.weight"] = out["wte.weight"]
-    else:
+    if not model.tie_embeddings:  # tied: the LM head is wte (one parameter, under wte's name)
         take("lm_head.weight", "lm_head.weight", False, (V, D))
     return out
 

@@ -311,6 +311,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                                                           len(runs)), options.yes)
     if memory_warning:
         note(f"[yellow]warning: {escape(memory_warning)}[/]")
+    # backbone.pretrained next (downloaded if need be): one that cannot be had stops the study before any folder
+    checkpoint = checkpoint_of(specs[0], resolved.source.parent, options.cache)
     with hold_lock(out, "the output folder") as lock_note:
         if lock_note:
             note(f"[yellow]{escape(lock_note)}[/]")
@@ -329,7 +331,6 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             if any(s.data != first.data for _, _, s in runs):
                 raise UserError("arms with different data are not supported in one study")
             with TokenisingProgress(console) as tokenising:
-                checkpoint = checkpoint_of(first, resolved.source.parent, options.cache)  # backbone.pretrained
                 data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update,
                                     checkpoint.tokenizer_file if checkpoint else None)
             note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
