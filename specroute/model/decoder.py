@@ -11,9 +11,10 @@ routed FFN step runs full or cheap (:class:`~specroute.model.routing.RoutedFFN`)
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -65,10 +66,22 @@ class Block(nn.Module):
 
 @dataclass
 class DecoderOutput:
-    """logits_BTV: next-token logits; routing: one record per controlled layer, in layer order."""
+    """h_BTD: the final hidden state (after the last block, before ``ln_f``); routing: one record per
+    controlled layer, in layer order; head: the LM head (``ln_f`` + ``lm_head``), (B, T, D) -> (B, T, V).
 
-    logits_BTV: Tensor
+    ``logits_BTV`` is computed from ``h_BTD`` on first use (then kept): the losses never ask for it, they
+    run the head in chunks of tokens (:func:`specroute.losses.head_token_ce`), so the B x T x V logits are
+    not held at once.
+    """
+
+    h_BTD: Tensor
     routing: list[LayerRouting]
+    head: Callable[[Tensor], Tensor] = field(repr=False)
+
+    @functools.cached_property
+    def logits_BTV(self) -> Tensor:
+        """Next-token logits (B, T, V)."""
+        return self.head(self.h_BTD)
 
 
 class Decoder(nn.Module):
@@ -194,15 +207,17 @@ class Decoder(nn.Module):
         return h_BTD, routing
 
     def head(self, h_BTD: Tensor) -> Tensor:
+        """The LM head: ``ln_f`` then ``lm_head``, (..., D) -> (..., V) logits."""
         return self.lm_head(self.ln_f(h_BTD))
 
     def forward(self, idx_BT: Tensor, force: Force | None = None, all_full: bool = False) -> DecoderOutput:
-        """idx_BT: token ids (B, T) -> DecoderOutput(logits (B, T, V), routing per controlled layer).
+        """idx_BT: token ids (B, T) -> DecoderOutput(final hidden state (B, T, D), routing per controlled
+        layer; logits (B, T, V) on demand).
 
         Raises ValueError if T exceeds the context length.
         """
         h, routing = self.run_blocks(self.embed(idx_BT), 0, force, all_full)
-        return DecoderOutput(self.head(h), routing)
+        return DecoderOutput(h, routing, self.head)
 
     @torch.no_grad()
     def generate(self, idx_BT: Tensor, max_new_tokens: int, temperature: float = 1.0) -> Tensor:
