@@ -9,7 +9,7 @@ import torch
 from helpers import tiny_spec, tokens
 from torch.testing import assert_close
 
-import specroute.losses as losses
+from specroute import losses
 from specroute.losses import compute_losses, head_token_ce, oracle_labels, per_token_labels, token_ce
 from specroute.model.decoder import build_model
 

@@ -28,8 +28,8 @@ transformers = pytest.importorskip("transformers")
 
 SHARED_GPT2 = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gpt2" / "tokenizer.json"
 #: A small GPT-2: 3 blocks x 48 wide, 4 heads, 40 positions, 101 ids; every parameter drawn at random.
-CONFIG = dict(n_layer=3, n_embd=48, n_head=4, n_positions=40, vocab_size=101, resid_pdrop=0.0, embd_pdrop=0.0,
-              attn_pdrop=0.0)
+CONFIG = {"n_layer": 3, "n_embd": 48, "n_head": 4, "n_positions": 40, "vocab_size": 101, "resid_pdrop": 0.0,
+          "embd_pdrop": 0.0, "attn_pdrop": 0.0}
 
 
 def hf_gpt2(folder: Path, seed: int = 0, safe: bool = True, **config) -> torch.nn.Module:

@@ -184,8 +184,8 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
     ent = data["unigram_entropy_nats"]
     ckpt = bb.get("checkpoint")
     if ckpt:
-        lines += [f"- pretrained checkpoint `{ckpt['source']}` ({ckpt['model_type']}), "
-                  f"revision `{fmt(ckpt['revision'])}`, `{ckpt['weights_file']}` sha256 `{ckpt['weights_sha256']}`", ""]
+        lines += [(f"- pretrained checkpoint `{ckpt['source']}` ({ckpt['model_type']}), revision "
+                   f"`{fmt(ckpt['revision'])}`, `{ckpt['weights_file']}` sha256 `{ckpt['weights_sha256']}`"), ""]
     made = ("frozen, not trained here" if ckpt else f"{fmt(bb['steps'])} steps, cache key `{fmt(bb['cache_key'])}`, "
             f"trained in {bb.get('wall_s_trained', bb['wall_s']):.0f} s")
     lines.append(
