@@ -191,3 +191,18 @@ def test_the_tiny_random_checkpoint_is_written_once_in_gpt2s_layout(tmp_path):
         assert_close(model(idx).logits_BTV, hf(idx).logits, rtol=0, atol=1e-5)
     assert json.loads((folder / "config.json").read_text())["vocab_size"] == 257
     assert resolve_checkpoint(TINY_RANDOM_GPT2, cache=tmp_path).folder == folder
+
+
+def test_validate_and_flops_show_gpt2_smalls_real_sizes_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache: the sizes come without the network
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = CliRunner().invoke(app, ["flops", str(SPECS / "gpt2.yaml"), "--profile", "full", "--json"])
+    assert result.exit_code == 0, result.output
+    params = json.loads(result.stdout)["arms"]["G1_lm"]["params"]
+    with torch.device("meta"):  # GPT-2 small's architecture, no weights
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+    assert params["backbone"] == sum(p.numel() for p in hf.parameters())  # 124,439,808 (tied head counted once)
+    result = CliRunner().invoke(app, ["validate", str(SPECS / "gpt2.yaml"), "--profile", "full"])
+    assert result.exit_code == 0, result.output
+    assert "12 layers x d_model 768" in result.stdout and "pretrained openai-community/gpt2" in result.stdout
