@@ -33,6 +33,8 @@ from specroute.store import UserError, atomic_write_bytes, cache_dir, sha256_byt
 BYTES_DESCRIPTION = "specroute tokenizer 'bytes' v1: token id = UTF-8 byte value (0-255); document separator 0"
 GPT2_REPOS = ("openai-community/gpt2", "gpt2")
 GPT2_EOT = "<|endoftext|>"
+#: Most token ids a tokenizer may have: the shards store ids as uint16 (:mod:`specroute.data.shards`).
+MAX_VOCAB_IDS = 1 << 16
 
 
 class DataUnavailable(UserError):
@@ -104,7 +106,11 @@ def load_tokenizer(name: str, cache: str | Path | None = None, pretrained: Path 
     if name == "pretrained":
         if pretrained is None:
             raise DataUnavailable("data.tokenizer: pretrained needs the checkpoint of backbone.pretrained")
-        return Gpt2Tokenizer(pretrained, "pretrained")
+        tok = Gpt2Tokenizer(pretrained, "pretrained")
+        if tok.vocab_size > MAX_VOCAB_IDS:
+            raise DataUnavailable(f"{pretrained}: a vocabulary of {tok.vocab_size:,} ids; token shards store ids as "
+                                  f"uint16, at most {MAX_VOCAB_IDS:,} ids")
+        return tok
     if name != "gpt2":
         raise ValueError(f"unknown tokenizer {name!r}")
     return Gpt2Tokenizer(find_gpt2_tokenizer(cache))
