@@ -206,3 +206,13 @@ def test_validate_and_flops_show_gpt2_smalls_real_sizes_offline(tmp_path, monkey
     result = CliRunner().invoke(app, ["validate", str(SPECS / "gpt2.yaml"), "--profile", "full"])
     assert result.exit_code == 0, result.output
     assert "12 layers x d_model 768" in result.stdout and "pretrained openai-community/gpt2" in result.stdout
+
+
+@pytest.mark.parametrize(("backbone", "words"), [
+    ("{pretrained: specroute/tiny-random-gpt2, checkpoint: b.safetensors}", "keep one"),
+    ("{revision: main}", "needs backbone.pretrained"),
+])
+def test_one_backbone_source_and_a_revision_only_with_a_repo(tmp_path, backbone, words):
+    with pytest.raises(SpecError) as info:
+        load_study(write(tmp_path, "s.yaml", f"backbone: {backbone}\n"))
+    assert words in str(info.value)

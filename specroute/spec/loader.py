@@ -156,6 +156,8 @@ def load_study(
         overrides: ``key.path=value`` strings (``--set``), applied last.
 
     ``sweeps:`` expand into arms (:func:`specroute.spec.sweeps.expand_sweeps`) after the profile is applied.
+    With ``backbone.pretrained`` the model section is read from the checkpoint's config.json, for the study
+    and for every arm (:func:`with_checkpoint_model`).
 
     Raises:
         SpecError: missing file, bad YAML or tag, ``extends`` cycle, unknown profile, or any validation
