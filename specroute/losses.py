@@ -33,11 +33,13 @@ returned beside it (:class:`TokenLabels`), which is what the all-flip label meas
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from specroute.model.decoder import Decoder, DecoderOutput
 from specroute.model.routing import G3Gate, LayerRouting
@@ -46,7 +48,7 @@ from specroute.spec.models import RunSpec
 
 
 def token_ce(logits_BTV: Tensor, targets_BT: Tensor) -> Tensor:
-    """Per-token next-token cross-entropy, (B, T, V), (B, T) -> (B, T) in nats."""
+    """Per-token next-token cross-entropy, (B, T, V), (B, T) -> (B, T) in nats (float32)."""
     B, T, V = logits_BTV.shape
     return F.cross_entropy(logits_BTV.float().reshape(B * T, V), targets_BT.reshape(B * T),
                            reduction="none").view(B, T)
@@ -55,6 +57,39 @@ def token_ce(logits_BTV: Tensor, targets_BT: Tensor) -> Tensor:
 def lm_loss(logits_BTV: Tensor, targets_BT: Tensor) -> Tensor:
     """Mean next-token cross-entropy (nats/token), a scalar."""
     return token_ce(logits_BTV, targets_BT).mean()
+
+
+#: Most logits (tokens x vocabulary) the LM head computes at once in :func:`head_token_ce`: 2^27, 512 MiB in
+#: float32 (2,670 tokens of GPT-2's 50,257-id vocabulary; a 256-id vocabulary never needs a second chunk).
+LM_HEAD_CHUNK_LOGITS = 1 << 27
+
+
+def head_token_ce(model: Decoder, h_BTD: Tensor, targets_BT: Tensor, chunk_logits: int | None = None) -> Tensor:
+    """Per-token next-token cross-entropy from the final hidden state: the LM head (``ln_f`` + ``lm_head``)
+    and the cross-entropy in chunks of tokens, (B, T, D), (B, T) -> (B, T) float32 nats.
+
+    The one home of the LM cross-entropy (the LM loss, the held-out LM and the oracle's continuations). Each
+    chunk holds at most ``chunk_logits`` logits and is upcast to float32 before its log-softmax (so the
+    cross-entropy is float32 under a bf16 autocast too; None: :data:`LM_HEAD_CHUNK_LOGITS`). With gradients, each chunk is recomputed in the
+    backward (``torch.utils.checkpoint``), so no chunk's logits outlive its own forward or backward: the
+    B x T x V logits are never held at once. Values equal :func:`token_ce` of the whole logits (row-wise ops);
+    when every token fits in one chunk this *is* that computation.
+    """
+    B, T, D = h_BTD.shape
+    n = max(1, (chunk_logits or LM_HEAD_CHUNK_LOGITS) // model.spec.model.vocab_size)
+    h_ND, t_N = h_BTD.reshape(B * T, D), targets_BT.reshape(B * T)
+    if B * T <= n:
+        return _chunk_ce(model.head, h_ND, t_N).view(B, T)
+    grad = torch.is_grad_enabled() and (h_ND.requires_grad or any(
+        p.requires_grad for p in (*model.ln_f.parameters(), *model.lm_head.parameters())))
+    parts = [checkpoint(_chunk_ce, model.head, h, t, use_reentrant=False, preserve_rng_state=False) if grad
+             else _chunk_ce(model.head, h, t) for h, t in zip(h_ND.split(n), t_N.split(n))]
+    return torch.cat(parts).view(B, T)
+
+
+def _chunk_ce(head: Callable[[Tensor], Tensor], h_ND: Tensor, targets_N: Tensor) -> Tensor:
+    """Cross-entropy of N tokens through the head, (N, D), (N,) -> (N,) float32 nats."""
+    return F.cross_entropy(head(h_ND).float(), targets_N, reduction="none")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,12 +126,12 @@ def oracle_labels(
         x = block.ln2(h_in)
         h_full, h_cheap = h_in + block.ffn(x), h_in + block.routed_ffn.cheap_branch(x)
         if apart:
-            ce = [token_ce(model.head(model.run_blocks(h, layer + 1, all_full=off)[0]), targets_BT)
+            ce = [head_token_ce(model, model.run_blocks(h, layer + 1, all_full=off)[0], targets_BT)
                   for h in (h_full, h_cheap)]
             ce_full, ce_cheap = ce
         else:
             h_end, _ = model.run_blocks(torch.cat([h_full, h_cheap]), layer + 1, all_full=off)
-            ce = token_ce(model.head(h_end), targets_BT.repeat(2, 1))
+            ce = head_token_ce(model, h_end, targets_BT.repeat(2, 1))
             ce_full, ce_cheap = ce[:B], ce[B:]
         labels[layer] = ce_cheap - ce_full
     return labels
@@ -181,9 +216,7 @@ def per_token_labels(
         full_BRT = torch.cat([rec.full_BT[:, None], rec.full_BT[:, None] != flip_BST], dim=1)  # R = 1 + S rows
         h_rows = torch.where(full_BRT[..., None], h_full[:, None], h_cheap[:, None]).flatten(0, 1)
         h_end, _ = model.run_blocks(h_rows, layer + 1, all_full=off)
-        # the head in chunks of B rows: the logits never take more memory than one forward's
-        rows = zip(h_end.split(B), targets_BT.repeat_interleave(S + 1, dim=0).split(B))
-        ce_BRT = torch.cat([token_ce(model.head(h), t) for h, t in rows]).view(B, S + 1, T)
+        ce_BRT = head_token_ce(model, h_end, targets_BT.repeat_interleave(S + 1, dim=0)).view(B, S + 1, T)
         delta_BST = ce_BRT[:, 1:] - ce_BRT[:, :1]  # CE_s(one token flipped) - CE_s(the gate's decisions)
         if causal:
             after_BST = torch.arange(T, device=device) >= pos_BS[..., None]
@@ -381,7 +414,7 @@ def compute_losses(
     """
     w: LossSpec = spec.loss
     out = model(idx_BT)
-    lm = lm_loss(out.logits_BTV, targets_BT)
+    lm = head_token_ce(model, out.h_BTD, targets_BT).mean()
     total = w.lm * lm
     parts = {"lm": lm.item()}
     weighted = {"lm": total} if w.lm > 0 else {}

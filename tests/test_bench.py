@@ -108,6 +108,9 @@ def test_recipes_pair_util_rank_with_lm_only_per_gate(quick_run):
         assert 0 < r["predicted_ratio"] < 1  # the oracle's continuations make util/rank dearer
         assert r["predicted_ratio"] == pytest.approx(r["flops_proxy_lm"] / r["flops_proxy_utilrank"])
         assert r["measured_ratio"] > 0 and math.isfinite(r["measured_ratio"])
+        cases = {c["name"]: c for c in summary["cases"]}  # peak memory of each controller-only step
+        assert (r["utilrank_peak_mb"], r["lm_peak_mb"]) == (cases[f"recipe/{r['utilrank']}"]["peak_mb"],
+                                                           cases[f"recipe/{r['lm']}"]["peak_mb"])
 
 
 def test_targets_listed_and_not_applicable_in_quick_mode(quick_run):

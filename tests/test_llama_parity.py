@@ -136,3 +136,26 @@ def test_a_missing_or_misshapen_tensor_is_named(tmp_path):
     hf["model.norm.weight"] = hf["model.norm.weight"][:10]
     with pytest.raises(ValueError, match=r"'norm.weight' has shape \(10,\); the model needs \(64,\)"):
         state_dict(hf, spec.model)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_a_spec_naming_the_checkpoint_folder_reads_its_architecture_and_weights(tmp_path, model_type):
+    """backbone.pretrained: <folder> goes through the loader's registry: the model section comes from the
+    checkpoint's config (RMSNorm, rotary, SwiGLU, GQA) and the loaded backbone gives transformers' logits."""
+    from helpers import write
+    from specroute.model.pretrained import load_backbone_state, resolve_checkpoint
+    from specroute.spec import load_study
+
+    hf = _write_checkpoint(tmp_path / "ckpt", model_type)
+    spec = load_study(write(tmp_path, "s.yaml", f"""
+backbone: {{pretrained: {tmp_path / 'ckpt'}}}
+routing: {{controlled_layers: [0, 1], cheap_ffn_hidden: 16}}
+train: {{seq_len: 16, batch_size: 2}}
+""")).arm_spec("default")
+    m = spec.model
+    assert (m.norm, m.position, m.ffn, m.kv_heads, m.tie_embeddings) == ("rmsnorm", "rope", "swiglu", 2, False)
+    model = Decoder(spec, routed=True).eval()
+    model.load_backbone(load_backbone_state(resolve_checkpoint(str(tmp_path / "ckpt")), m))
+    idx = torch.randint(0, TINY["vocab_size"], (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert_close(model(idx, all_full=True).logits_BTV, hf(input_ids=idx).logits, rtol=0, atol=1e-5)

@@ -214,7 +214,8 @@ class ForwardStep:
 
     def __call__(self) -> None:
         with torch.no_grad(), self.device.autocast():
-            self.model(self.idx_BT)
+            out = self.model(self.idx_BT)
+            getattr(out, "logits_BTV", None)  # the decoder's logits are computed on demand (GPT-2's always are)
 
     def state_bytes(self) -> int:
         return state_bytes(self.model, None)

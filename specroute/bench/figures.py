@@ -95,6 +95,8 @@ def summarise(resolved: Resolved, options: BenchOptions, device: Device, env: di
             "flops_proxy_utilrank": u.extra["flops_proxy"], "flops_proxy_lm": l.extra["flops_proxy"],
             "predicted_ratio": proxy, "predicted_saving": None if proxy is None else 1 - proxy,
             "paper_hours": dict(PAPER_HOURS), "paper_ratio": paper_ratio, "paper_saving": 1 - paper_ratio,
+            # peak memory of one controller-only step (MB; the util/rank step's oracle continuations included)
+            "utilrank_peak_mb": u.peak_mb, "lm_peak_mb": l.peak_mb,
         })
     summary: dict[str, Any] = {
         "study": resolved.study.name, "profile": resolved.study.profile, "spec_file": str(resolved.source),

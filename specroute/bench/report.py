@@ -48,7 +48,8 @@ CASE_COLS = ["case", "tokens/s", "median ms", "spread", "peak MB", "GMACs (pred.
 BUDGET_COLS = ["budget", "full share", "train tokens/s", "time vs dense: measured", "predicted",
                "time vs masked: measured", "predicted", "saving realised/predicted"]
 RECIPE_COLS = ["gate", "util/rank arm", "LM-only arm", "util/rank mean step ms", "LM-only mean step ms",
-               "measured ratio (change)", "FLOPs-proxy ratio (change)", f"paper {WALL_HOURS['lm']} h / {WALL_HOURS['utilrank']} h (change)"]
+               "measured ratio (change)", "FLOPs-proxy ratio (change)", f"paper {WALL_HOURS['lm']} h / {WALL_HOURS['utilrank']} h (change)",
+               "util/rank peak MB", "LM-only peak MB"]
 TARGET_COLS = ["target", "figure", "threshold", "status", "by", "note"]
 
 
@@ -63,7 +64,8 @@ def recipe_rows(summary: dict[str, Any]) -> list[list[str]]:
     return [[r["gate"], r["utilrank"], r["lm"], fmt_num(r["utilrank_s"] * 1e3, ",.1f"), fmt_num(r["lm_s"] * 1e3, ",.1f"),
              f"{r['measured_ratio']:.3f} ({fmt_pct(-r['measured_saving'])})",
              f"{r['predicted_ratio']:.3f} ({fmt_pct(-r['predicted_saving'])})",
-             f"{r['paper_ratio']:.3f} ({fmt_pct(-r['paper_saving'])})"] for r in summary["recipes"]]
+             f"{r['paper_ratio']:.3f} ({fmt_pct(-r['paper_saving'])})",
+             fmt_num(r.get("utilrank_peak_mb"), ",.1f"), fmt_num(r.get("lm_peak_mb"), ",.1f")] for r in summary["recipes"]]
 
 
 def target_rows(summary: dict[str, Any]) -> list[list[str]]:

@@ -68,6 +68,7 @@ def prepare_data(
     spec_dir: Path | None = None,
     cache: str | Path | None = None,
     progress: Progress | None = None,
+    tokenizer_file: Path | None = None,
 ) -> TokenData:
     """Tokenise the spec's data into cached shards (or reuse them) and load them.
 
@@ -76,12 +77,13 @@ def prepare_data(
         spec_dir: folder that relative ``data.paths`` are resolved against (the spec file's folder).
         cache: cache root override (see :func:`specroute.store.cache_dir`).
         progress: called with (tokens so far, target or None) while tokenising.
+        tokenizer_file: the ``tokenizer.json`` of ``data.tokenizer: pretrained`` (the checkpoint's).
     Raises:
         DataUnavailable: offline without a cached copy, missing files or columns, a corpus too small.
         UserError: the cache cannot be written (disk full, read-only, no permission), naming it; the
             half-written shards are removed.
     """
-    tokenizer = load_tokenizer(data.tokenizer, cache)
+    tokenizer = load_tokenizer(data.tokenizer, cache, tokenizer_file)
     docs: Iterable[str]
     max_tokens: int | None = getattr(data, "max_tokens", None)
     if isinstance(data, EmbeddedData):

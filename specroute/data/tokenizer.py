@@ -33,6 +33,8 @@ from specroute.store import UserError, atomic_write_bytes, cache_dir, sha256_byt
 BYTES_DESCRIPTION = "specroute tokenizer 'bytes' v1: token id = UTF-8 byte value (0-255); document separator 0"
 GPT2_REPOS = ("openai-community/gpt2", "gpt2")
 GPT2_EOT = "<|endoftext|>"
+#: Most token ids a tokenizer may have: the shards store ids as uint16 (:mod:`specroute.data.shards`).
+MAX_VOCAB_IDS = 1 << 16
 
 
 class DataUnavailable(UserError):
@@ -71,18 +73,20 @@ class BytesTokenizer:
 
 
 class Gpt2Tokenizer:
-    """GPT-2's byte-level BPE (50257 ids) from a ``tokenizer.json``."""
+    """GPT-2's byte-level BPE (50257 ids) from a ``tokenizer.json`` (name ``gpt2``), or a pretrained
+    checkpoint's ``tokenizer.json`` (name ``pretrained``; its end-of-text token ``eot_token``)."""
 
     name = "gpt2"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, name: str = "gpt2", eot_token: str = GPT2_EOT):
         from tokenizers import Tokenizer as HFTokenizer
 
         self.path = path
+        self.name = name
         self._tok = HFTokenizer.from_file(str(path))
-        eot = self._tok.token_to_id(GPT2_EOT)
+        eot = self._tok.token_to_id(eot_token)
         if eot is None:
-            raise DataUnavailable(f"{path} is not GPT-2's tokenizer (no {GPT2_EOT} token)")
+            raise DataUnavailable(f"{path} has no end-of-text token {eot_token} to separate documents")
         self.eot = eot
         self.vocab_size = self._tok.get_vocab_size()
         model = json.loads(self._tok.to_str())["model"]
@@ -93,11 +97,20 @@ class Gpt2Tokenizer:
         return [np.asarray(e.ids, dtype=np.uint16) for e in self._tok.encode_batch(texts)]
 
 
-def load_tokenizer(name: str, cache: str | Path | None = None) -> Tokenizer:
-    """The tokenizer called ``name`` (``bytes`` or ``gpt2``). Raises DataUnavailable if gpt2 cannot be
-    found locally and the hub is unreachable."""
+def load_tokenizer(name: str, cache: str | Path | None = None, pretrained: Path | None = None) -> Tokenizer:
+    """The tokenizer called ``name`` (``bytes``, ``gpt2`` or ``pretrained``: the ``tokenizer.json`` at
+    ``pretrained``, a checkpoint's). Raises DataUnavailable if gpt2 cannot be found locally and the hub is
+    unreachable, or for ``pretrained`` without its file."""
     if name == "bytes":
         return BytesTokenizer()
+    if name == "pretrained":
+        if pretrained is None:
+            raise DataUnavailable("data.tokenizer: pretrained needs the checkpoint of backbone.pretrained")
+        tok = Gpt2Tokenizer(pretrained, "pretrained")
+        if tok.vocab_size > MAX_VOCAB_IDS:
+            raise DataUnavailable(f"{pretrained}: a vocabulary of {tok.vocab_size:,} ids; token shards store ids as "
+                                  f"uint16, at most {MAX_VOCAB_IDS:,} ids")
+        return tok
     if name != "gpt2":
         raise ValueError(f"unknown tokenizer {name!r}")
     return Gpt2Tokenizer(find_gpt2_tokenizer(cache))

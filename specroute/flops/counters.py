@@ -244,6 +244,6 @@ class CountMACs:
 def forward_macs_mode(model: nn.Module, idx_BT: Tensor, force: dict | None = None) -> ModeCount:
     """FlopCounterMode's count of one no-grad forward (in MACs)."""
     with torch.no_grad(), CountMACs() as c:
-        model(idx_BT, force=force)
+        model(idx_BT, force=force).logits_BTV  # the logits are computed on demand: ask for them here
     assert c.result is not None
     return c.result

@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from specroute.model.pretrained import Converter
+
 #: model_type values read here.
 MODEL_TYPES = ("llama", "qwen2")
 #: Hugging Face's defaults where a config.json leaves a key out (LlamaConfig / Qwen2Config).
@@ -125,3 +127,7 @@ def state_dict(hf: Mapping[str, Tensor], model: Any) -> dict[str, Tensor]:
     if not model.tie_embeddings:
         out["lm_head.weight"] = take("lm_head.weight", (V, D))
     return out
+
+
+#: Registered for ``model_type`` llama and qwen2 (:data:`specroute.model.pretrained.CONVERTER_MODULES`).
+CONVERTER = Converter("llama", model_fields, state_dict)

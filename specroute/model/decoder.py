@@ -16,9 +16,10 @@ and runs causally only by a calibrated threshold per controlled layer (full iff 
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -74,10 +75,22 @@ class Block(nn.Module):
 
 @dataclass
 class DecoderOutput:
-    """logits_BTV: next-token logits; routing: one record per controlled layer, in layer order."""
+    """h_BTD: the final hidden state (after the last block, before ``ln_f``); routing: one record per
+    controlled layer, in layer order; head: the LM head (``ln_f`` + ``lm_head``), (B, T, D) -> (B, T, V).
 
-    logits_BTV: Tensor
+    ``logits_BTV`` is computed from ``h_BTD`` on first use (then kept): the losses never ask for it, they
+    run the head in chunks of tokens (:func:`specroute.losses.head_token_ce`), so the B x T x V logits are
+    not held at once.
+    """
+
+    h_BTD: Tensor
     routing: list[LayerRouting]
+    head: Callable[[Tensor], Tensor] = field(repr=False)
+
+    @functools.cached_property
+    def logits_BTV(self) -> Tensor:
+        """Next-token logits (B, T, V)."""
+        return self.head(self.h_BTD)
 
 
 class Decoder(nn.Module):
@@ -218,11 +231,13 @@ class Decoder(nn.Module):
         return h_BTD, routing
 
     def head(self, h_BTD: Tensor) -> Tensor:
+        """The LM head: ``ln_f`` then ``lm_head``, (..., D) -> (..., V) logits."""
         return self.lm_head(self.ln_f(h_BTD))
 
     def forward(self, idx_BT: Tensor, force: Force | None = None, all_full: bool = False,
                 thresholds: Thresholds | None = None, cache: KVCache | None = None) -> DecoderOutput:
-        """idx_BT: token ids (B, T) -> DecoderOutput(logits (B, T, V), routing per controlled layer).
+        """idx_BT: token ids (B, T) -> DecoderOutput(final hidden state (B, T, D), routing per controlled
+        layer; logits (B, T, V) on demand).
 
         ``thresholds``: calibrated tau_l per controlled layer, full iff score > tau_l (the causal rule of a
         top-k gate; the layers it does not name keep the budget's rule). ``cache``: the tokens follow the
@@ -233,7 +248,7 @@ class Decoder(nn.Module):
         h, routing = self.run_blocks(self.embed(idx_BT, offset), 0, force, all_full, thresholds, cache)
         if cache is not None:
             cache.offset += idx_BT.shape[1]
-        return DecoderOutput(self.head(h), routing)
+        return DecoderOutput(h, routing, self.head)
 
     def causal_thresholds(self, thresholds: Thresholds | None = None) -> Thresholds | None:
         """The thresholds that make this model's routing causal: None for a dense model or a threshold

@@ -76,7 +76,7 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any =
     console.print(f"data: {first.data.kind} (tokenizer {first.data.tokenizer});  seeds: {study.seeds}")
     t = first.train
     console.print(f"train: {t.steps} steps x {t.batch_size} x {t.seq_len} tokens, trainable {t.trainable}; "
-                  f"backbone: {first.backbone.checkpoint or f'pretrain {first.backbone.train.steps} steps'}")
+                  f"backbone: {first.backbone.checkpoint or pretrained_label(first) or f'pretrain {first.backbone.train.steps} steps'}")
     table = Table(title="arms")
     for col in ("arm", "gate", "full fraction", "λ util", "λ rank", "λ jepa", "λ budget", "labeling",
                 "routed model params", "gate params", "trained params"):
@@ -213,3 +213,11 @@ def print_regression(console: Console, problems: list[str], fragile: list[str], 
     for p in fragile:
         console.print(f"[yellow]fragile[/] {p}", markup=True, highlight=False)
     console.print(f"claim regression: {plural(len(problems), 'problem')} against {reference}")
+
+
+def pretrained_label(spec: Any) -> str | None:
+    """``pretrained openai-community/gpt2 (frozen; revision r)`` for a RunSpec with ``backbone.pretrained``, else None."""
+    b = spec.backbone
+    if not b.pretrained:
+        return None
+    return f"pretrained {b.pretrained} (frozen" + (f"; revision {b.revision})" if b.revision else ")")

@@ -238,9 +238,14 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         "",
     ]
     ent = data["unigram_entropy_nats"]
+    ckpt = bb.get("checkpoint")
+    if ckpt:
+        lines += [(f"- pretrained checkpoint `{ckpt['source']}` ({ckpt['model_type']}), revision "
+                   f"`{fmt(ckpt['revision'])}`, `{ckpt['weights_file']}` sha256 `{ckpt['weights_sha256']}`"), ""]
+    made = ("frozen, not trained here" if ckpt else f"{fmt(bb['steps'])} steps, cache key `{fmt(bb['cache_key'])}`, "
+            f"trained in {bb.get('wall_s_trained', bb['wall_s']):.0f} s")
     lines.append(
-        f"Dense backbone ({bb['source']}, {fmt(bb['steps'])} steps, cache key `{fmt(bb['cache_key'])}`, "
-        f"trained in {bb.get('wall_s_trained', bb['wall_s']):.0f} s): held-out LM **{bb['heldout_lm']:.3f}** "
+        f"{'Pretrained' if ckpt else 'Dense'} backbone ({bb['source']}, {made}): held-out LM **{bb['heldout_lm']:.3f}** "
         f"nats/token beside the corpus's unigram entropy **{ent:.3f}** "
         f"({abs(1 - bb['heldout_lm'] / ent) * 100:.0f}% {'lower' if bb['heldout_lm'] <= ent else 'higher'}"
         + (f"; {bb['initial_lm']:.3f} before training" if bb.get("initial_lm") is not None else "") + ")."

@@ -67,6 +67,9 @@ class Resolved:
         raw = deep_merge(raw, {k: v for k, v in self.set_tree.items() if k not in STUDY_KEYS})
         raw["gate"] = with_gate_preset(raw.get("gate", {}), self.raw_base.get("gates", {}))
         raw["seed"] = self.study.seeds[0]
+        raw, problems = with_checkpoint_model(raw, self.source, self.provenance)
+        if problems:
+            raise SpecError(problems)
         return validate(RunSpec, raw, Origin(self.source, self.provenance, set_tree=self.set_tree, arm=arm,
                                              arm_tree=self.study.arms[arm].overrides))
 
@@ -153,6 +156,8 @@ def load_study(
         overrides: ``key.path=value`` strings (``--set``), applied last.
 
     ``sweeps:`` expand into arms (:func:`specroute.spec.sweeps.expand_sweeps`) after the profile is applied.
+    With ``backbone.pretrained`` the model section is read from the checkpoint's config.json, for the study
+    and for every arm (:func:`with_checkpoint_model`).
 
     Raises:
         SpecError: missing file, bad YAML or tag, ``extends`` cycle, unknown profile, or any validation
@@ -200,8 +205,11 @@ def load_study(
     for k in leaf_paths(set_tree):
         provenance[k] = ("--set", None)  # type: ignore[assignment]
     problems = _layer_problems(file_raw, profiles, name, set_tree, source, file_provenance)
+    filled, checkpoint_problems = with_checkpoint_model(raw, source, provenance)
+    if checkpoint_problems:
+        raise SpecError(checkpoint_problems + problems)
     try:
-        study = validate(StudySpec, raw, Origin(source, provenance, set_tree=set_tree))
+        study = validate(StudySpec, filled, Origin(source, provenance, set_tree=set_tree))
     except SpecError as e:
         raise SpecError(blame_sweeps(unique(e.problems + problems), raw)) from None
     if problems:
@@ -219,6 +227,58 @@ def load_study(
     if problems:
         raise SpecError(blame_sweeps(problems, raw))
     return resolved
+
+
+def with_checkpoint_model(
+    raw: dict[str, Any], source: Path, provenance: Mapping[Path_, tuple[str, int | None]]
+) -> tuple[dict[str, Any], list[Problem]]:
+    """``raw`` with its model section read from ``backbone.pretrained``'s config.json (only the config: no
+    weights are read, so ``validate`` and ``flops`` show the real sizes). A model field the spec leaves out
+    takes the checkpoint's value; one the spec sets must agree with it. ``data.tokenizer`` left out becomes
+    ``pretrained``. A raw spec without ``backbone.pretrained`` is returned as it is.
+
+    Returns (the filled raw spec, problems): a checkpoint whose config cannot be had (offline, not cached:
+    the problem names the model and the ways to provide it) or whose architecture the decoder cannot run,
+    and every model field that contradicts the checkpoint, naming the spec's file, line and value and the
+    checkpoint's config.json and value.
+    """
+    from specroute.model.pretrained import checkpoint_config, converter_for, local_folder
+    from specroute.store import UserError
+
+    backbone = raw.get("backbone")
+    name = backbone.get("pretrained") if isinstance(backbone, dict) else None
+    if not isinstance(name, str) or not name:
+        return raw, []
+    revision = backbone.get("revision") if isinstance(backbone.get("revision"), str) else None
+
+    def at(*path: str) -> tuple[str, int | None]:
+        return lookup(provenance, path) or (str(source), None)
+
+    try:
+        config = checkpoint_config(name, revision, source.parent)
+        fields = converter_for(config).model_fields(config)
+    except (UserError, ValueError, KeyError) as e:
+        reason = f"config.json has no key {e}" if isinstance(e, KeyError) else str(e)
+        file, line = at("backbone", "pretrained")
+        return raw, [Problem(file, "backbone.pretrained", line, f"{name}: {reason}")]
+    model = raw.get("model", {})
+    if not isinstance(model, dict):
+        return raw, []  # validation reports it
+    folder = local_folder(name, source.parent)
+    config_file = str(folder / "config.json") if folder else f"{name}'s config.json"
+    problems = []
+    for key, value in fields.items():
+        given = model.get(key)
+        if given is not None and (given != value or type(given) is not type(value)):
+            file, line = at("model", key)
+            problems.append(Problem(file, f"model.{key}", line, f"{key}={given!r} contradicts the checkpoint: "
+                                    f"{config_file} gives {key}={value!r} (backbone.pretrained: {name}); leave "
+                                    f"model.{key} out to take the checkpoint's value"))
+    filled = {**raw, "model": {**model, **fields}}
+    data = raw.get("data", {})
+    if isinstance(data, dict) and "tokenizer" not in data:
+        filled["data"] = {**data, "tokenizer": "pretrained"}
+    return filled, problems
 
 
 def _layer_problems(

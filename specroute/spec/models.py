@@ -271,8 +271,9 @@ class EmbeddedData(Strict):
     """The embedded corpus: real documentation prose shipped with Python; no network."""
 
     kind: Literal["embedded"] = Field("embedded", description="Data source tag.")
-    tokenizer: Literal["bytes"] = Field(
-        "bytes", description="UTF-8 bytes (vocab 256): no training, no download."
+    tokenizer: Literal["bytes", "pretrained"] = Field(
+        "bytes", description="bytes: UTF-8 bytes (vocab 256), no training, no download; pretrained: the "
+        "tokenizer.json of backbone.pretrained (the default when that is set)."
     )
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share held out for eval.")
 
@@ -286,7 +287,10 @@ class FinewebEduData(Strict):
     max_tokens: int = Field(
         50_000_000, ge=1000, le=MAX_DATA_TOKENS, description="Tokens to cache (train + held-out)."
     )
-    tokenizer: Literal["gpt2"] = Field("gpt2", description="GPT-2 BPE (vocab 50257).")
+    tokenizer: Literal["gpt2", "pretrained"] = Field(
+        "gpt2", description="gpt2: GPT-2 BPE (vocab 50257); pretrained: the tokenizer.json of backbone.pretrained "
+        "(the default when that is set)."
+    )
     heldout_fraction: float = Field(0.01, gt=0, lt=1, description="Share held out for eval.")
 
 
@@ -296,8 +300,9 @@ class LocalData(Strict):
     kind: Literal["local"] = Field("local", description="Data source tag.")
     paths: list[str] = Field(..., min_length=1, description="Files (relative to the spec file).")
     text_column: str = Field("text", description="Column holding the documents.")
-    tokenizer: Literal["bytes", "gpt2"] = Field(
-        "bytes", description="bytes: UTF-8 bytes (vocab 256); gpt2: GPT-2 BPE (vocab 50257)."
+    tokenizer: Literal["bytes", "gpt2", "pretrained"] = Field(
+        "bytes", description="bytes: UTF-8 bytes (vocab 256); gpt2: GPT-2 BPE (vocab 50257); pretrained: the "
+        "tokenizer.json of backbone.pretrained (the default when that is set)."
     )
     max_tokens: int | None = Field(None, ge=1000, le=MAX_DATA_TOKENS, description="Cap on tokens; null = all.")
     heldout_fraction: float = Field(0.1, gt=0, lt=1, description="Share held out for eval.")
@@ -372,6 +377,12 @@ class RunSpec(Strict):
                 raise ValueError(
                     f"{stage}.seq_len: seq_len={t.seq_len} exceeds model.context_length={m.context_length}"
                 )
+        if (self.data.tokenizer == "pretrained") != bool(self.backbone.pretrained):
+            raise ValueError(
+                f"data.tokenizer: tokenizer={self.data.tokenizer!r} with backbone.pretrained="
+                f"{self.backbone.pretrained!r}: a pretrained backbone reads text through its own tokenizer "
+                "(data.tokenizer: pretrained, the default then), and only it"
+            )
         if self.data.tokenizer == "bytes" and m.vocab_size < 256:
             raise ValueError(f"model.vocab_size: tokenizer 'bytes' needs vocab_size >= 256 (is {m.vocab_size})")
         if self.data.tokenizer == "gpt2" and m.vocab_size < 50257:

@@ -73,14 +73,38 @@ class TrainSpec(Strict):
 
 
 class BackboneSpec(Strict):
-    """Stage 1: dense pretraining of the backbone, or a checkpoint to load instead."""
+    """Stage 1: dense pretraining of the backbone, or a checkpoint to load instead (specroute's own
+    safetensors file, ``checkpoint``, or a pretrained Hugging Face model, ``pretrained``)."""
 
     checkpoint: str | None = Field(
         None, description="Path of a safetensors backbone to load; null = pretrain (cached)."
     )
-    train: TrainSpec = Field(
-        default_factory=TrainSpec, description="Stage 1 schedule (unused when a checkpoint is given)."
+    pretrained: str | None = Field(
+        None, min_length=1,
+        description="A pretrained checkpoint loaded frozen instead of pretraining (stage 1 is skipped): a local "
+        "folder (config.json, model.safetensors or pytorch_model.bin, tokenizer.json; relative to the spec file), a "
+        "Hugging Face repo id (openai-community/gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2; the hub cache, "
+        "then a download), or specroute/tiny-random-gpt2 (a tiny random GPT-2 written on the fly). The model "
+        "section comes from its config.json and the data's tokenizer from its tokenizer.json; null = none.",
     )
+    revision: str | None = Field(
+        None, min_length=1,
+        description="Hub revision (branch, tag or commit hash) of a repo id in pretrained; null = the default "
+        "branch. Every report records the commit it resolved to.",
+    )
+    train: TrainSpec = Field(
+        default_factory=TrainSpec, description="Stage 1 schedule (unused when a checkpoint is given; with one, "
+        "seq_len, batch_size and eval_batches set its held-out evaluation)."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BackboneSpec:
+        if self.checkpoint and self.pretrained:
+            raise ValueError(f"backbone.pretrained: both checkpoint={self.checkpoint!r} and pretrained="
+                             f"{self.pretrained!r} are set; keep one")
+        if self.revision and not self.pretrained:
+            raise ValueError(f"backbone.revision: revision={self.revision!r} needs backbone.pretrained (a repo id)")
+        return self
 
 
 class TrackingSpec(Strict):

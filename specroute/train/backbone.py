@@ -29,6 +29,7 @@ from specroute.data.shards import TokenData
 from specroute.spec.loader import dump_run
 from specroute.spec.models import ARCHITECTURE_DEFAULTS, RunSpec
 from specroute.locks import hold_lock
+from specroute.model.pretrained import Checkpoint, load_backbone_state, resolve_checkpoint
 from specroute.store import UserError, atomic_write_json, atomic_write_with, cache_dir, sha256_json
 from specroute.train.device import Device
 from specroute.train.progress import StudyProgress
@@ -49,7 +50,8 @@ class Backbone:
 
     ``info``: heldout_lm (nats/token), initial_lm, steps (None for a loaded checkpoint), cache_key,
     wall_s (training time; 0 when it came from the cache or a checkpoint), source
-    (``trained`` | ``cache`` | ``checkpoint``), path.
+    (``trained`` | ``cache`` | ``checkpoint`` | ``pretrained``), path; for ``pretrained``, ``checkpoint``:
+    the checkpoint's identity (source, repo_id, revision, weights file and sha256).
     """
 
     state: dict[str, Tensor]
@@ -71,7 +73,7 @@ def backbone_key(spec: RunSpec, data: TokenData) -> str:
 
 def backbone_steps_left(spec: RunSpec, data: TokenData, cache: str | Path | None) -> int:
     """Optimiser steps stage 1 still needs (0 if cached or loaded from a checkpoint)."""
-    if spec.backbone.checkpoint:
+    if spec.backbone.checkpoint or spec.backbone.pretrained:
         return 0
     folder = cache_dir(cache) / "backbones" / backbone_key(spec, data)
     if (folder / "info.json").is_file():
@@ -82,14 +84,18 @@ def backbone_steps_left(spec: RunSpec, data: TokenData, cache: str | Path | None
 def get_backbone(spec: RunSpec, data: TokenData, device: Device, cache: str | Path | None = None,
                  spec_dir: Path | None = None, progress: StudyProgress | None = None,
                  budget: StepBudget | None = None) -> Backbone:
-    """The study's backbone: loaded from ``backbone.checkpoint``, from the cache, or trained (resuming
-    an interrupted training from its last checkpoint) and cached.
+    """The study's backbone: loaded from ``backbone.checkpoint`` or ``backbone.pretrained``, from the cache,
+    or trained (resuming an interrupted training from its last checkpoint) and cached.
 
-    Raises UserError for a checkpoint path that does not exist or does not fit the model spec.
+    Raises UserError for a checkpoint path that does not exist or does not fit the model spec, a pretrained
+    checkpoint that is not here and cannot be downloaded (CheckpointUnavailable), or data whose vocabulary
+    is not the pretrained model's.
     """
     heldout = WindowSampler(data.heldout, spec.backbone.train.seq_len, "held-out")
     if spec.backbone.checkpoint:
         return _load_checkpoint(spec, spec_dir, heldout, device)
+    if spec.backbone.pretrained:
+        return _load_pretrained(spec, data, spec_dir, cache, heldout, device)
     key = backbone_key(spec, data)
     folder = cache_dir(cache) / "backbones" / key
     if (folder / "info.json").is_file():
@@ -138,6 +144,38 @@ def _train(spec: RunSpec, data: TokenData, device: Device, folder: Path, key: st
     }
     atomic_write_json(folder / "info.json", info)
     return Backbone(state, {**info, "source": "trained", "path": str(weights)})
+
+
+def checkpoint_of(spec: RunSpec, spec_dir: Path | None, cache: str | Path | None) -> Checkpoint | None:
+    """The pretrained checkpoint of ``backbone.pretrained`` on this machine (downloaded if need be), or None
+    when the spec names none. Raises CheckpointUnavailable (a UserError) when it cannot be had."""
+    if not spec.backbone.pretrained:
+        return None
+    return resolve_checkpoint(spec.backbone.pretrained, spec.backbone.revision, spec_dir, cache)
+
+
+def _load_pretrained(spec: RunSpec, data: TokenData, spec_dir: Path | None, cache: str | Path | None,
+                     heldout: WindowSampler, device: Device) -> Backbone:
+    """The frozen pretrained backbone, converted to the decoder, with its held-out LM on the study's data;
+    ``info["checkpoint"]`` is the checkpoint's identity (:meth:`Checkpoint.identity`)."""
+    checkpoint = checkpoint_of(spec, spec_dir, cache)
+    assert checkpoint is not None
+    if data.vocab_size > spec.model.vocab_size:
+        raise UserError(f"data.tokenizer: the data's vocabulary ({data.vocab_size:,} ids, tokenizer "
+                        f"{data.meta['tokenizer']}) exceeds the pretrained model's vocab_size={spec.model.vocab_size:,} "
+                        f"({checkpoint.source}); tokenize with the checkpoint's own tokenizer (data.tokenizer: "
+                        "pretrained)")
+    model = build_seeded(spec, BACKBONE_SEED, routed=False)
+    state = load_backbone_state(checkpoint, spec.model)
+    try:
+        model.load_backbone(state)
+    except RuntimeError as e:
+        raise UserError(f"backbone.pretrained: {checkpoint.source} does not fit the spec's model: {e}") from None
+    model = model.to(device.torch).eval()
+    lm = dense_heldout_lm(model, eval_batches(heldout, spec.backbone.train, device), device)
+    info = {"heldout_lm": lm, "initial_lm": None, "steps": None, "cache_key": None, "wall_s": 0.0, "lm": [],
+            "source": "pretrained", "path": str(checkpoint.folder), "checkpoint": checkpoint.identity()}
+    return Backbone({k: v.detach().cpu().clone() for k, v in model.backbone_state_dict().items()}, info)
 
 
 def _load_checkpoint(spec: RunSpec, spec_dir: Path | None, heldout: WindowSampler, device: Device) -> Backbone:

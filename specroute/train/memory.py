@@ -136,7 +136,8 @@ def estimate_study(specs: list[RunSpec], device: str, parallel: int = 1, backbon
     parallel = max(1, parallel)
     runs = run if parallel == 1 else StageMemory(f"{parallel} controller runs at once",
                                                  main + parallel * run.exact, parallel * run.activations)
-    stages = (dense, runs) if backbone and not specs[0].backbone.checkpoint else (runs,)
+    loaded = specs[0].backbone.checkpoint or specs[0].backbone.pretrained  # stage 1 trains nothing
+    stages = (dense, runs) if backbone and not loaded else (runs,)
     return MemoryEstimate(device, max(stages, key=lambda s: s.high), stages)
 
 

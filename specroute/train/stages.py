@@ -29,7 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from specroute.data.sampler import WindowSampler
-from specroute.losses import compute_losses, executed_latent, lm_loss, token_ce
+from specroute.losses import compute_losses, executed_latent, head_token_ce
 from specroute.metrics import effective_rank, latent_variance
 from specroute.model.decoder import Decoder, build_model
 from specroute.model.routing import G3Gate, LayerRouting
@@ -77,7 +77,7 @@ class DenseStage:
         model: the model to train, on ``device``. train: the stage's settings (steps, optimiser, clip).
         batches: held-out (idx_BT, targets_BT) batches for :meth:`evaluate`.
         loss_of: ``(idx_BT, targets_BT) -> LM loss`` (nats/token); default the decoder's
-            ``lm_loss(model(idx_BT).logits_BTV, targets_BT)``.
+            LM loss through its chunked head (:func:`specroute.losses.head_token_ce`).
     """
 
     def __init__(self, model: nn.Module, train: TrainSpec, device: Device,
@@ -85,7 +85,8 @@ class DenseStage:
                  loss_of: Callable[[Tensor, Tensor], Tensor] | None = None):
         self.model, self.train, self.device = model, train, device
         self.batches = batches or []
-        self.loss_of = loss_of or (lambda idx_BT, targets_BT: lm_loss(self.model(idx_BT).logits_BTV, targets_BT))
+        self.loss_of = loss_of or (lambda idx_BT, targets_BT: head_token_ce(
+            self.model, self.model(idx_BT).h_BTD, targets_BT).mean())
 
     @classmethod
     def seeded(cls, spec: RunSpec, seed: int, heldout: WindowSampler, device: Device) -> DenseStage:
@@ -116,7 +117,7 @@ def dense_heldout_lm(model: Decoder, batches: list[tuple[Tensor, Tensor]], devic
     total = 0.0
     with torch.no_grad(), device.autocast():
         for idx, targets in batches:
-            total += token_ce(model(idx).logits_BTV, targets).mean().item()
+            total += head_token_ce(model, model(idx).h_BTD, targets).mean().item()
     return total / len(batches)
 
 
@@ -210,7 +211,7 @@ class ControllerStage:
         with torch.no_grad(), self.device.autocast():
             for idx, targets in self.batches:
                 out = self.model(idx)
-                lm_batches.append(token_ce(out.logits_BTV, targets).mean().item())
+                lm_batches.append(head_token_ce(self.model, out.h_BTD, targets).mean().item())
                 for rec in out.routing:
                     full[str(rec.layer)] += rec.full_fraction
                     if rec.gate is not None:
@@ -242,7 +243,7 @@ class ControllerStage:
             lm_batches, full = [], {str(l): 0.0 for l in cal.thresholds}
             for idx, targets in self.batches:
                 out = self.model(idx, thresholds=cal.thresholds)
-                lm_batches.append(token_ce(out.logits_BTV, targets).mean().item())
+                lm_batches.append(head_token_ce(self.model, out.h_BTD, targets).mean().item())
                 for rec in out.routing:
                     full[str(rec.layer)] += rec.full_fraction
         n = len(self.batches)

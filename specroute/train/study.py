@@ -53,7 +53,7 @@ from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, chec
 from specroute.report.plots import PLOTS
 from specroute.text import plural
 from specroute.train import estimate
-from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
+from specroute.train.backbone import backbone_key, backbone_steps_left, checkpoint_of, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.memory import check_memory
 from specroute.train.distributed import SINGLE, World, join_world, main_only, on_main
@@ -321,6 +321,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                                                           len(runs)), options.yes)
     if memory_warning:
         note(f"[yellow]warning: {escape(memory_warning)}[/]")
+    # backbone.pretrained next (downloaded if need be): one that cannot be had stops the study before any folder
+    checkpoint = checkpoint_of(specs[0], resolved.source.parent, options.cache)
     with main_only(world, hold_lock(out, "the output folder")) as lock_note:
         if lock_note:
             note(f"[yellow]{escape(lock_note)}[/]")
@@ -340,7 +342,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             if any(s.data != first.data for _, _, s in runs):
                 raise UserError("arms with different data are not supported in one study")
             with TokenisingProgress(console) as tokenising:
-                data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update)
+                data = prepare_data(first.data, resolved.source.parent, options.cache, tokenising.update,
+                                    checkpoint.tokenizer_file if checkpoint else None)
             note(f"data: {data.meta['train_tokens']:,} train + {data.meta['heldout_tokens']:,} held-out tokens, "
                  f"corpus sha256 {data.meta['corpus_sha256'][:12]}, cache {escape(str(data.path))}")
             backbone_specs = {backbone_key(s, data): s for _, _, s in runs}

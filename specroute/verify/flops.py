@@ -241,7 +241,7 @@ def _measure_dense(spec: RunSpec, idx, tgt, denominator: str, seed: int) -> int:
     with CountMACs() as c:
         if denominator == "forward_only":
             with torch.no_grad():
-                model(idx)
+                model(idx).logits_BTV  # computed on demand: ask for them inside the count
         else:
             h = model.embed(idx)
             for block in model.blocks:
