@@ -107,6 +107,10 @@ def write_study_report(out: Path, resolved: Any, sha: str, inputs: dict[str, Any
     from specroute.report import write_report
     from specroute.report.summary import build_summary
 
+    results, missing = collect_runs(out, resolved.study)
+    if not results:
+        raise UserError(f"no run of the study in {out} has finished yet (missing: "
+                        f"{'; '.join(f'{a} seeds {s}' for a, s in missing.items())}); nothing to report")
     path = out / INPUTS
     if inputs is not None and not path.is_file():
         atomic_write_json(path, inputs)
@@ -117,10 +121,6 @@ def write_study_report(out: Path, resolved: Any, sha: str, inputs: dict[str, Any
             raise UserError(f"{out} holds no {INPUTS} yet (no process of this study has reached its runs): "
                             "nothing to report") from None
         recorded = inputs
-    results, missing = collect_runs(out, resolved.study)
-    if not results:
-        raise UserError(f"no run of the study in {out} has finished yet (missing: "
-                        f"{'; '.join(f'{a} seeds {s}' for a, s in missing.items())}); nothing to report")
     summary = build_summary(resolved, sha, results, recorded, sum(s["wall_s"] for s in sessions), sessions,
                             missing)
     write_report(out, summary, resolved)

@@ -64,17 +64,21 @@ class RunClaims(contextlib.ExitStack):
         super().__init__()
         self._held: dict[Path, contextlib.ExitStack] = {}
 
-    def probe(self, folders: Iterable[Path]) -> None:
+    def probe(self, folders: Iterable[Path]) -> list[str]:
         """Refuse (UserError naming the holder) when another process holds one of ``folders`` (claimed or
-        training it). Only existing folders are looked at; nothing is created or kept."""
+        training it). Only existing folders are looked at; nothing is created or kept. Returns the notes of
+        locks left there by processes that ended without releasing them (now removed)."""
+        notes = []
         for folder in folders:
             if folder.is_dir():
                 try:
-                    with hold_lock(folder, "the run folder"):
-                        pass
+                    with hold_lock(folder, "the run folder") as note:
+                        if note:
+                            notes.append(note)
                 except UserError as e:
                     raise UserError(f"{e}. Processes that share an output folder must train different runs "
                                     "(--shard i/N, or disjoint --arm / --seed)") from None
+        return notes
 
     def take(self, folders: Iterable[Path]) -> list[str]:
         """Claim ``folders`` (created if missing; removed again if still empty when released). Returns

@@ -265,12 +265,13 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting) as lock_note:
             if lock_note:
                 note(f"[yellow]{escape(lock_note)}[/]")
-            claims.probe(run_dir(out, a, s) for a, s, _ in runs)
+            taken = claims.probe(run_dir(out, a, s) for a, s, _ in runs)
             notice = prepare_out(out, sha, options.resume or options.shard is not None, options.overwrite,
                                  "--shard" if options.shard is not None else "--resume")
-            for taken in claims.take(run_dir(out, a, s) for a, s, _ in runs
-                                     if not (run_dir(out, a, s) / "result.json").is_file()):
-                note(f"[yellow]{escape(taken)}[/]")
+            taken += claims.take(run_dir(out, a, s) for a, s, _ in runs
+                                 if not (run_dir(out, a, s) / "result.json").is_file())
+            for taken_note in taken:
+                note(f"[yellow]{escape(taken_note)}[/]")
         if notice and options.shard is None:
             note(f"[yellow]{escape(notice)}[/]")
         first = runs[0][2]
