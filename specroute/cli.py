@@ -210,19 +210,21 @@ def _submit(resolved: Any, options: Any, launcher: str, partition: str | None, g
     slurm = SlurmOptions(partition=partition, gpus_per_run=gpus, time_min=parse_time(time_limit), account=account,
                          wait=wait)
     ids, summary = submit_study(resolved, options, launcher, slurm, note=console.print)
-    out = Path(options.out) if options.out else None
+    from specroute.train.study import default_out
+
+    out = Path(options.out) if options.out else default_out(resolved)
     if summary is None:
         console.print(f"job {escape(ids[0].split('_')[0])}: when its tasks end, `specroute report "
-                      f"{escape(str(out or 'OUT'))}` writes the report of every finished run")
+                      f"{escape(str(out))}` writes the report of every finished run")
         return
     console.print(f"wrote {escape(str(out))}/report.md, summary.json, plots/ ({len(ids)} task(s))")
     _fail_on_failed_runs(summary, out)
 
 
-def _fail_on_failed_runs(summary: dict, out: Path | None) -> None:
+def _fail_on_failed_runs(summary: dict, out: Path) -> None:
     from specroute.train.study import StudyResult
 
-    failed = StudyResult(out or Path("."), summary).failure_message()
+    failed = StudyResult(out, summary).failure_message()
     if failed:
         fail(failed, code=1)
 

@@ -8,7 +8,7 @@ writing (:func:`specroute.locks.hold_lock`, waiting for another writer's few sec
 
 What the report needs besides the runs is kept in the folder: ``study.json`` (the resolved study: each
 arm's run spec, labels, seeds, comparisons, roles; :func:`study_record`) and ``inputs.json`` (the data,
-backbone and environment of the first process that reached its runs:
+backbone and environment of the process that wrote the last report:
 :func:`specroute.report.summary.inputs_record`), so the report needs neither the spec file nor the cache.
 """
 
@@ -99,11 +99,11 @@ def collect_runs(out: Path, study: Any) -> tuple[dict[str, dict[int, dict[str, A
 def write_study_report(out: Path, resolved: Any, sha: str, inputs: dict[str, Any] | None,
                        sessions: list[dict[str, Any]]) -> dict[str, Any]:
     """Write ``out``'s report (summary.json, plots, report.md) from every run there; return the summary.
-    ``inputs``: this process's :func:`specroute.report.summary.inputs_record`, kept in ``inputs.json`` if
-    the folder has none yet (the folder's copy is what the report shows: every report of a shared folder
-    then says the same). The caller holds the folder's lock.
+    ``inputs``: this process's :func:`specroute.report.summary.inputs_record` (its data, backbone and
+    environment: what its report shows), kept in ``inputs.json`` for :func:`rebuild_report`; None: use
+    ``inputs.json`` (the last report's). The caller holds the folder's lock.
 
-    Raises UserError when neither ``inputs`` nor ``inputs.json`` is there (no process reached its runs)."""
+    Raises UserError when no run has finished, or ``inputs`` is None and ``inputs.json`` is unreadable."""
     from specroute.report import write_report
     from specroute.report.summary import build_summary
 
@@ -112,15 +112,15 @@ def write_study_report(out: Path, resolved: Any, sha: str, inputs: dict[str, Any
         raise UserError(f"no run of the study in {out} has finished yet (missing: "
                         f"{'; '.join(f'{a} seeds {s}' for a, s in missing.items())}); nothing to report")
     path = out / INPUTS
-    if inputs is not None and not path.is_file():
+    if inputs is not None:
         atomic_write_json(path, inputs)
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        if inputs is None:
-            raise UserError(f"{out} holds no {INPUTS} yet (no process of this study has reached its runs): "
-                            "nothing to report") from None
         recorded = inputs
+    else:
+        try:
+            recorded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise UserError(f"{out} holds no readable {INPUTS} (no process of this study has written its report "
+                            "yet): nothing to report") from None
     summary = build_summary(resolved, sha, results, recorded, sum(s["wall_s"] for s in sessions), sessions,
                             missing)
     write_report(out, summary, resolved)

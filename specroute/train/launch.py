@@ -84,7 +84,7 @@ def run_task(resolved: Any, out: str, arm: str, seed: int, cache: str | None, de
 def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions,
                  note: Any = lambda *a, **k: None) -> tuple[list[str], dict[str, Any] | None]:
     """Check ``options.out`` (as :func:`specroute.train.study.run_study` does), record the study there, and
-    submit its selected runs as one array job (``launcher``: a key of :data:`LAUNCHERS` but ``local``).
+    submit its selected unfinished runs as one array job (``launcher``: a key of :data:`LAUNCHERS` but ``local``).
 
     Returns the job ids and, when ``slurm.wait``, the summary of the report written once every task
     ended (else None). Raises UserError: submitit missing, an output folder that cannot be used, the
@@ -92,6 +92,7 @@ def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions
     """
     from specroute.locks import hold_lock
     from specroute.report.aggregate import rebuild_report, study_record
+    from specroute.train.runs import run_dir
     from specroute.train.sharing import STUDY_LOCK_WAIT_S
     from specroute.train.study import default_out, prepare_out, select_runs, spec_sha256, write_study_json
 
@@ -102,6 +103,10 @@ def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions
     with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S):
         prepare_out(out, sha, options.resume, options.overwrite)
         write_study_json(out, study_record(resolved, sha))
+    runs = [(a, s, spec) for a, s, spec in runs if not (run_dir(out, a, s) / "result.json").is_file()]
+    if not runs:
+        note(f"every selected run has finished in {out}; nothing to submit")
+        return [], rebuild_report(out)
     executor = submitit.AutoExecutor(folder=out / SLURM_DIR / "%j", cluster=LAUNCHERS[launcher])
     params: dict[str, Any] = {"name": f"specroute-{resolved.study.name}", "timeout_min": slurm.time_min,
                               "slurm_array_parallelism": len(runs)}
@@ -114,7 +119,7 @@ def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions
             for arm, seed, _ in runs]
     try:
         jobs = executor.map_array(run_task, *zip(*args))
-    except Exception as e:  # sbatch missing or refusing: its message is the user's to read
+    except Exception as e:  # noqa: BLE001 -- sbatch missing or refusing: its message is the user's to read
         raise UserError(f"submitting the array job failed: {e}") from None
     ids = [job.job_id for job in jobs]
     note(f"submitted {len(jobs)} task(s) as job {ids[0].split('_')[0] if ids else '?'} "
@@ -125,7 +130,7 @@ def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions
     for (arm, seed, _), job in zip(runs, jobs):
         try:
             job.result()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- a task's error (submitit re-raises it here) is reported, not raised
             errors.append(f"{arm} seed {seed} (task {job.job_id}): {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}")
     try:
         summary = rebuild_report(out)

@@ -12,11 +12,15 @@ holds no ``study.json`` or anything a study does not write, :func:`study_layout`
 that holds only the ``study.json`` (and ``sessions.json``) of the same spec, a start that failed before
 any run began, is continued without ``--resume``.
 
-One process writes a study at a time: the study holds the lock of its output folder
-(:func:`specroute.locks.hold_lock`) from before the folder is checked until the report is written, and
-each controller run the lock of its run folder; a second ``specroute run`` into the same folder is
-refused at once, naming the holder. A start that fails before ``study.json`` is written (bad data, a
-full or read-only disk) leaves nothing behind.
+Several processes may write one study at once (``--shard i/N``, the tasks of a SLURM array,
+:mod:`specroute.train.sharing`): the study's folder lock (:func:`specroute.locks.hold_lock`) is held only
+for seconds (checking the folder and claiming the runs, writing ``study.json``, writing the report), and
+every run is claimed by the process that will train it; a second process whose runs overlap one claimed
+or training run is refused at once, naming the holder; one of another study (another spec hash) is refused
+too. A start that fails before ``study.json`` is written (bad data, a full or read-only disk) leaves nothing
+behind. Every process writes the report of every run finished in the folder when its own runs end
+(:mod:`specroute.report.aggregate`); its controller runs go one at a time, in CPU worker processes or one
+per CUDA device (:mod:`specroute.train.parallel`).
 
 A controller run whose training diverges (non-finite loss, gradient norm or held-out LM) is recorded as
 failed (:mod:`specroute.train.runs`) while the others go on; the report is written with a "Failed runs"
@@ -255,9 +259,11 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     device = pick_device(options.device)
     cuda = parse_devices(options.devices, torch.cuda.device_count() if device.type == "cuda" else 0)
     specs = [spec for _, _, spec in runs] or [resolved.arm_spec(next(iter(study.arms)))]
-    at_once = len(cuda) if device.type == "cuda" else options.workers or auto_workers(device, specs[0], len(runs))
+    # runs at once on one device: CPU workers share its memory; CUDA devices each hold their own runs
+    per_device = (max(map(cuda.count, cuda), default=1) if device.type == "cuda"
+                  else options.workers or auto_workers(device, specs[0], len(runs)))
     # Memory first: nothing (folder, data, model) is touched for a study that cannot fit.
-    memory_warning = check_memory(specs, device.type, max(1, min(at_once, len(runs))), options.yes)
+    memory_warning = check_memory(specs, device.type, max(1, min(per_device, len(runs))), options.yes)
     if memory_warning:
         note(f"[yellow]warning: {escape(memory_warning)}[/]")
     waiting = (lambda message: note(f"[dim]{escape(message)}[/]"))
