@@ -262,6 +262,16 @@ def test_bad_launcher_options_exit_2(tmp_path, args, words):
     assert not (tmp_path / "out").exists()
 
 
+def test_slurm_where_there_is_none_exits_2_before_any_work(tmp_path):
+    import shutil
+
+    if shutil.which("srun"):
+        pytest.skip("this machine has SLURM")
+    r = cli("--launcher", "slurm", "--partition", "gpu", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache")
+    assert "--launcher slurm: no SLURM here (srun is not on the PATH)" in message(r)
+    assert not (tmp_path / "out").exists()
+
+
 def test_slurm_without_submitit_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)  # import submitit raises ImportError
     r = cli("--launcher", "slurm", "--out", tmp_path / "out", "--cache-dir", tmp_path / "cache")

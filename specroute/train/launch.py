@@ -97,6 +97,9 @@ def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions
     from specroute.train.study import default_out, prepare_out, select_runs, spec_sha256, write_study_json
 
     submitit = _submitit()
+    if launcher == "slurm" and submitit.SlurmExecutor.affinity() <= 0:
+        raise UserError("--launcher slurm: no SLURM here (srun is not on the PATH); run the command on a node of "
+                        "the cluster (e.g. its login node), or leave --launcher out to run on this machine")
     runs = select_runs(resolved, options.arms, options.seeds)
     out = Path(options.out) if options.out else default_out(resolved)
     sha = spec_sha256(resolved)
