@@ -267,7 +267,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     if memory_warning:
         note(f"[yellow]warning: {escape(memory_warning)}[/]")
     waiting = (lambda message: note(f"[dim]{escape(message)}[/]"))
-    with RunClaims() as claims, _removed_if_empty(out):
+    with _removed_if_empty(out), RunClaims() as claims:
         with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting) as lock_note:
             if lock_note:
                 note(f"[yellow]{escape(lock_note)}[/]")
