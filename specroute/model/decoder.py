@@ -7,6 +7,11 @@ Shape legend: B batch, T tokens, D width (d_model), F FFN hidden, V vocab, L lay
 
 In a controlled layer (docs/DESIGN.md, "The model") attention runs for every token; then per token the
 routed FFN step runs full or cheap (:class:`~specroute.model.routing.RoutedFFN`).
+
+Causal routing: a threshold budget is causal as it is (full iff score > 0); a top-k budget looks ahead,
+and runs causally only by a calibrated threshold per controlled layer (full iff score > tau_l,
+:mod:`specroute.train.calibration`), passed as ``thresholds``. Generation runs causally, with a KV cache
+(:class:`~specroute.model.layers.KVCache`): each new token goes through the blocks alone.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from specroute.model.layers import FFN, CausalSelfAttention
+from specroute.model.layers import FFN, CausalSelfAttention, KVCache, LayerKV
 from specroute.model.routing import G3Gate, LayerRouting, RoutedFFN
 from specroute.spec.models import RunSpec
 
 #: A forced decision for a controlled layer: a bool tensor (B, T), or True / False for every token.
 Force = Mapping[int, "Tensor | bool"]
+#: Calibrated score thresholds tau_l by controlled layer (block index): full iff score > tau_l.
+Thresholds = Mapping[int, float]
 
 
 class NonCausalRoutingError(RuntimeError):
@@ -48,13 +55,15 @@ class Block(nn.Module):
         """Whether this block's FFN step is routed."""
         return self.routed_ffn is not None
 
-    def forward(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, LayerRouting | None]:
+    def forward(self, h_BTD: Tensor, force: Tensor | bool | None = None, threshold: float | None = None,
+                kv: LayerKV | None = None) -> tuple[Tensor, LayerRouting | None]:
         """(B, T, D) -> (B, T, D) and, for a controlled block, its routing record. ``force`` overrides the
-        gate's decisions (see :meth:`RoutedFFN.decide`)."""
-        h_BTD = h_BTD + self.attn(self.ln1(h_BTD))
+        gate's decisions, ``threshold`` replaces the budget's rule by score > threshold (see
+        :meth:`RoutedFFN.decide`); ``kv``: this block's attention cache (the T tokens follow the cached ones)."""
+        h_BTD = h_BTD + self.attn(self.ln1(h_BTD), kv)
         if self.routed_ffn is None:
             return h_BTD + self.ffn(self.ln2(h_BTD)), None
-        full_BT, gate = self.routed_ffn.decide(h_BTD, force)  # score, decide
+        full_BT, gate = self.routed_ffn.decide(h_BTD, force, threshold)  # score, decide
         h_out = h_BTD + self.routed_ffn.execute(self.ln2(h_BTD), self.ffn, full_BT, gate)  # run full or cheap
         return h_out, LayerRouting(self.index, full_BT, gate, h_BTD, h_out)
 
@@ -173,22 +182,30 @@ class Decoder(nn.Module):
         self.load_state_dict(dict(state), strict=False)
 
     # -- forward -----------------------------------------------------------------------------------
-    def embed(self, idx_BT: Tensor) -> Tensor:
+    def embed(self, idx_BT: Tensor, offset: int = 0) -> Tensor:
+        """Token plus position embeddings of tokens at positions ``offset..offset+T-1``, (B, T) -> (B, T, D).
+
+        Raises ValueError if the last position is beyond the context length."""
         T = idx_BT.shape[1]
-        if T > self.spec.model.context_length:
-            raise ValueError(f"sequence of {T} tokens exceeds context_length={self.spec.model.context_length}")
-        pos = torch.arange(T, device=idx_BT.device)
+        if offset + T > self.spec.model.context_length:
+            raise ValueError(f"sequence of {offset + T} tokens exceeds "
+                             f"context_length={self.spec.model.context_length}")
+        pos = torch.arange(offset, offset + T, device=idx_BT.device)
         return self.wte(idx_BT) + self.wpe(pos)
 
     def run_blocks(
-        self, h_BTD: Tensor, start: int = 0, force: Force | None = None, all_full: bool = False
+        self, h_BTD: Tensor, start: int = 0, force: Force | None = None, all_full: bool = False,
+        thresholds: Thresholds | None = None, cache: KVCache | None = None,
     ) -> tuple[Tensor, list[LayerRouting]]:
         """Run blocks ``start..L-1``. ``force`` fixes decisions per controlled layer; ``all_full``
-        forces every controlled layer from ``start`` on to full (the off-policy continuation)."""
+        forces every controlled layer from ``start`` on to full (the off-policy continuation);
+        ``thresholds`` decides the layers it names by score > tau_l (the calibrated causal rule);
+        ``cache``: the attention cache, one :class:`LayerKV` per block (extended, not advanced)."""
         routing = []
         for block in self.blocks[start:]:
             f = True if (all_full and block.controlled) else (force or {}).get(block.index)
-            h_BTD, rec = block(h_BTD, f)
+            kv = cache.layers[block.index] if cache is not None else None
+            h_BTD, rec = block(h_BTD, f, (thresholds or {}).get(block.index), kv)
             if rec is not None:
                 routing.append(rec)
         return h_BTD, routing
@@ -196,31 +213,74 @@ class Decoder(nn.Module):
     def head(self, h_BTD: Tensor) -> Tensor:
         return self.lm_head(self.ln_f(h_BTD))
 
-    def forward(self, idx_BT: Tensor, force: Force | None = None, all_full: bool = False) -> DecoderOutput:
+    def forward(self, idx_BT: Tensor, force: Force | None = None, all_full: bool = False,
+                thresholds: Thresholds | None = None, cache: KVCache | None = None) -> DecoderOutput:
         """idx_BT: token ids (B, T) -> DecoderOutput(logits (B, T, V), routing per controlled layer).
 
-        Raises ValueError if T exceeds the context length.
+        ``thresholds``: calibrated tau_l per controlled layer, full iff score > tau_l (the causal rule of a
+        top-k gate; the layers it does not name keep the budget's rule). ``cache``: the tokens follow the
+        ``cache.offset`` tokens it holds (their positions start there); their keys and values are appended
+        and the offset advanced by T. Raises ValueError if the positions exceed the context length.
         """
-        h, routing = self.run_blocks(self.embed(idx_BT), 0, force, all_full)
+        offset = cache.offset if cache is not None else 0
+        h, routing = self.run_blocks(self.embed(idx_BT, offset), 0, force, all_full, thresholds, cache)
+        if cache is not None:
+            cache.offset += idx_BT.shape[1]
         return DecoderOutput(self.head(h), routing)
 
-    @torch.no_grad()
-    def generate(self, idx_BT: Tensor, max_new_tokens: int, temperature: float = 1.0) -> Tensor:
-        """Sample ``max_new_tokens`` tokens autoregressively, (B, T) -> (B, T + max_new_tokens).
+    def causal_thresholds(self, thresholds: Thresholds | None = None) -> Thresholds | None:
+        """The thresholds that make this model's routing causal: None for a dense model or a threshold
+        budget (its own rule, score > 0, is causal); for a top-k budget ``thresholds``, which must name
+        every controlled layer.
 
-        Raises NonCausalRoutingError for top-k budgets: their decision for token t depends on tokens
-        after t, so a model trained with them cannot be run causally without changing its decisions.
+        Raises NonCausalRoutingError for a top-k budget without calibrated thresholds: its decision for
+        token t depends on tokens after t, so it cannot run causally without changing its decisions.
         """
-        if self.routed and not self.spec.routing.budget.causal:
+        if not self.routed or self.spec.routing.budget.causal:
+            return None
+        missing = [b.index for b in self.controlled_blocks() if b.index not in (thresholds or {})]
+        if missing:
             raise NonCausalRoutingError(
                 f"routing.budget.enforcement={self.spec.routing.budget.enforcement} looks at future "
-                "tokens (top-k is not causal); generation needs enforcement=threshold"
+                "tokens (top-k is not causal); generation needs enforcement=threshold or a threshold "
+                f"calibrated per controlled layer (missing for layer(s) {missing})"
             )
+        return thresholds
+
+    @torch.no_grad()
+    def generate(self, idx_BT: Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 thresholds: Thresholds | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Sample ``max_new_tokens`` tokens autoregressively, (B, T) -> (B, T + max_new_tokens).
+
+        Routing is causal: a threshold budget's own rule, or for a top-k budget the calibrated
+        ``thresholds`` (tau_l per controlled layer). ``temperature`` 0 takes the most likely token (greedy);
+        > 0 samples from softmax(logits / temperature) with ``generator``. ``use_cache``: keep each layer's
+        attention keys and values (:class:`KVCache`), so that each new token runs through the blocks alone;
+        once the sequence outgrows the context length, the last ``context_length`` tokens are recomputed
+        each step (their positions shift), which is what ``use_cache=False`` does at every step.
+
+        Raises NonCausalRoutingError for a top-k budget without ``thresholds``
+        (:meth:`causal_thresholds`); ValueError for a negative temperature.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature}: must be >= 0 (0: greedy)")
+        thresholds = self.causal_thresholds(thresholds)
         ctx = self.spec.model.context_length
+        cache = KVCache.empty(len(self.blocks)) if use_cache else None
+        step_idx = idx_BT[:, -ctx:]  # what the next call runs: the whole prompt first
         for _ in range(max_new_tokens):
-            logits = self(idx_BT[:, -ctx:]).logits_BTV[:, -1] / max(temperature, 1e-6)
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1)
+            if cache is not None and cache.offset + step_idx.shape[1] > ctx:
+                cache = None  # outgrown: recompute the window from now on
+            if cache is None:
+                step_idx = idx_BT[:, -ctx:]
+            logits_BV = self(step_idx, thresholds=thresholds, cache=cache).logits_BTV[:, -1].float()
+            if temperature == 0:
+                nxt = logits_BV.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial(torch.softmax(logits_BV / temperature, -1), 1, generator=generator)
             idx_BT = torch.cat([idx_BT, nxt], dim=1)
+            step_idx = nxt
         return idx_BT
 
 

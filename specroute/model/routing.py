@@ -137,17 +137,21 @@ def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> G1Gate | G3Gate:
 # budget
 
 
-def decide(score_BT: Tensor, budget: BudgetSpec) -> Tensor:
+def decide(score_BT: Tensor, budget: BudgetSpec, threshold: float | None = None) -> Tensor:
     """Turn gate scores into full / cheap decisions under the budget (docs/DESIGN.md, "Budget").
 
     Args:
         score_BT: gate logits, (B, T).
+        threshold: a calibrated score threshold tau (the causal rule of a top-k gate,
+            :mod:`specroute.train.calibration`): full iff score > tau, whatever the enforcement.
     Returns:
         full_BT: bool (B, T). topk_sequence: exactly ceil(b*T) True per row; topk_batch: exactly
         ceil(b*B*T) True in all; threshold: score > 0 (causal). Ties are broken by ``torch.topk``.
     """
     B, T = score_BT.shape
     b = budget.full_fraction
+    if threshold is not None:
+        return score_BT > threshold
     if budget.enforcement == "threshold":
         return score_BT > 0
     if budget.enforcement == "topk_sequence":
@@ -203,16 +207,18 @@ class RoutedFFN(nn.Module):
         self.execution = r.execution
         self.estimator = r.estimator
 
-    def decide(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, GateOut | None]:
+    def decide(self, h_BTD: Tensor, force: Tensor | bool | None = None,
+               threshold: float | None = None) -> tuple[Tensor, GateOut | None]:
         """Score and decide. h_BTD: hidden state entering the FFN step (the gate reads it), (B, T, D);
         ``force``: decisions to use instead of the gate's (bool (B, T), or one bool for every token; with
-        a bool the gate does not run).
+        a bool the gate does not run); ``threshold``: decide by score > threshold instead of the budget's
+        rule (:func:`decide`; ignored under ``force``).
 
         Returns (full_BT: bool (B, T), the gate's output or None).
         """
         gate = self.gate(h_BTD) if force is None or isinstance(force, Tensor) else None
         if force is None:
-            full_BT = decide(gate.score_BT, self.budget)
+            full_BT = decide(gate.score_BT, self.budget, threshold)
         elif isinstance(force, Tensor):
             full_BT = force.to(torch.bool)
         else:

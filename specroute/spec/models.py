@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, computed_field, model_validator
 
-from specroute.spec.base import (MAX_DATA_TOKENS, MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB,
+from specroute.spec.base import (MAX_BATCH, MAX_DATA_TOKENS, MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB,
                                  MAX_WIDTH, Strict)
 from specroute.spec.controller import G1Spec, GateSpec, LossSpec
 from specroute.spec.training import BackboneSpec, ControllerTrainSpec
@@ -107,7 +107,19 @@ class BudgetSpec(Strict):
         0.05,
         ge=0.0,
         le=1.0,
-        description="Allowed |realised full share - b| for threshold mode once trained (verify).",
+        description="Allowed |realised full share - b| for threshold mode once trained (verify), and for a "
+        "top-k gate's calibrated threshold on its calibration data.",
+    )
+    calibration_batches: int = Field(
+        4,
+        ge=0,
+        le=MAX_BATCH,
+        description=(
+            "Top-k only: fixed training batches (train.batch_size windows each) on which each controlled "
+            "layer's causal threshold tau_l (the (1 - b) quantile of its scores, layers calibrated in order) is "
+            "fitted at every evaluation; held-out LM and full share are then also reported under the causal "
+            "rule full iff score > tau_l, and generation uses it. 0: no causal evaluation. Ignored by threshold."
+        ),
     )
 
     @computed_field  # type: ignore[prop-decorator]

@@ -54,6 +54,7 @@ from specroute.locks import hold_lock
 from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with
 from specroute.train.device import Device, deterministic, pick_device
 from specroute.train.progress import QueueProgress, StudyProgress
+from specroute.train.calibration import THRESHOLDS_FILE, thresholds_record
 from specroute.train.stages import ControllerStage, derive_seed
 from specroute.train.trainer import Diverged, MetricsSink, StepBudget, Trainer, checkpoint_step
 
@@ -63,6 +64,7 @@ FAILED = "failed"
 
 #: What a run writes into its folder (:data:`specroute.store.Layout`; what a study's ``--overwrite`` may delete).
 RUN_LAYOUT = {"metrics.jsonl": FILE, "result.json": FILE, "controller.safetensors": FILE, "spec.json": FILE,
+              "thresholds.json": FILE,
               "ckpt": {"latest": FILE, "step_[0-9][0-9][0-9][0-9][0-9][0-9]": ANY}}
 #: Seconds a run waits for another holder of its folder's lock: the worker of a killed study ends by
 #: itself within a second or so (:func:`init_worker`), a live one does not.
@@ -106,10 +108,11 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
     """The training of :func:`run_controller` (which holds the run folder's lock)."""
     result = folder / "result.json"
     heldout = WindowSampler(data.heldout, spec.train.seq_len, "held-out")
-    stage = ControllerStage.on_backbone(spec, backbone, heldout, device)
+    train_windows = WindowSampler(data.train, spec.train.seq_len, "train")
+    stage = ControllerStage.on_backbone(spec, backbone, heldout, device, train_windows)
     sink = MetricsSink(folder / "metrics.jsonl")
     name = f"{arm} seed {spec.seed}"
-    trainer = Trainer(stage, WindowSampler(data.train, spec.train.seq_len, "train"),
+    trainer = Trainer(stage, train_windows,
                       {"data": derive_seed(spec.seed, "data"), "loss": derive_seed(spec.seed, "loss")},
                       device, folder / "ckpt", sink, functools.partial(progress.update, name) if progress else None,
                       budget, name)
@@ -134,6 +137,9 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
         return summary
     controller = {k: p.detach().cpu().contiguous() for k, p in trainer.params.items()}
     atomic_write_with(folder / "controller.safetensors", lambda tmp: save_file(controller, str(tmp)))
+    causal = history["eval"][-1].get("causal")
+    if causal is not None:
+        atomic_write_json(folder / THRESHOLDS_FILE, thresholds_record(spec, causal))
     atomic_write_json(folder / "spec.json", dump_run(spec))
     atomic_write_json(result, summary)
     return summary
@@ -215,7 +221,23 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
     logged = [r["loss_grad_norm"] for r in history["train"] if r.get("loss_grad_norm")]
     if logged:
         summary["loss_grad_norm"] = _mean_term_grads(logged)
+    causal = [e.get("causal") for e in evals]
+    if causal and all(causal):
+        summary["causal"] = causal_summary(causal)
     return summary
+
+
+def causal_summary(causal: list[dict[str, Any]]) -> dict[str, Any]:
+    """A top-k run's causal evaluation (every evaluation's ``causal`` record, :meth:`ControllerStage.evaluate_causal`)
+    in the shape of the seed summary's LM metrics: ``best_lm``, ``avg_lm``, ``final_lm`` and ``lm_by_batch``
+    under the calibrated threshold rule, and at the last evaluation ``full_fraction`` (held-out share per
+    layer), ``calibration_full_fraction``, ``thresholds`` (tau per layer) and ``tokens``."""
+    values = [c["lm"] for c in causal]
+    last = causal[-1]
+    return {"best_lm": min(values), "avg_lm": statistics.fmean(values), "final_lm": values[-1],
+            "lm_by_batch": _lm_by_batch(causal, values), "full_fraction": last["full_fraction"],
+            "calibration_full_fraction": last["calibration_full_fraction"], "thresholds": last["thresholds"],
+            "tokens": last["tokens"]}
 
 
 def _mean_term_grads(logged: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:
