@@ -81,6 +81,13 @@ def run_task(resolved: Any, out: str, arm: str, seed: int, cache: str | None, de
     return json.loads((run_dir(Path(out), arm, seed) / "result.json").read_text())
 
 
+def task_error(e: BaseException) -> str:
+    """The last error line of a task's failure (submitit's message holds the task's traceback and then the
+    paths of its logs), without the exception's module path."""
+    lines = [line for line in str(e).splitlines() if re.match(r"[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b", line)]
+    return re.sub(r"^[\w.]+\.(?=\w+:)", "", lines[-1]) if lines else repr(e)
+
+
 def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions,
                  note: Any = lambda *a, **k: None) -> tuple[list[str], dict[str, Any] | None]:
     """Check ``options.out`` (as :func:`specroute.train.study.run_study` does), record the study there, and
@@ -110,7 +117,7 @@ def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions
     if not runs:
         note(f"every selected run has finished in {out}; nothing to submit")
         return [], rebuild_report(out)
-    executor = submitit.AutoExecutor(folder=out / SLURM_DIR / "%j", cluster=LAUNCHERS[launcher])
+    executor = submitit.AutoExecutor(folder=out / SLURM_DIR, cluster=LAUNCHERS[launcher])
     params: dict[str, Any] = {"name": f"specroute-{resolved.study.name}", "timeout_min": slurm.time_min,
                               "slurm_array_parallelism": len(runs)}
     if launcher == "slurm":
@@ -134,7 +141,7 @@ def submit_study(resolved: Any, options: Any, launcher: str, slurm: SlurmOptions
         try:
             job.result()
         except Exception as e:  # noqa: BLE001 -- a task's error (submitit re-raises it here) is reported, not raised
-            errors.append(f"{arm} seed {seed} (task {job.job_id}): {str(e).strip().splitlines()[-1] if str(e).strip() else e!r}")
+            errors.append(f"{arm} seed {seed} (task {job.job_id}): {task_error(e)}")
     try:
         summary = rebuild_report(out)
     except UserError:

@@ -28,8 +28,9 @@ from specroute.locks import hold_lock
 from specroute.store import UserError
 
 #: Seconds a process waits for another's short hold of the study's folder lock (checking the folder,
-#: writing study.json or the report: seconds), before it is refused naming the holder.
-STUDY_LOCK_WAIT_S = 60.0
+#: writing study.json or the report: seconds each, but many processes may queue for it on a loaded
+#: machine), before it is refused naming the holder.
+STUDY_LOCK_WAIT_S = 600.0
 
 R = TypeVar("R")
 
