@@ -153,6 +153,8 @@ def run(
     device: DeviceOpt = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default $SPECROUTE_CACHE or ~/.cache/specroute).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Controller runs at once on a CPU (default: one per core for small models).")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log every metric to TensorBoard under DIR/<study>/<arm>/seed<k> (extra: tracking).")] = None,
+    wandb: Annotated[Optional[str], typer.Option("--wandb", help="Also log every metric to Weights & Biases: offline | online | off (extra: tracking); default: train.tracking.wandb.")] = None,
     devices: Annotated[str, typer.Option("--devices", help="CUDA devices, one run on each at once: auto (every visible one) or a list such as 0,2 (0,0: two runs on device 0).")] = "auto",
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only the i-th of N shares of the runs (i/N, e.g. 0/2), joining the study in --out that other shards write too.")] = None,
     launcher: Annotated[str, typer.Option("--launcher", help="local (this machine) or slurm (one array job through submitit; pip install 'specroute[slurm]').")] = "local",
@@ -162,7 +164,8 @@ def run(
     account: Annotated[Optional[str], typer.Option("--account", help="SLURM account to charge (--launcher slurm).")] = None,
     no_wait: Annotated[bool, typer.Option("--no-wait", help="With --launcher slurm: submit and return; `specroute report OUT` later.")] = False,
 ):
-    """Run a study (backbone, every arm x seed) and write its report."""
+    """Run a study (backbone, every arm x seed) and write its report. Data parallel over K processes:
+    ``torchrun --nproc_per_node=K -m specroute run SPEC ...``."""
     _passive_threads()
     from specroute.train import Interrupted, StudyOptions, run_study
     from specroute.train.launch import LAUNCHERS
@@ -170,6 +173,8 @@ def run(
 
     if resume and overwrite:
         fail("--resume and --overwrite exclude each other")
+    if wandb not in (None, "off", "offline", "online"):
+        fail(f"--wandb {wandb}: use offline, online or off")
     if launcher not in LAUNCHERS:
         fail(f"--launcher {launcher!r}: use local or slurm")
     if launcher != "local" and shard is not None:
@@ -177,6 +182,7 @@ def run(
     resolved = load_study(spec, profile, set_ or [])
     options = StudyOptions(out=out, resume=resume, overwrite=overwrite, arms=list(arm or []),
                            seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers,
+                           tensorboard=tensorboard, wandb=wandb,
                            shard=parse_shard(shard) if shard is not None else None, devices=devices)
     if launcher != "local":
         _submit(resolved, options, launcher, partition, gpus_per_run, time_limit, account, not no_wait)
@@ -191,6 +197,10 @@ def run(
     except (Interrupted, KeyboardInterrupt):
         err_console.print(f"interrupted; {_how_to_continue(resolved, options)}")
         raise typer.Exit(130) from None
+    from specroute.train.distributed import main_process
+
+    if not main_process():  # under torchrun the main process reports
+        return
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
     missing = result.summary.get("missing") or {}
     if missing:

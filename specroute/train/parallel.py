@@ -33,8 +33,10 @@ from specroute.flops.analytic import count_params
 from specroute.spec.models import RunSpec
 from specroute.store import UserError
 from specroute.train.device import Device
+from specroute.train.distributed import SINGLE, World
 from specroute.train.progress import StudyProgress
 from specroute.train.runs import init_worker, is_failed, run_controller, run_in_worker
+from specroute.train.tracking import TrackingFlags
 from specroute.train.trainer import StepBudget
 
 #: Above this many parameters controller runs go one at a time by default on a CPU (memory per worker).
@@ -114,12 +116,13 @@ class Slots:
 
 
 def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_indices: Sequence[int | None],
-                 progress: StudyProgress,
-                 on_start: Callable[[Job], None] = lambda job: None) -> Iterator[tuple[Job, dict[str, Any]]]:
+                 progress: StudyProgress, on_start: Callable[[Job], None] = lambda job: None,
+                 tracking: TrackingFlags | None = None) -> Iterator[tuple[Job, dict[str, Any]]]:
     """Run controller jobs in one worker process per slot; yield (job, result) as each run ends.
 
     ``cuda_indices``: per slot, the CUDA device its worker is pinned to (None for CPU workers, which split
-    the cores between them). ``on_start`` is called with each job just before it goes to its worker."""
+    the cores between them). ``on_start`` is called with each job just before it goes to its worker;
+    ``tracking``: the study's tracking flags (:class:`specroute.train.tracking.TrackingFlags`)."""
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     slots = Slots([f"cuda:{i}" if i is not None else "cpu" for i in cuda_indices])
@@ -137,7 +140,7 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
                 on_start(job)
                 running[slot] = pools[slot].apply_async(
                     run_in_worker, (job.arm, job.spec, str(data_path), job.backbone, str(job.folder), at_once,
-                                    device.type))
+                                    tracking, device.type))
             done = [slot for slot, res in running.items() if res.ready()]
             progress.drain(q)
             if not done:
@@ -161,11 +164,13 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
 
 def run_controllers(jobs: list[Job], data: Any, device: Device, workers: int | None,
                     cuda_indices: Sequence[int], progress: StudyProgress, budget: StepBudget,
-                    on_start: Callable[[Job], None] = lambda job: None,
-                    one_at_a_time: bool = False) -> dict[str, dict[int, dict[str, Any]]]:
+                    on_start: Callable[[Job], None] = lambda job: None, one_at_a_time: bool = False,
+                    world: World = SINGLE, tracking: TrackingFlags | None = None) -> dict[str, dict[int, dict[str, Any]]]:
     """Every controller run, in this process or in worker processes (CPU: ``workers``, None for
     :func:`auto_workers`; CUDA: one per entry of ``cuda_indices``); {arm: {seed: result}}.
-    ``one_at_a_time`` (a step budget: tests) keeps every run in this process. ``on_start`` is called with each job before it
+    ``one_at_a_time`` (a step budget: tests) keeps every run in this process, and so does data parallel
+    (``world``: every process trains each run together, :mod:`specroute.train.distributed`). ``tracking``:
+    the study's tracking flags. ``on_start`` is called with each job before it
     starts (the study hands the run folder's lock over to whoever trains it)."""
     done_before = {j.folder: (j.folder / "result.json").is_file() for j in jobs}
     finished = [j for j in jobs if done_before[j.folder]]
@@ -175,13 +180,13 @@ def run_controllers(jobs: list[Job], data: Any, device: Device, workers: int | N
     else:
         slots = [None] * (workers or auto_workers(device, jobs[0].spec, len(todo)))
     done: Iterator[tuple[Job, dict[str, Any]]]
-    if len(slots) > 1 and len(todo) > 1 and not one_at_a_time:
+    if len(slots) > 1 and len(todo) > 1 and not one_at_a_time and world.size == 1:
         done = itertools.chain(((j, json.loads((j.folder / "result.json").read_text())) for j in finished),
-                               run_parallel(todo, data.path, device, slots, progress, on_start))
+                               run_parallel(todo, data.path, device, slots, progress, on_start, tracking))
     else:
         if device.type == "cuda" and slots[0] is not None:
             torch.cuda.set_device(slots[0])
-        done = ((j, _in_process(j, data, device, progress, budget, on_start)) for j in jobs)
+        done = ((j, _in_process(j, data, device, progress, budget, on_start, world, tracking)) for j in jobs)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for job, res in done:
         results.setdefault(job.arm, {})[job.seed] = res
@@ -194,10 +199,11 @@ def run_controllers(jobs: list[Job], data: Any, device: Device, workers: int | N
 
 
 def _in_process(job: Job, data: Any, device: Device, progress: StudyProgress, budget: StepBudget,
-                on_start: Callable[[Job], None]) -> dict[str, Any]:
+                on_start: Callable[[Job], None], world: World, tracking: TrackingFlags | None) -> dict[str, Any]:
     if not (job.folder / "result.json").is_file():
         on_start(job)
-    return run_controller(job.arm, job.spec, data, job.backbone, device, job.folder, progress, budget)
+    return run_controller(job.arm, job.spec, data, job.backbone, device, job.folder, progress, budget,
+                          world=world, tracking=tracking)
 
 
 @contextlib.contextmanager

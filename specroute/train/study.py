@@ -57,6 +57,8 @@ from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.memory import check_memory
+from specroute.train.distributed import join_world, main_only, on_main
+from specroute.train.tracking import TrackingFlags, check_available
 from specroute.train.progress import StudyProgress, TokenisingProgress
 from specroute.train.parallel import Job, auto_workers, parse_devices, run_controllers
 from specroute.train.runs import RUN_LAYOUT, RUN_LOCK_WAIT_S, run_dir, run_steps_left
@@ -92,7 +94,8 @@ class StudyOptions:
     process died) after that many optimiser steps in total; for interruption tests. ``shard``: (i, N), run
     only the i-th of N shares of the selected runs (:func:`specroute.train.sharing.shard_runs`), joining the
     study in ``out``. ``devices``: the CUDA devices, one run on each at once
-    (:func:`specroute.train.parallel.parse_devices`; ignored on a CPU when ``auto``).
+    (:func:`specroute.train.parallel.parse_devices`; ignored on a CPU when ``auto``). ``tensorboard`` /
+    ``wandb``: tracking over the spec's ``train.tracking`` (:class:`specroute.train.tracking.TrackingFlags`).
     """
 
     out: Path | None = None
@@ -105,6 +108,8 @@ class StudyOptions:
     yes: bool = False
     workers: int | None = None
     max_steps_this_session: int | None = None
+    tensorboard: Path | None = None
+    wandb: str | None = None
     shard: tuple[int, int] | None = None
     devices: str = "auto"
 
@@ -255,10 +260,16 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                             f"has {plural(len(resolved.runs()), 'run')}); use fewer shards")
     out = Path(options.out) if options.out else default_out(resolved)
     sha = spec_sha256(resolved)
-    note = console.print if console else (lambda *a, **k: None)
     device = pick_device(options.device)
-    cuda = parse_devices(options.devices, torch.cuda.device_count() if device.type == "cuda" else 0)
+    world = join_world(device.type)  # several processes under torchrun: one data-parallel run
+    if not world.is_main:
+        console = None  # the main process shows the progress
+    note = console.print if console else (lambda *a, **k: None)
+    cuda = ([] if world.size > 1 else  # data parallel: torchrun placed each process on its device
+            parse_devices(options.devices, torch.cuda.device_count() if device.type == "cuda" else 0))
     specs = [spec for _, _, spec in runs] or [resolved.arm_spec(next(iter(study.arms)))]
+    tracking = TrackingFlags(study.name, out, options.tensorboard, options.wandb)
+    check_available(tracking, [s.train.tracking for s in specs])
     # runs at once on one device: CPU workers share its memory; CUDA devices each hold their own runs
     per_device = (max(map(cuda.count, cuda), default=1) if device.type == "cuda"
                   else options.workers or auto_workers(device, specs[0], len(runs)))
@@ -267,17 +278,22 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     if memory_warning:
         note(f"[yellow]warning: {escape(memory_warning)}[/]")
     waiting = (lambda message: note(f"[dim]{escape(message)}[/]"))
+    def claim() -> str | None:  # the main process checks the folder and claims the runs (the others wait)
+        taken = claims.probe(run_dir(out, a, s) for a, s, _ in runs)
+        notice = prepare_out(out, sha, options.resume or options.shard is not None, options.overwrite,
+                             "--shard" if options.shard is not None else "--resume")
+        taken += claims.take(run_dir(out, a, s) for a, s, _ in runs
+                             if not (run_dir(out, a, s) / "result.json").is_file())
+        for taken_note in taken:
+            note(f"[yellow]{escape(taken_note)}[/]")
+        return notice
+
     with _removed_if_empty(out), RunClaims() as claims:
-        with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting) as lock_note:
+        with main_only(world, hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting)) as lock_note:
             if lock_note:
                 note(f"[yellow]{escape(lock_note)}[/]")
-            taken = claims.probe(run_dir(out, a, s) for a, s, _ in runs)
-            notice = prepare_out(out, sha, options.resume or options.shard is not None, options.overwrite,
-                                 "--shard" if options.shard is not None else "--resume")
-            taken += claims.take(run_dir(out, a, s) for a, s, _ in runs
-                                 if not (run_dir(out, a, s) / "result.json").is_file())
-            for taken_note in taken:
-                note(f"[yellow]{escape(taken_note)}[/]")
+            notice = on_main(world, claim)
+        world.barrier()
         if notice and options.shard is None:
             note(f"[yellow]{escape(notice)}[/]")
         first = runs[0][2]
@@ -300,16 +316,20 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
             runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
             note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate))
-            with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting):
-                write_study_json(out, study_record(resolved, sha))
+            with main_only(world, hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting)):
+                on_main(world, lambda: write_study_json(out, study_record(resolved, sha)))
             budget = StepBudget(options.max_steps_this_session)
             with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress, \
-                    interrupted_session(out, t_start, lock=True):
+                    main_only(world, interrupted_session(out, t_start, lock=True)):
                 backbones = {}
                 for key, spec in backbone_specs.items():
                     try:
+                        if not world.is_main:  # the main process trains (or loads) it into the cache first
+                            world.barrier()
                         backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
                                                       progress, budget)
+                        if world.is_main:
+                            world.barrier()
                     except Diverged as e:
                         raise UserError(f"{e}. The study stops: every controller run needs the trained backbone; "
                                         "a smaller backbone.train.optimizer.lr_peak or a backbone.train.grad_clip "
@@ -321,14 +341,19 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                         for arm, seed, spec in runs]
                 run_controllers(jobs, data, device, options.workers, cuda, progress, budget,
                                 on_start=lambda job: claims.release(job.folder),
-                                one_at_a_time=options.max_steps_this_session is not None)
+                                one_at_a_time=options.max_steps_this_session is not None, world=world,
+                                tracking=tracking)
         inputs = inputs_record(data, next(iter(backbones.values())), environment(device))
-    import_matplotlib()  # seconds on a busy machine: before the lock, not under it
-    with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting):
-        sessions = with_session(out, t_start, "complete")
-        with interrupted_session(out, t_start):  # a report that cannot be written (disk full) is a failed session
-            summary = write_study_report(out, resolved, sha, inputs, sessions)
-        write_sessions(out, sessions)
+    if world.is_main:
+        import_matplotlib()  # seconds on a busy machine: before the lock, not under it
+        with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting):
+            sessions = with_session(out, t_start, "complete")
+            with interrupted_session(out, t_start):  # a report that cannot be written (disk full) is a failed session
+                summary = write_study_report(out, resolved, sha, inputs, sessions)
+            write_sessions(out, sessions)
+    world.barrier()
+    if not world.is_main:
+        summary = json.loads((out / "summary.json").read_text())
     note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
 
