@@ -152,23 +152,41 @@ def run(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before a paper-profile run without a GPU; run a study that may not fit in memory.")] = False,
     device: DeviceOpt = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default $SPECROUTE_CACHE or ~/.cache/specroute).")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Controller runs at once (default: one per CPU core for small models on CPU, else 1).")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Controller runs at once on a CPU (default: one per core for small models).")] = None,
     tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log every metric to TensorBoard under DIR/<study>/<arm>/seed<k> (extra: tracking).")] = None,
     wandb: Annotated[Optional[str], typer.Option("--wandb", help="Also log every metric to Weights & Biases: offline | online | off (extra: tracking); default: train.tracking.wandb.")] = None,
+    devices: Annotated[str, typer.Option("--devices", help="CUDA devices, one run on each at once: auto (every visible one) or a list such as 0,2 (0,0: two runs on device 0).")] = "auto",
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Run only the i-th of N shares of the runs (i/N, e.g. 0/2), joining the study in --out that other shards write too.")] = None,
+    launcher: Annotated[str, typer.Option("--launcher", help="local (this machine) or slurm (one array job through submitit; pip install 'specroute[slurm]').")] = "local",
+    partition: Annotated[Optional[str], typer.Option("--partition", help="SLURM partition (--launcher slurm).")] = None,
+    gpus_per_run: Annotated[int, typer.Option("--gpus-per-run", min=0, help="GPUs of each SLURM task (--launcher slurm).")] = 1,
+    time_limit: Annotated[str, typer.Option("--time", help="Time limit of each SLURM task: minutes or HH:MM:SS (--launcher slurm).")] = "4:00:00",
+    account: Annotated[Optional[str], typer.Option("--account", help="SLURM account to charge (--launcher slurm).")] = None,
+    no_wait: Annotated[bool, typer.Option("--no-wait", help="With --launcher slurm: submit and return; `specroute report OUT` later.")] = False,
 ):
     """Run a study (backbone, every arm x seed) and write its report. Data parallel over K processes:
     ``torchrun --nproc_per_node=K -m specroute run SPEC ...``."""
     _passive_threads()
     from specroute.train import Interrupted, StudyOptions, run_study
+    from specroute.train.launch import LAUNCHERS
+    from specroute.train.sharing import parse_shard
 
     if resume and overwrite:
         fail("--resume and --overwrite exclude each other")
     if wandb not in (None, "off", "offline", "online"):
         fail(f"--wandb {wandb}: use offline, online or off")
+    if launcher not in LAUNCHERS:
+        fail(f"--launcher {launcher!r}: use local or slurm")
+    if launcher != "local" and shard is not None:
+        fail("--shard and --launcher slurm exclude each other: the array job already runs every run as its own task")
     resolved = load_study(spec, profile, set_ or [])
     options = StudyOptions(out=out, resume=resume, overwrite=overwrite, arms=list(arm or []),
                            seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers,
-                           tensorboard=tensorboard, wandb=wandb)
+                           tensorboard=tensorboard, wandb=wandb,
+                           shard=parse_shard(shard) if shard is not None else None, devices=devices)
+    if launcher != "local":
+        _submit(resolved, options, launcher, partition, gpus_per_run, time_limit, account, not no_wait)
+        return
     confirm = (lambda q: typer.confirm(q, default=False)) if sys.stdin.isatty() else None
     try:
         with _sigterm_as_interrupt():
@@ -184,9 +202,59 @@ def run(
     if not main_process():  # under torchrun the main process reports
         return
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
+    missing = result.summary.get("missing") or {}
+    if missing:
+        console.print(f"the report covers the runs finished so far; missing: "
+                      + "; ".join(f"{escape(a)} seeds {', '.join(map(str, s))}" for a, s in missing.items())
+                      + f" (`specroute report {escape(str(result.out))}` once they end)")
     failed = result.failure_message()
     if failed:
         fail(failed, code=1)
+
+
+def _submit(resolved: Any, options: Any, launcher: str, partition: str | None, gpus: int, time_limit: str,
+            account: str | None, wait: bool) -> None:
+    """``run --launcher slurm``: submit the array job (:func:`specroute.train.launch.submit_study`)."""
+    from specroute.train.launch import SlurmOptions, parse_time, submit_study
+
+    slurm = SlurmOptions(partition=partition, gpus_per_run=gpus, time_min=parse_time(time_limit), account=account,
+                         wait=wait)
+    ids, summary = submit_study(resolved, options, launcher, slurm, note=console.print)
+    from specroute.train.study import default_out
+
+    out = Path(options.out) if options.out else default_out(resolved)
+    if summary is None:
+        console.print(f"job {escape(ids[0].split('_')[0])}: when its tasks end, `specroute report "
+                      f"{escape(str(out))}` writes the report of every finished run")
+        return
+    console.print(f"wrote {escape(str(out))}/report.md, summary.json, plots/ ({len(ids)} task(s))")
+    _fail_on_failed_runs(summary, out)
+
+
+def _fail_on_failed_runs(summary: dict, out: Path) -> None:
+    from specroute.train.study import StudyResult
+
+    failed = StudyResult(out, summary).failure_message()
+    if failed:
+        fail(failed, code=1)
+
+
+@command
+def report(
+    out: Annotated[Path, typer.Argument(help="A study's output folder (the --out of `specroute run`).")],
+):
+    """Rewrite a study folder's report.md, summary.json and plots from the runs finished there; list the
+    missing ones (e.g. after `--shard` processes or a SLURM array)."""
+    from specroute.report.aggregate import rebuild_report
+
+    summary = rebuild_report(out)
+    missing = summary.get("missing") or {}
+    done = sum(len(a["seeds"]) for a in summary["arms"].values())
+    console.print(f"wrote {escape(str(out))}/report.md, summary.json, plots/ from {done} finished run(s)")
+    if missing:
+        console.print("[yellow]missing:[/] " + "; ".join(f"{escape(a)} seed{'s' if len(s) > 1 else ''} "
+                                                         f"{', '.join(map(str, s))}" for a, s in missing.items()))
+    _fail_on_failed_runs(summary, out)
 
 
 def _how_to_continue(resolved: Any, options: Any) -> str:

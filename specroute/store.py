@@ -297,11 +297,26 @@ def foreign_entries(folder: Path, layout: Layout, prefix: str = "") -> list[str]
     return foreign
 
 
+def only_locks(path: Path) -> bool:
+    """Whether ``path`` is a lock file (:data:`LOCK_NAME`) or a folder (not a link) that holds nothing but
+    lock files and such folders (what a process that has claimed runs but not started them leaves)."""
+    if path.name == LOCK_NAME:
+        return True
+    return path.is_dir() and not path.is_symlink() and all(only_locks(p) for p in path.iterdir())
+
+
+def listed_entries(out: Path) -> list[str]:
+    """The names in the folder ``out`` (sorted; empty when it is absent) that count as its content: lock
+    files and folders holding only locks (:func:`only_locks`) do not."""
+    return sorted(p.name for p in out.iterdir() if not only_locks(p)) if out.is_dir() else []
+
+
 def check_out_dir(out: Path, owned: Layout | Collection[str], what: str, overwrite: bool,
                   resume: bool | None = None, marker: str | None = None) -> list[str]:
     """The one rule for a command's output folder: nothing already written is lost unless asked.
 
-    ``out`` may be absent or empty (the lock file, :data:`LOCK_NAME`, does not count). A non-empty one is
+    ``out`` may be absent or empty (lock files, :data:`LOCK_NAME`, and folders holding only them do not
+    count: :func:`listed_entries`). A non-empty one is
     used only with ``overwrite`` (replace the result there: refused when ``out`` does not hold ``marker``,
     the file that shows a result is there, or holds anything outside ``owned``, the files its writer
     produces, so nothing else is ever deleted) or ``resume`` (continue it; the caller checks that it is its
@@ -322,7 +337,7 @@ def check_out_dir(out: Path, owned: Layout | Collection[str], what: str, overwri
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder; choose another --out")
     with writing(out, "read the folder"):
-        entries = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+        entries = listed_entries(out)
     if not entries or resume:
         return entries
     if not overwrite:

@@ -112,9 +112,10 @@ def lone(tmp_path_factory):
 # the lock
 
 
-def test_a_second_process_is_refused_at_once_naming_the_holder(tmp_path, holder):
+def test_a_second_process_is_refused_at_once_naming_the_holder(tmp_path, holder, monkeypatch):
     out = tmp_path / "out"
     h = holder(out)
+    monkeypatch.setattr(study_module, "STUDY_LOCK_WAIT_S", 0.3)  # a study's own holds last seconds: it waits
     record = json.loads((out / LOCK_NAME).read_text())
     assert record["pid"] == h.pid and record["host"] == os.uname().nodename
     for extra in ([], ["--resume"], ["--overwrite"]):

@@ -65,6 +65,22 @@ def failed_section(summary: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def missing_section(summary: dict[str, Any]) -> list[str]:
+    """The "Missing runs" section (empty when every run of the study has a result): the runs that have not
+    finished in this folder yet (other shards or array tasks still running, or never started)."""
+    missing = summary.get("missing") or {}
+    if not missing:
+        return []
+    n = sum(len(seeds) for seeds in missing.values())
+    lines = ["## Missing runs", "",
+             (f"{plural(n, 'run')} of the study had no result when this report was written (another process "
+              "sharing this folder may still be training them); every mean, comparison and claim below rests on "
+              "the runs that had. `specroute report` on this folder rewrites the report from the runs finished "
+              "by then."), ""]
+    lines += md_table(("arm", "seeds"), [(arm, ", ".join(str(s) for s in seeds)) for arm, seeds in missing.items()])
+    return [*lines, ""]
+
+
 def diagnostics_section(arms: dict[str, Any]) -> list[str]:
     """The "Gate score scale and action dependence" table (empty for a summary without gate diagnostics):
     per arm and controlled layer, means over seeds of the score's std over tokens and G3's
@@ -251,6 +267,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         + (f"; {bb['initial_lm']:.3f} before training" if bb.get("initial_lm") is not None else "") + ")."
     )
     lines += ["", *failed_section(summary)] if n_failed else []
+    lines += ["", *missing_section(summary)] if summary.get("missing") else []
     lines += ["", "## Results per arm", "",
               "Mean ± standard deviation over seeds (ddof 1). LM losses are held-out nats/token; "
               "`full` is the realised full fraction (mean over controlled layers, train).", ""]

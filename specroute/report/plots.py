@@ -29,6 +29,11 @@ TERM_COLOURS = {**{t: f"C{i}" for i, t in enumerate(LOSS_TERMS)}, "total": "k"}
 GROUP_STYLES = {"gate": "-", "cheap_ffn": "--", "backbone": ":"}
 
 
+def import_matplotlib() -> None:
+    """Import matplotlib now (seconds on a busy machine), e.g. before taking a lock to write the plots."""
+    _plt()
+
+
 def _plt():
     import matplotlib
 

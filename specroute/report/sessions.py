@@ -51,14 +51,20 @@ def record_session(out: Path, t_start: float, ended: str) -> list[dict[str, Any]
 
 
 @contextlib.contextmanager
-def interrupted_session(out: Path, t_start: float) -> Iterator[None]:
+def interrupted_session(out: Path, t_start: float, lock: bool = False) -> Iterator[None]:
     """Record the session as interrupted (Ctrl-C, SIGTERM, a step budget) or failed if the block raises;
-    the exception propagates. A session that completes is recorded by :func:`write_sessions`."""
+    the exception propagates. A session that completes is recorded by :func:`write_sessions`. ``lock``:
+    take ``out``'s lock for the write (other processes of the study may write it too; a caller that holds
+    it already passes False)."""
+    from specroute.locks import hold_lock
+    from specroute.train.sharing import STUDY_LOCK_WAIT_S
     from specroute.train.trainer import Interrupted
 
     try:
         yield
     except BaseException as e:
-        with contextlib.suppress(OSError, UserError):  # e.g. the full disk that stopped the session
-            record_session(out, t_start, "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed")
+        ended = "interrupted" if isinstance(e, (KeyboardInterrupt, Interrupted)) else "failed"
+        held = hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S) if lock else contextlib.nullcontext()
+        with contextlib.suppress(OSError, UserError), held:  # e.g. the full disk that stopped the session
+            record_session(out, t_start, ended)
         raise

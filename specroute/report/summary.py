@@ -36,7 +36,8 @@ Layout (a contract: the claims evaluator reads it)::
      "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
      "comparisons": [{"id", "claim", "better", "worse", "metric", "n", "wins", "ties", "losses",
                       "mean_diff", "interval", "p_sign", "per_seed": [...]}],
-     "wall_s" (total over sessions), "sessions": [{"started", "wall_s", "ended"}, ...]}
+     "wall_s" (total over sessions), "sessions": [{"started", "wall_s", "ended"}, ...],
+     "missing": {ARM: [seed, ...]} (the study's runs with no result yet: a shard's report before the others end)}
 
 A failed run (its training diverged: :mod:`specroute.train.runs`) is kept out of its arm's ``seeds`` and
 in ``failed`` instead, so every mean, comparison and claim rests on the finished seeds only (``n`` of
@@ -66,7 +67,6 @@ import statistics
 from typing import Any, NamedTuple
 
 from specroute.claims.stats import paired, paired_evaluations
-from specroute.spec.loader import Resolved
 from specroute.spec.models import RunSpec
 from specroute.train.runs import is_failed
 
@@ -203,12 +203,31 @@ def _term_grad_spread(per_seed: list[dict[str, dict[str, float | None]]]) -> dic
     return out
 
 
-def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, int, RunSpec]],
-                  results: dict[str, dict[int, dict[str, Any]]], data: Any, backbone: Any,
-                  environment: dict[str, Any], wall_s: float,
-                  sessions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The summary of a study (see the module docstring for the layout). ``wall_s``: the study's total wall
-    time (seconds, summed over ``sessions``, :mod:`specroute.report.sessions`)."""
+def inputs_record(data: Any, backbone: Any, environment: dict[str, Any]) -> dict[str, Any]:
+    """What a summary says of a study's data (a :class:`specroute.data.shards.TokenData`), backbone (a
+    :class:`specroute.train.backbone.Backbone`) and environment: its ``data``, ``backbone`` and
+    ``environment`` entries (the input of :func:`build_summary`; the study folder keeps it in
+    ``inputs.json``)."""
+    info = backbone.info
+    return {
+        "data": {**data.summary(), "documents": data.meta.get("documents"), "cache_key": data.meta.get("cache_key")},
+        "backbone": {"heldout_lm": info["heldout_lm"], "steps": info["steps"], "cache_key": info["cache_key"],
+                     "wall_s": info["wall_s"], "initial_lm": info.get("initial_lm"), "source": info["source"],
+                     "wall_s_trained": info.get("wall_s_trained", info["wall_s"]),
+                     "checkpoint": info.get("checkpoint")},
+        "environment": environment,
+    }
+
+
+def build_summary(resolved: Any, spec_sha256: str, results: dict[str, dict[int, dict[str, Any]]],
+                  inputs: dict[str, Any], wall_s: float, sessions: list[dict[str, Any]] | None = None,
+                  missing: dict[str, list[int]] | None = None) -> dict[str, Any]:
+    """The summary of a study (see the module docstring for the layout). ``resolved``: the study (a
+    :class:`specroute.spec.Resolved`, or what a study folder recorded of it,
+    :class:`specroute.report.aggregate.RecordedStudy`); ``results``: {arm: {seed: run result}} of the finished
+    and failed runs; ``inputs``: :func:`inputs_record`; ``wall_s``: the study's total wall time (seconds,
+    summed over ``sessions``, :mod:`specroute.report.sessions`); ``missing``: {arm: [seed]} of the study's runs
+    with no result yet."""
     study = resolved.study
     arms, failed = {}, {}
     for arm in study.arms:
@@ -227,18 +246,14 @@ def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, in
         for metric in (*LM_METRICS, *(("threshold_hits",) if thresholds else ())):
             stats = paired(partial, c.better, c.worse, metric).as_dict()
             comparisons.append({"id": c.id, "claim": c.claim, **stats})
-    info = backbone.info
     return {
         "study": study.name,
         "profile": study.profile,
         "description": study.description,
         "spec_sha256": spec_sha256,
-        "environment": environment,
-        "data": {**data.summary(), "documents": data.meta.get("documents"), "cache_key": data.meta.get("cache_key")},
-        "backbone": {"heldout_lm": info["heldout_lm"], "steps": info["steps"], "cache_key": info["cache_key"],
-                     "wall_s": info["wall_s"], "initial_lm": info.get("initial_lm"), "source": info["source"],
-                     "wall_s_trained": info.get("wall_s_trained", info["wall_s"]),
-                     "checkpoint": info.get("checkpoint")},
+        "environment": inputs["environment"],
+        "data": inputs["data"],
+        "backbone": inputs["backbone"],
         "arms": arms,
         "failed": failed,
         "roles": study.roles.declared(),
@@ -246,4 +261,5 @@ def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, in
         "comparisons": comparisons,
         "wall_s": wall_s,
         "sessions": list(sessions or []),
+        "missing": {arm: list(seeds) for arm, seeds in (missing or {}).items() if seeds},
     }

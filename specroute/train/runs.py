@@ -52,7 +52,7 @@ from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
 from specroute.locks import hold_lock
 from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with
-from specroute.train.device import Device, deterministic
+from specroute.train.device import Device, deterministic, pick_device
 from specroute.train.distributed import SINGLE, World, main_only, on_main
 from specroute.train.progress import QueueProgress, StudyProgress
 from specroute.train.calibration import THRESHOLDS_FILE, thresholds_record
@@ -163,15 +163,18 @@ def _write_run(folder: Path, spec: RunSpec, summary: dict[str, Any], trainer: Tr
 _QUEUE: Any = None
 
 
-def init_worker(q: Any, threads: int, parent: int | None = None) -> None:
-    """Initialiser of a worker process: its progress queue, its intra-op thread count, and (``parent``,
-    the study process's pid) a watch that ends the worker as soon as the study process is gone."""
+def init_worker(q: Any, threads: int, parent: int | None = None, cuda_index: int | None = None) -> None:
+    """Initialiser of a worker process: its progress queue, its intra-op thread count, (``parent``,
+    the study process's pid) a watch that ends the worker as soon as the study process is gone, and
+    (``cuda_index``) the CUDA device it trains on for its whole life."""
     global _QUEUE
     import torch
 
     _QUEUE = q
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the study ends us
     torch.set_num_threads(threads)
+    if cuda_index is not None:
+        torch.cuda.set_device(cuda_index)
     if parent is not None:
         threading.Thread(target=_exit_without_parent, args=(parent,), daemon=True, name="parent-watch").start()
 
@@ -185,9 +188,11 @@ def _exit_without_parent(parent: int) -> None:
 
 
 def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, Tensor], folder: str,
-                  concurrent_runs: int, tracking: TrackingFlags | None = None) -> dict[str, Any]:
-    """:func:`run_controller` in a worker process (CPU), reporting progress through the queue."""
-    device = Device("cpu", None)
+                  concurrent_runs: int, tracking: TrackingFlags | None = None,
+                  device_type: str = "cpu") -> dict[str, Any]:
+    """:func:`run_controller` in a worker process (CPU, or the CUDA device :func:`init_worker` pinned),
+    reporting progress through the queue."""
+    device = Device("cpu", None) if device_type == "cpu" else pick_device(device_type)
     data = load_shards(Path(data_path))
     with deterministic(device):
         return run_controller(arm, spec, data, backbone, device, Path(folder), QueueProgress(_QUEUE),

@@ -12,11 +12,15 @@ holds no ``study.json`` or anything a study does not write, :func:`study_layout`
 that holds only the ``study.json`` (and ``sessions.json``) of the same spec, a start that failed before
 any run began, is continued without ``--resume``.
 
-One process writes a study at a time: the study holds the lock of its output folder
-(:func:`specroute.locks.hold_lock`) from before the folder is checked until the report is written, and
-each controller run the lock of its run folder; a second ``specroute run`` into the same folder is
-refused at once, naming the holder. A start that fails before ``study.json`` is written (bad data, a
-full or read-only disk) leaves nothing behind.
+Several processes may write one study at once (``--shard i/N``, the tasks of a SLURM array,
+:mod:`specroute.train.sharing`): the study's folder lock (:func:`specroute.locks.hold_lock`) is held only
+for seconds (checking the folder and claiming the runs, writing ``study.json``, writing the report), and
+every run is claimed by the process that will train it; a second process whose runs overlap one claimed
+or training run is refused at once, naming the holder; one of another study (another spec hash) is refused
+too. A start that fails before ``study.json`` is written (bad data, a full or read-only disk) leaves nothing
+behind. Every process writes the report of every run finished in the folder when its own runs end
+(:mod:`specroute.report.aggregate`); its controller runs go one at a time, in CPU worker processes or one
+per CUDA device (:mod:`specroute.train.parallel`).
 
 A controller run whose training diverges (non-finite loss, gradient norm or held-out LM) is recorded as
 failed (:mod:`specroute.train.runs`) while the others go on; the report is written with a "Failed runs"
@@ -27,57 +31,55 @@ study at once (UserError: nothing to route).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import json
-import multiprocessing
-import os
-import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+import torch
 from rich.console import Console
 from rich.markup import escape
-from torch import Tensor
 
 from specroute.data.shards import prepare_data
-from specroute.flops.analytic import count_params
 from specroute.spec.loader import Resolved, dump_run
 from specroute.spec.models import RunSpec
 from specroute.spec.sweeps import confirm_sweep
 from specroute.locks import hold_lock
-from specroute.store import (FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir,
+from specroute.report.aggregate import INPUTS
+from specroute.store import (ANY, FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir,
+                             listed_entries,
                              sha256_json)
-from specroute.report.plots import PLOTS
+from specroute.report.plots import PLOTS, import_matplotlib
 from specroute.text import plural
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, checkpoint_of, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.memory import check_memory
-from specroute.train.distributed import SINGLE, World, join_world, main_only, on_main
+from specroute.train.distributed import join_world, main_only, on_main
 from specroute.train.tracking import TrackingFlags, check_available
 from specroute.train.progress import StudyProgress, TokenisingProgress
-from specroute.train.runs import (RUN_LAYOUT, RUN_LOCK_WAIT_S, init_worker, is_failed, run_controller, run_dir,
-                                  run_in_worker, run_steps_left)
+from specroute.train.parallel import Job, auto_workers, parse_devices, run_controllers
+from specroute.train.runs import RUN_LAYOUT, RUN_LOCK_WAIT_S, run_dir, run_steps_left
+from specroute.train.sharing import STUDY_LOCK_WAIT_S, RunClaims, shard_runs
 from specroute.train.trainer import Diverged, StepBudget
 
 if TYPE_CHECKING:
     from specroute.report.summary import FailedRun
 
-#: Above this many parameters controller runs go one at a time by default (memory per worker).
-PARALLEL_MAX_PARAMS = 20_000_000
 #: The plots any version of the report has written (beside :data:`specroute.report.plots.PLOTS`).
 EARLIER_PLOTS = ("lm_curves.png", "grad_norm.png", "full_fraction.png")
 
 
 def study_layout() -> dict[str, object]:
     """What a study writes into its output folder (and all that ``overwrite`` deletes), as a
-    :data:`specroute.store.Layout`: ``study.json``, ``sessions.json``, ``report.md``, ``summary.json``, the
+    :data:`specroute.store.Layout`: ``study.json``, ``sessions.json``, ``inputs.json``, ``report.md``,
+    ``summary.json``, ``slurm/`` (the logs of a SLURM array, :mod:`specroute.train.launch`), the
     report's plots in ``plots/`` (:data:`specroute.report.plots.PLOTS` and :data:`EARLIER_PLOTS`) and
     ``runs/<arm>/seed<k>/`` (:data:`specroute.train.runs.RUN_LAYOUT`)."""
-    return {"study.json": FILE, "sessions.json": FILE, "report.md": FILE, "summary.json": FILE,
+    return {"study.json": FILE, "sessions.json": FILE, "report.md": FILE, "summary.json": FILE, INPUTS: FILE,
+            "slurm": ANY,
             "plots": {name: FILE for name in {*PLOTS.values(), *EARLIER_PLOTS}},
             "runs": {"*": {"seed[0-9]*": RUN_LAYOUT}}}
 
@@ -87,10 +89,13 @@ class StudyOptions:
     """How to run a study (the CLI's options).
 
     ``arms`` / ``seeds``: run only these (empty = all). ``cache``: cache root override. ``yes``: no
-    confirmation for a paper-profile run without a GPU. ``workers``: controller runs at once
-    (None: see :func:`auto_workers`). ``tensorboard`` / ``wandb``: tracking over the spec's
-    ``train.tracking`` (:class:`specroute.train.tracking.TrackingFlags`). ``max_steps_this_session``: stop (as if the
-    process died) after that many optimiser steps in total; for interruption tests.
+    confirmation for a paper-profile run without a GPU. ``workers``: controller runs at once on a CPU
+    (None: see :func:`specroute.train.parallel.auto_workers`). ``max_steps_this_session``: stop (as if the
+    process died) after that many optimiser steps in total; for interruption tests. ``shard``: (i, N), run
+    only the i-th of N shares of the selected runs (:func:`specroute.train.sharing.shard_runs`), joining the
+    study in ``out``. ``devices``: the CUDA devices, one run on each at once
+    (:func:`specroute.train.parallel.parse_devices`; ignored on a CPU when ``auto``). ``tensorboard`` /
+    ``wandb``: tracking over the spec's ``train.tracking`` (:class:`specroute.train.tracking.TrackingFlags`).
     """
 
     out: Path | None = None
@@ -105,6 +110,8 @@ class StudyOptions:
     max_steps_this_session: int | None = None
     tensorboard: Path | None = None
     wandb: str | None = None
+    shard: tuple[int, int] | None = None
+    devices: str = "auto"
 
 
 @dataclass
@@ -169,10 +176,11 @@ def select_runs(resolved: Resolved, arms: list[str], seeds: list[int]) -> list[t
             if (not arms or a in arms) and (not seeds or s in seeds)]
 
 
-def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | None:
+def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool, flag: str = "--resume") -> str | None:
     """Check (and with ``overwrite`` clear) the output folder (:func:`specroute.store.check_out_dir`;
     see the module docstring); ``resume`` needs the same study there (its ``study.json`` and spec hash).
-    The caller holds the folder's lock.
+    The caller holds the folder's lock. ``flag``: the option that asked to continue (``--resume``, or
+    ``--shard``, which joins the study there), for messages.
 
     Returns a notice for the user (``resume`` with nothing to resume), else None. Raises UserError for a
     folder that cannot be used as asked; nothing is changed then.
@@ -190,16 +198,17 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool) -> str | Non
         return None
     meta = out / "study.json"
     if not meta.is_file():
-        raise UserError(f"--resume: {out} holds no study (no study.json among {', '.join(entries[:5])}); "
+        raise UserError(f"{flag}: {out} holds no study (no study.json among {', '.join(entries[:5])}); "
                         "check --out, or choose an empty folder")
     try:
         recorded = json.loads(meta.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"--resume: cannot read {meta} ({e}); use --overwrite or another --out") from None
+        raise UserError(f"{flag}: cannot read {meta} ({e}); use --overwrite or another --out") from None
     old = recorded.get("spec_sha256") if isinstance(recorded, dict) else None
     if old != sha:
-        raise UserError(f"--resume: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
-                        f"now {sha[:12]}); use --overwrite or another --out")
+        raise UserError(f"{flag}: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
+                        f"now {sha[:12]}); processes that share an output folder must run the same spec (file, "
+                        "--profile and --set); use --overwrite or another --out")
     return None
 
 
@@ -207,7 +216,7 @@ def _not_started(out: Path, sha: str) -> bool:
     """Whether ``out`` holds only what the start of the study with spec hash ``sha`` writes before its
     first run (``study.json``, and ``sessions.json`` if that start failed or was interrupted)."""
     try:
-        names = {p.name for p in out.iterdir() if p.name != LOCK_NAME}
+        names = set(listed_entries(out))
         if "study.json" not in names or not names <= {"study.json", "sessions.json"}:
             return False
         recorded = json.loads((out / "study.json").read_text())
@@ -216,76 +225,9 @@ def _not_started(out: Path, sha: str) -> bool:
     return isinstance(recorded, dict) and recorded.get("spec_sha256") == sha
 
 
-def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
-    """Controller runs at once: on a CPU one per core (each with one intra-op thread; small models
-    use cores better this way than with intra-op threads), unless the model is large
-    (> :data:`PARALLEL_MAX_PARAMS`, where memory matters more); on CUDA one."""
-    if device.type != "cpu" or count_params(spec).total > PARALLEL_MAX_PARAMS:
-        return 1
-    return max(1, min(os.cpu_count() or 1, pending))
-
-
-class Job(NamedTuple):
-    """One controller run to do: its arm, seed, run spec, backbone weights (CPU) and run folder."""
-
-    arm: str
-    seed: int
-    spec: RunSpec
-    backbone: dict[str, Tensor]
-    folder: Path
-
-
-def run_parallel(jobs: list[Job], data_path: Path | None, workers: int, progress: StudyProgress,
-                 tracking: TrackingFlags | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
-    """Run controller jobs in ``workers`` spawned processes (CPU); yield (arm, seed, result) in job order.
-
-    On any exception here (a failed run, SIGINT, SIGTERM) the workers are terminated at once: their last
-    checkpoints are what ``--resume`` continues from, and waiting would mean waiting for their runs."""
-    ctx = multiprocessing.get_context("spawn")
-    q = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
-    with _sigint_ignored():  # workers start ignoring Ctrl-C (inherited): this process ends them, quietly
-        pool = ctx.Pool(workers, initializer=init_worker, initargs=(q, threads, os.getpid()))
-    try:
-        at_once = min(workers, len(jobs))
-        pending = [pool.apply_async(run_in_worker, (j.arm, j.spec, str(data_path), j.backbone, str(j.folder),
-                                                    at_once, tracking)) for j in jobs]
-        for job, res in zip(jobs, pending):
-            while True:
-                try:
-                    result = res.get(timeout=0.25)
-                    break
-                except multiprocessing.TimeoutError:
-                    progress.drain(q)
-            progress.drain(q)
-            yield job.arm, job.seed, result
-    except BaseException:
-        pool.terminate()
-        raise
-    else:
-        pool.close()
-    finally:
-        pool.join()
-
-
-@contextlib.contextmanager
-def _sigint_ignored() -> Iterator[None]:
-    """SIGINT ignored in this process for the block (so that processes started in it ignore it too; a
-    Ctrl-C meanwhile is lost, not half-delivered to workers that are importing)."""
-    try:
-        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: signals are not ours to change
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, before)
-
-
 def run_study(resolved: Resolved, options: StudyOptions, console: Console | None = None,
               confirm: Callable[[str], bool] | None = None) -> StudyResult:
-    """Run the study's selected runs and write the report.
+    """Run the study's selected runs and write the report (of every run finished in the folder).
 
     Args:
         resolved: the loaded study (:func:`specroute.spec.load_study`).
@@ -296,16 +238,26 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     Returns:
         The output folder and the summary (summary.json's content).
     Raises:
-        UserError: bad output folder, one another process is writing (its lock), data unavailable, a
-            filesystem that cannot take the writes (disk full, read-only), refused confirmation.
-            SpecError: unknown arm.
+        UserError: bad output folder, one another process is writing (its lock) or that holds another
+            study, a run another process trains, data unavailable, a filesystem that cannot take the writes
+            (disk full, read-only), refused confirmation, bad ``devices``. SpecError: unknown arm.
         specroute.train.trainer.Interrupted: the session's step budget ran out (tests).
     """
+    from specroute.report.aggregate import study_record, write_study_report
     from specroute.report.sessions import interrupted_session, with_session, write_sessions
+    from specroute.report.summary import inputs_record
 
     t_start = time.perf_counter()
     study = resolved.study
     runs = select_runs(resolved, options.arms, options.seeds)
+    if options.shard is not None:
+        if options.overwrite:
+            raise UserError("--shard and --overwrite exclude each other: a shard joins the study in --out "
+                            "(clear it first with a run without --shard, or choose another --out)")
+        runs = shard_runs(runs, *options.shard)
+        if not runs:
+            raise UserError(f"--shard {options.shard[0]}/{options.shard[1]}: no run falls to this shard (the study "
+                            f"has {plural(len(resolved.runs()), 'run')}); use fewer shards")
     out = Path(options.out) if options.out else default_out(resolved)
     sha = spec_sha256(resolved)
     device = pick_device(options.device)
@@ -313,27 +265,44 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     if not world.is_main:
         console = None  # the main process shows the progress
     note = console.print if console else (lambda *a, **k: None)
-    specs = [spec for _, _, spec in runs]
+    cuda = ([] if world.size > 1 else  # data parallel: torchrun placed each process on its device
+            parse_devices(options.devices, torch.cuda.device_count() if device.type == "cuda" else 0))
+    specs = [spec for _, _, spec in runs] or [resolved.arm_spec(next(iter(study.arms)))]
     tracking = TrackingFlags(study.name, out, options.tensorboard, options.wandb)
     check_available(tracking, [s.train.tracking for s in specs])
+    # runs at once on one device: CPU workers share its memory; CUDA devices each hold their own runs
+    per_device = (max(map(cuda.count, cuda), default=1) if device.type == "cuda"
+                  else options.workers or auto_workers(device, specs[0], len(runs)))
     # Memory first: nothing (folder, data, model) is touched for a study that cannot fit.
-    memory_warning = check_memory(specs, device.type, min(options.workers or auto_workers(device, specs[0], len(runs)),
-                                                          len(runs)), options.yes)
+    memory_warning = check_memory(specs, device.type, max(1, min(per_device, len(runs))), options.yes)
     if memory_warning:
         note(f"[yellow]warning: {escape(memory_warning)}[/]")
     # backbone.pretrained next (downloaded if need be): one that cannot be had stops the study before any folder
     checkpoint = checkpoint_of(specs[0], resolved.source.parent, options.cache)
-    with main_only(world, hold_lock(out, "the output folder")) as lock_note:
-        if lock_note:
-            note(f"[yellow]{escape(lock_note)}[/]")
-        notice = on_main(world, lambda: prepare_out(out, sha, options.resume, options.overwrite))
+    waiting = (lambda message: note(f"[dim]{escape(message)}[/]"))
+    def claim() -> str | None:  # the main process checks the folder and claims the runs (the others wait)
+        taken = claims.probe(run_dir(out, a, s) for a, s, _ in runs)
+        notice = prepare_out(out, sha, options.resume or options.shard is not None, options.overwrite,
+                             "--shard" if options.shard is not None else "--resume")
+        taken += claims.take(run_dir(out, a, s) for a, s, _ in runs
+                             if not (run_dir(out, a, s) / "result.json").is_file())
+        for taken_note in taken:
+            note(f"[yellow]{escape(taken_note)}[/]")
+        return notice
+
+    with _removed_if_empty(out), RunClaims() as claims:
+        with main_only(world, hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting)) as lock_note:
+            if lock_note:
+                note(f"[yellow]{escape(lock_note)}[/]")
+            notice = on_main(world, claim)
         world.barrier()
-        if notice:
+        if notice and options.shard is None:
             note(f"[yellow]{escape(notice)}[/]")
         first = runs[0][2]
-        note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {plural(len(runs), 'run')} "
+        share = f" (shard {options.shard[0]}/{options.shard[1]})" if options.shard else ""
+        note(f"[bold]{study.name}[/] profile [cyan]{study.profile}[/]: {plural(len(runs), 'run')}{share} "
              f"({plural(len({a for a, _, _ in runs}), 'arm')} x {plural(len({s for _, s, _ in runs}), 'seed')}) "
-             f"on {device.type} "
+             f"on {device.type}{f' {cuda}' if len(cuda) > 1 else ''} "
              f"({device.dtype_name}); output {escape(str(out))}")
         with deterministic(device):
             confirm_sweep(resolved.raw_base, runs, options.yes, confirm)
@@ -350,13 +319,11 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
             runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
             note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate))
-            on_main(world, lambda: atomic_write_json(out / "study.json", {
-                "study": study.name, "profile": study.profile, "spec_sha256": sha, "source": str(resolved.source),
-                "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms}, "seeds": study.seeds,
-            }))
+            with main_only(world, hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting)):
+                on_main(world, lambda: write_study_json(out, study_record(resolved, sha)))
             budget = StepBudget(options.max_steps_this_session)
             with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress, \
-                    main_only(world, interrupted_session(out, t_start)):
+                    main_only(world, interrupted_session(out, t_start, lock=True)):
                 backbones = {}
                 for key, spec in backbone_specs.items():
                     try:
@@ -375,21 +342,53 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                                   f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
                 jobs = [Job(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
                         for arm, seed, spec in runs]
-                results = run_controllers(jobs, data, device, options, progress, budget, world, tracking)
-        results = with_earlier_runs(results, resolved, out)
-
-        from specroute.report import build_summary, write_report
-
-        sessions = with_session(out, t_start, "complete")
-        summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
-                                environment(device), sum(s["wall_s"] for s in sessions), sessions)
-        if world.is_main:
+                run_controllers(jobs, data, device, options.workers, cuda, progress, budget,
+                                on_start=lambda job: claims.release(job.folder),
+                                one_at_a_time=options.max_steps_this_session is not None, world=world,
+                                tracking=tracking)
+        inputs = inputs_record(data, next(iter(backbones.values())), environment(device))
+    if world.is_main:
+        import_matplotlib()  # seconds on a busy machine: before the lock, not under it
+        with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting):
+            sessions = with_session(out, t_start, "complete")
             with interrupted_session(out, t_start):  # a report that cannot be written (disk full) is a failed session
-                write_report(out, summary, resolved)
+                summary = write_study_report(out, resolved, sha, inputs, sessions)
             write_sessions(out, sessions)
-        world.barrier()
+    world.barrier()
+    if not world.is_main:
+        summary = json.loads((out / "summary.json").read_text())
     note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
+
+
+def write_study_json(out: Path, record: dict[str, Any]) -> None:
+    """Write ``out/study.json`` (atomically) unless another process of the same study wrote it first;
+    the caller holds the folder's lock. Raises UserError when the folder holds another study's."""
+    meta = out / "study.json"
+    if meta.is_file():
+        try:
+            old = json.loads(meta.read_text()).get("spec_sha256")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            old = None
+        if old == record["spec_sha256"]:
+            return
+        raise UserError(f"{out} now holds another study (spec sha256 {str(old)[:12]}, this one "
+                        f"{record['spec_sha256'][:12]}), started there by another process meanwhile; processes "
+                        "sharing an output folder must run the same spec (file, --profile and --set); choose another "
+                        "--out")
+    atomic_write_json(meta, record)
+
+
+@contextlib.contextmanager
+def _removed_if_empty(out: Path) -> Iterator[None]:
+    """Remove ``out`` after the block if the block created it and left it empty (a failed start)."""
+    existed = out.exists()
+    try:
+        yield
+    finally:
+        if not existed:
+            with contextlib.suppress(OSError):
+                out.rmdir()
 
 
 def probe_and_confirm(profile: str, runs: list[tuple[str, int, RunSpec]], device: Device, yes: bool,
@@ -420,43 +419,3 @@ def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, 
             "time; "
             f"throughput probe {rate.dense_macs_per_s / 1e9:.1f} GMAC/s dense, "
             f"{rate.controller_macs_per_s / 1e9:.1f} GMAC/s controller)")
-
-
-def run_controllers(jobs: list[Job], data: Any, device: Device,
-                    options: StudyOptions, progress: StudyProgress,
-                    budget: StepBudget, world: World = SINGLE,
-                    tracking: TrackingFlags | None = None) -> dict[str, dict[int, dict[str, Any]]]:
-    """Every controller run, in this process or (CPU, several pending, one process) in worker processes;
-    under data parallel (``world``) one run after another, each by every process."""
-    done_before = {j.folder: (j.folder / "result.json").is_file() for j in jobs}
-    finished = [j for j in jobs if done_before[j.folder]]
-    todo = [j for j in jobs if not done_before[j.folder]]
-    workers = options.workers or auto_workers(device, jobs[0].spec, len(todo))
-    if workers > 1 and len(todo) > 1 and options.max_steps_this_session is None and world.size == 1:
-        done = itertools.chain(
-            ((j.arm, j.seed, json.loads((j.folder / "result.json").read_text())) for j in finished),
-            run_parallel(todo, data.path, workers, progress, tracking))
-    else:
-        done = ((j.arm, j.seed, run_controller(j.arm, j.spec, data, j.backbone, device, j.folder, progress, budget,
-                                               world=world, tracking=tracking)) for j in jobs)
-    results: dict[str, dict[int, dict[str, Any]]] = {}
-    for arm, seed, res in done:
-        results.setdefault(arm, {})[seed] = res
-        if is_failed(res):
-            progress.note(f"[red]{escape(arm)} seed {seed}: failed[/] ({escape(res['failure']['message'])})")
-            continue
-        progress.note(f"{arm} seed {seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
-                      f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
-    return results
-
-
-def with_earlier_runs(results: dict[str, dict[int, dict[str, Any]]], resolved: Resolved,
-                      out: Path) -> dict[str, dict[int, dict[str, Any]]]:
-    """Add the runs of this study that earlier invocations (other --arm / --seed) finished in ``out``;
-    arms in spec order."""
-    for arm in resolved.study.arms:
-        for seed in resolved.study.seeds:
-            done = run_dir(out, arm, seed) / "result.json"
-            if seed not in results.get(arm, {}) and done.is_file():
-                results.setdefault(arm, {})[seed] = json.loads(done.read_text())
-    return {arm: results[arm] for arm in resolved.study.arms if arm in results}

@@ -1,0 +1,221 @@
+"""Controller runs at once: in this process, in CPU worker processes, or one per CUDA device.
+
+A study's pending runs go to **slots**: on a CPU, ``--workers`` worker processes (one intra-op thread
+share each); on CUDA, one worker process per entry of ``--devices`` (``auto``: every visible device; a
+device may be named twice to train two runs on it), each worker pinned to its device
+(``torch.cuda.set_device``) for its whole life, so that a device never holds two runs' CUDA contexts unless
+asked. A run takes the lowest free slot; a run finishing frees its slot for the next pending run
+(:class:`Slots`, pure and tested without CUDA). With one slot the runs go one at a time in this process.
+
+On any exception (a failed run, SIGINT, SIGTERM) every worker is terminated at once: their last
+checkpoints are what ``--resume`` continues from, and waiting would mean waiting for their runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from rich.markup import escape
+from torch import Tensor
+
+from specroute.flops.analytic import count_params
+from specroute.spec.models import RunSpec
+from specroute.store import UserError
+from specroute.train.device import Device
+from specroute.train.distributed import SINGLE, World
+from specroute.train.progress import StudyProgress
+from specroute.train.runs import init_worker, is_failed, run_controller, run_in_worker
+from specroute.train.tracking import TrackingFlags
+from specroute.train.trainer import StepBudget
+
+#: Above this many parameters controller runs go one at a time by default on a CPU (memory per worker).
+PARALLEL_MAX_PARAMS = 20_000_000
+#: Seconds between two looks at the running workers (their results, their progress messages).
+POLL_S = 0.25
+
+
+class Job(NamedTuple):
+    """One controller run to do: its arm, seed, run spec, backbone weights (CPU) and run folder."""
+
+    arm: str
+    seed: int
+    spec: RunSpec
+    backbone: dict[str, Tensor]
+    folder: Path
+
+
+def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
+    """Controller runs at once on a CPU: one per core (each with one intra-op thread; small models
+    use cores better this way than with intra-op threads), unless the model is large
+    (> :data:`PARALLEL_MAX_PARAMS`, where memory matters more); on CUDA the devices decide (1 here)."""
+    if device.type != "cpu" or count_params(spec).total > PARALLEL_MAX_PARAMS:
+        return 1
+    return max(1, min(os.cpu_count() or 1, pending))
+
+
+def parse_devices(text: str, visible: int) -> list[int]:
+    """``--devices`` -> the CUDA device index of each slot.
+
+    ``auto``: every visible device once (none without CUDA: the CPU's workers apply); ``0,2``: those
+    devices; a repeated index (``0,0``) gives that device two slots. ``visible``: torch's device count.
+    Raises UserError for a malformed list, an index not visible, or a list without CUDA."""
+    text = text.strip()
+    if text == "auto":
+        return list(range(visible))
+    try:
+        indices = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise UserError(f"--devices {text!r}: give auto or comma-separated CUDA device indices, e.g. 0,2") from None
+    if not visible:
+        raise UserError(f"--devices {text}: torch sees no CUDA device here; leave --devices out on a CPU "
+                        "(--workers sets the runs at once there)")
+    bad = [i for i in indices if not 0 <= i < visible]
+    if bad:
+        raise UserError(f"--devices {text}: no CUDA device {bad[0]} (torch sees {visible}: "
+                        f"0..{visible - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
+    return indices
+
+
+@dataclass
+class Slots:
+    """Which slot each run trains in: a run takes the lowest free slot; a finishing run frees its own.
+
+    ``names``: one per slot (e.g. ``cuda:0``, ``cuda:2`` or ``cpu``), for messages. Pure bookkeeping:
+    :func:`run_parallel` asks :meth:`start` for every pending run it can place and calls :meth:`finish`
+    when one ends."""
+
+    names: Sequence[str]
+    busy: dict[int, Any] = field(default_factory=dict)
+
+    def start(self, run: Any) -> int | None:
+        """The slot ``run`` goes to (now busy with it), or None when every slot is busy."""
+        free = [i for i in range(len(self.names)) if i not in self.busy]
+        if not free:
+            return None
+        self.busy[free[0]] = run
+        return free[0]
+
+    def finish(self, run: Any) -> int:
+        """Free the slot of ``run``; returns it. Raises KeyError for a run that holds none."""
+        for slot, held in self.busy.items():
+            if held == run:
+                del self.busy[slot]
+                return slot
+        raise KeyError(run)
+
+
+def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_indices: Sequence[int | None],
+                 progress: StudyProgress, on_start: Callable[[Job], None] = lambda job: None,
+                 tracking: TrackingFlags | None = None) -> Iterator[tuple[Job, dict[str, Any]]]:
+    """Run controller jobs in one worker process per slot; yield (job, result) as each run ends.
+
+    ``cuda_indices``: per slot, the CUDA device its worker is pinned to (None for CPU workers, which split
+    the cores between them). ``on_start`` is called with each job just before it goes to its worker;
+    ``tracking``: the study's tracking flags (:class:`specroute.train.tracking.TrackingFlags`)."""
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    slots = Slots([f"cuda:{i}" if i is not None else "cpu" for i in cuda_indices])
+    threads = max(1, (os.cpu_count() or 1) // len(cuda_indices))
+    pools = []
+    with _sigint_ignored():  # workers start ignoring Ctrl-C (inherited): this process ends them, quietly
+        for index in cuda_indices:
+            pools.append(ctx.Pool(1, initializer=init_worker, initargs=(q, threads, os.getpid(), index)))
+    at_once = min(len(cuda_indices), len(jobs))
+    pending, running = list(range(len(jobs))), {}
+    try:
+        while pending or running:
+            while pending and (slot := slots.start(pending[0])) is not None:
+                job = jobs[pending.pop(0)]
+                on_start(job)
+                running[slot] = pools[slot].apply_async(
+                    run_in_worker, (job.arm, job.spec, str(data_path), job.backbone, str(job.folder), at_once,
+                                    tracking, device.type))
+            done = [slot for slot, res in running.items() if res.ready()]
+            progress.drain(q)
+            if not done:
+                time.sleep(POLL_S)
+                continue
+            for slot in done:
+                result, index = running.pop(slot).get(), slots.busy[slot]
+                slots.finish(index)
+                yield jobs[index], result
+    except BaseException:
+        for pool in pools:
+            pool.terminate()
+        raise
+    else:
+        for pool in pools:
+            pool.close()
+    finally:
+        for pool in pools:
+            pool.join()
+
+
+def run_controllers(jobs: list[Job], data: Any, device: Device, workers: int | None,
+                    cuda_indices: Sequence[int], progress: StudyProgress, budget: StepBudget,
+                    on_start: Callable[[Job], None] = lambda job: None, one_at_a_time: bool = False,
+                    world: World = SINGLE, tracking: TrackingFlags | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+    """Every controller run, in this process or in worker processes (CPU: ``workers``, None for
+    :func:`auto_workers`; CUDA: one per entry of ``cuda_indices``); {arm: {seed: result}}.
+    ``one_at_a_time`` (a step budget: tests) keeps every run in this process, and so does data parallel
+    (``world``: every process trains each run together, :mod:`specroute.train.distributed`). ``tracking``:
+    the study's tracking flags. ``on_start`` is called with each job before it
+    starts (the study hands the run folder's lock over to whoever trains it)."""
+    done_before = {j.folder: (j.folder / "result.json").is_file() for j in jobs}
+    finished = [j for j in jobs if done_before[j.folder]]
+    todo = [j for j in jobs if not done_before[j.folder]]
+    if device.type == "cuda":
+        slots: list[int | None] = list(cuda_indices) or [None]
+    else:
+        slots = [None] * (workers or auto_workers(device, jobs[0].spec, len(todo)))
+    done: Iterator[tuple[Job, dict[str, Any]]]
+    if len(slots) > 1 and len(todo) > 1 and not one_at_a_time and world.size == 1:
+        done = itertools.chain(((j, json.loads((j.folder / "result.json").read_text())) for j in finished),
+                               run_parallel(todo, data.path, device, slots, progress, on_start, tracking))
+    else:
+        if device.type == "cuda" and slots[0] is not None:
+            torch.cuda.set_device(slots[0])
+        done = ((j, _in_process(j, data, device, progress, budget, on_start, world, tracking)) for j in jobs)
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    for job, res in done:
+        results.setdefault(job.arm, {})[job.seed] = res
+        if is_failed(res):
+            progress.note(f"[red]{escape(job.arm)} seed {job.seed}: failed[/] ({escape(res['failure']['message'])})")
+            continue
+        progress.note(f"{job.arm} seed {job.seed}: best_lm {res['best_lm']:.4f} avg_lm {res['avg_lm']:.4f} "
+                      f"final_lm {res['final_lm']:.4f} ({res['wall_s']:.0f} s)")
+    return results
+
+
+def _in_process(job: Job, data: Any, device: Device, progress: StudyProgress, budget: StepBudget,
+                on_start: Callable[[Job], None], world: World, tracking: TrackingFlags | None) -> dict[str, Any]:
+    if not (job.folder / "result.json").is_file():
+        on_start(job)
+    return run_controller(job.arm, job.spec, data, job.backbone, device, job.folder, progress, budget,
+                          world=world, tracking=tracking)
+
+
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored in this process for the block (so that processes started in it ignore it too; a
+    Ctrl-C meanwhile is lost, not half-delivered to workers that are importing)."""
+    try:
+        before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals are not ours to change
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
