@@ -134,9 +134,9 @@ def test_future_peeking_threshold_is_caught(monkeypatch):
     assert causality.threshold_causal(t, CTX).status == "pass"
     real = routing.decide
 
-    def peeking(score_BT, budget_spec):
-        if budget_spec.enforcement != "threshold":
-            return real(score_BT, budget_spec)
+    def peeking(score_BT, budget_spec, threshold=None):
+        if budget_spec.enforcement != "threshold" or threshold is not None:
+            return real(score_BT, budget_spec, threshold)
         ahead = torch.cat([score_BT[:, 1:], score_BT[:, -1:]], dim=1)  # the score of token t + 1
         return (score_BT + ahead) > 0
 
@@ -282,3 +282,30 @@ def test_threshold_budget_verifier_passes_with_the_budget_loss_and_bites_without
     bad = budget.threshold_trained(t, ctx)
     assert bad.status == "fail"
     assert "realised full shares" in bad.detail
+
+
+def test_calibrated_threshold_off_budget_or_peeking_is_caught(monkeypatch):
+    """causality.calibrated fails on thresholds fitted to the wrong quantile (b instead of 1 - b: the share
+    is 1 - b) and on a threshold rule that reads the next token's score."""
+    import specroute.train.calibration as calibration
+
+    t = target()
+    assert causality.calibrated_threshold(t, CTX).status == "pass"
+    real = calibration.calibrate
+    with monkeypatch.context() as m:
+        m.setattr(calibration, "calibrate", lambda model, batches, b: real(model, batches, 1.0 - b))
+        r = causality.calibrated_threshold(t, CTX)
+        assert r.status == "fail"
+        assert "realise full shares" in r.detail
+    real_decide = routing.decide
+
+    def peeking(score_BT, budget_spec, threshold=None):
+        if threshold is None:
+            return real_decide(score_BT, budget_spec)
+        ahead = torch.cat([score_BT[:, 1:], score_BT[:, -1:]], dim=1)  # the score of token t + 1
+        return ahead > threshold  # about the same share as score > threshold: the budget check still passes
+
+    monkeypatch.setattr(routing, "decide", peeking)
+    r = causality.calibrated_threshold(t, CTX)
+    assert r.status == "fail"
+    assert "changed" in r.detail
