@@ -287,7 +287,7 @@ def test_threshold_budget_verifier_passes_with_the_budget_loss_and_bites_without
 def test_calibrated_threshold_off_budget_or_peeking_is_caught(monkeypatch):
     """causality.calibrated fails on thresholds fitted to the wrong quantile (b instead of 1 - b: the share
     is 1 - b) and on a threshold rule that reads the next token's score."""
-    import specroute.train.calibration as calibration
+    from specroute.train import calibration
 
     t = target()
     assert causality.calibrated_threshold(t, CTX).status == "pass"

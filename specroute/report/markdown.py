@@ -158,13 +158,13 @@ def causal_section(summary: dict[str, Any]) -> list[str]:
     worst = max((g for g in gaps if g[0] is not None), key=lambda g: g[0], default=None)
     budgets = sorted({a["full_fraction_budget"] for a in calibrated})
     if worst is not None:
-        lines += ["", f"The largest gap in final held-out LM (causal − top-k) is {worst[0]:+.4f} nats/token "
+        lines += ["", (f"The largest gap in final held-out LM (causal − top-k) is {worst[0]:+.4f} nats/token "
                   f"({worst[1]}, 95% interval {fmt_interval(worst[2]['interval'], 2)}); over the "
                   f"{plural(len(calibrated), 'top-k arm')} the gap runs from "
                   f"{min(g[0] for g in gaps if g[0] is not None):+.4f} to {worst[0]:+.4f}. "
                   f"The threshold's held-out full share is {min(shares):.3f}–{max(shares):.3f} per layer against "
                   f"the budget b = {'/'.join(f'{b:g}' for b in budgets)} (top-k's by construction), so the "
-                  "causal model spends a different compute share on unseen text. Plot: `plots/causal_lm.png`."]
+                  "causal model spends a different compute share on unseen text. Plot: `plots/causal_lm.png`.")]
     return lines
 
 

@@ -143,8 +143,8 @@ def calibrated_threshold(target: Target, ctx: Context) -> CheckResult:
         stats["max_logit_diff"] = max(stats["max_logit_diff"], diff)
         assert diff <= 1e-5, f"logits at positions <= {t} moved by {diff:.3g} when tokens after {t} changed"
 
-    typical = [dict(B=2, T=16, b=b, t=5, execution=x, seed=1) for b, x in ((0.25, "gather"), (0.5, "masked"),
-                                                                            (0.75, "gather"))]
+    typical = [{"B": 2, "T": 16, "b": b, "t": 5, "execution": x, "seed": 1}
+               for b, x in ((0.25, "gather"), (0.5, "masked"), (0.75, "gather"))]
     failure = run_property(
         body, ctx.examples, typical,
         B=st.integers(1, 3), T=st.integers(8, 32), b=st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0]) | st.floats(0, 1),
