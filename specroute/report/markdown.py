@@ -13,6 +13,7 @@ from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
 from specroute.losses import LOSS_TERMS
 from specroute.report.summary import failed_runs, layer_diagnostics
+from specroute.report.sweeps import sweeps_section
 from specroute.train.trainer import last_finite_text
 from specroute.text import md_row, md_table, plural
 
@@ -117,6 +118,31 @@ def loss_grad_section(summary: dict[str, Any]) -> list[str]:
             "lands on the first two (the score head gets it only through later layers' inputs, next to "
             "nothing). Curves: `plots/loss_grad_norms.png`.", "",
             *md_table(("arm", "group", *terms, "total", "largest"), rows)]
+
+
+#: How a ``train.trainable`` group is written in the report.
+GROUPS = {"gate": "gate", "cheap_ffn": "cheap FFN", "backbone": "backbone"}
+#: How an arm's causal evaluation is written: a threshold arm's own rule, a calibrated top-k one, none.
+CAUSAL_RULES = {"native": "native (score > 0)", "calibrated": "calibrated τ", "none": "none"}
+
+
+def arms_section(arms: dict[str, Any]) -> list[str]:
+    """The "What each arm runs" table: gate, budget, loss weights, oracle labels (util/rank arms), trained
+    groups (joint training lists the backbone) and the causal evaluation (empty for an older summary)."""
+    if not arms or any("trainable" not in a for a in arms.values()):
+        return []
+    rows = []
+    for a in arms.values():
+        loss = a["loss"]
+        oracle = (f"{a['oracle']['labeling']}, {a['oracle']['counterfactual']}"
+                  if loss["util"] > 0 or loss["rank"] > 0 else "–")
+        rows.append((a["label"], a["gate"], f"{a['enforcement']}, b = {a['full_fraction_budget']:g}",
+                     " / ".join(f"{loss[k]:g}" for k in ("util", "rank", "jepa", "budget")), oracle,
+                     " + ".join(GROUPS.get(g, g) for g in a["trainable"]),
+                     CAUSAL_RULES.get(a.get("causal_rule"), "–")))
+    return ["", "### What each arm runs", "",
+            *md_table(("arm", "gate", "budget", "λ util / rank / jepa / budget", "oracle labels", "trained",
+                       "causal evaluation"), rows)]
 
 
 def causal_section(summary: dict[str, Any]) -> list[str]:
@@ -256,6 +282,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
           pm(a, "initial_lm"), pm(a, "best_lm"), pm(a, "avg_lm"), pm(a, "final_lm"), pm(a, "grad_norm", 3),
           pm(a, "flops_proxy", 3), pm(a, "wall_s", 1), pm(a, "full_fraction_train", 3),
           pm(a, "full_fraction_eval", 3)) for a in arms.values()])
+    lines += arms_section(arms)
     lines += ["", "### Threshold hits", ""]
     taus = first["lm_thresholds"]
     if taus is None:
@@ -281,6 +308,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
     lines += diagnostics_section(arms)
     lines += loss_grad_section(summary)
     lines += causal_section(summary)
+    lines += sweeps_section(summary)
     lines += ["", "## Per-seed comparisons", "",
               "Per seed, *better* against *worse*: a win or loss when the difference (better - worse) exceeds "
               "1.96 standard errors of the per-batch differences on the shared held-out batches, else a tie; "

@@ -8,6 +8,7 @@ Layout (a contract: the claims evaluator reads it)::
      "backbone": {"heldout_lm", "steps", "cache_key", "wall_s", ...},
      "arms": {ARM: {"label", "gate", "loss": {"util", "rank", "jepa", "budget"}, "steps",
                     "enforcement" (topk_sequence | topk_batch | threshold), "full_fraction_budget",
+                    "oracle": {"labeling", "counterfactual"}, "trainable": [group, ...],
                     "seeds": {"<seed>": {"lm": [[step, value], ...], "best_lm", "avg_lm", "final_lm",
                                           "threshold_hits": {"<tau>": step_or_null},
                                           "grad_norm": {"mean", "median"},
@@ -32,6 +33,7 @@ Layout (a contract: the claims evaluator reads it)::
      "failed": {ARM: {"<seed>": {"status": "failed", "failure": {"step", "steps", "event", "lr", "nonfinite",
                                                                 "last_finite", "message"}, "wall_s", ...}}},
      "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
+     "sweeps": [{"name", "label", "grid": [path, ...], "arms": {ARM: {path: value}}}] (the study's ``sweeps:``),
      "comparisons": [{"id", "claim", "better", "worse", "metric", "n", "wins", "ties", "losses",
                       "mean_diff", "interval", "p_sign", "per_seed": [...]}],
      "wall_s" (total over sessions), "sessions": [{"started", "wall_s", "ended"}, ...]}
@@ -66,6 +68,7 @@ from typing import Any, NamedTuple
 from specroute.claims.stats import paired, paired_evaluations
 from specroute.spec.loader import Resolved
 from specroute.spec.models import RunSpec
+from specroute.spec.sweeps import SweepSpec, expansion
 from specroute.train.runs import is_failed
 
 #: Per-arm aggregate metrics (name -> how to read it from a seed's summary).
@@ -155,6 +158,8 @@ def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]], faile
         "steps": spec.train.steps,
         "enforcement": spec.routing.budget.enforcement,
         "full_fraction_budget": spec.routing.budget.full_fraction,
+        "oracle": {"labeling": spec.loss.oracle.labeling, "counterfactual": spec.loss.oracle.counterfactual},
+        "trainable": list(spec.train.trainable),
         "lm_thresholds": list(spec.train.lm_thresholds),
         "seeds": per_seed,
         "mean": mean,
@@ -201,6 +206,13 @@ def _term_grad_spread(per_seed: list[dict[str, dict[str, float | None]]]) -> dic
     return out
 
 
+def sweep_entries(sweeps: list[SweepSpec]) -> list[dict[str, Any]]:
+    """The study's sweeps as summary.json holds them: name, label, the grid's field paths and, per arm it
+    made, the values of those paths."""
+    return [{"name": sw.name, "label": sw.label, "grid": list(sw.grid),
+             "arms": {arm: dict(zip(sw.grid, combo)) for arm, combo in expansion(sw)}} for sw in sweeps]
+
+
 def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, int, RunSpec]],
                   results: dict[str, dict[int, dict[str, Any]]], data: Any, backbone: Any,
                   environment: dict[str, Any], wall_s: float,
@@ -239,6 +251,7 @@ def build_summary(resolved: Resolved, spec_sha256: str, runs: list[tuple[str, in
         "arms": arms,
         "failed": failed,
         "roles": study.roles.declared(),
+        "sweeps": sweep_entries(study.sweeps),
         "equivalence_margin_nats": study.equivalence_margin_nats,
         "comparisons": comparisons,
         "wall_s": wall_s,
