@@ -44,8 +44,8 @@ def sweeps_section(summary: dict[str, Any]) -> list[str]:
                    for p in sw["grid"]), *(_pm(arms[a], m) for m in metrics), "lowest avg_lm" if a == best else "")
                 for a in sw["done"]]
         lines += ["", f"### Sweep `{sw['name']}`" + (f" ({sw['label']})" if sw["label"] else ""), "",
-                  f"{len(sw['done'])} of {len(sw['arms'])} arms finished; mean ± std over seeds. "
-                  "Plot: `plots/sweeps.png`.", "",
+                  f"{len(sw['done'])} of {len(sw['arms'])} arms finished; mean ± std over seeds. Plot: "
+                  + "`plots/sweeps.png`.", "",
                   *md_table((*sw["grid"], *(SWEEP_METRICS[m] for m in metrics), ""), rows)]
     return lines
 
