@@ -51,39 +51,44 @@ def sweeps_section(summary: dict[str, Any]) -> list[str]:
 
 
 def plot_sweeps(summary: dict[str, Any], path: Path) -> None:
-    """One panel per sweep: avg_lm (mean, whiskers ± std over seeds) against the first grid field's values, one
-    line per combination of the other fields' values."""
+    """One panel per distinct grid (sweeps over the same fields share a panel): avg_lm (mean, whiskers ± std
+    over seeds) against the first grid field's values, one line per sweep and combination of the other
+    fields' values."""
     from specroute.report.plots import _legend, _plt, _save
 
     plt = _plt()
-    sweeps = sweeps_of(summary)
-    fig, axes = plt.subplots(1, len(sweeps), figsize=(5.5 * len(sweeps), 4), squeeze=False)
-    for ax, sw in zip(axes[0], sweeps):
-        first, rest = sw["grid"][0], sw["grid"][1:]
+    panels: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for sw in sweeps_of(summary):
+        panels.setdefault(tuple(sw["grid"]), []).append(sw)
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.2), squeeze=False)
+    for ax, (grid, sweeps) in zip(axes[0], panels.items()):
+        first, rest = grid[0], grid[1:]
         lines: dict[tuple, list[tuple[Any, float, float]]] = {}
-        for a in sw["done"]:
-            values, arm = sw["arms"][a], summary["arms"][a]
-            if arm["mean"].get("avg_lm") is None:
-                continue
-            lines.setdefault(tuple(values[p] for p in rest), []).append(
-                (values[first], arm["mean"]["avg_lm"], arm["std"].get("avg_lm") or 0.0))
-        numeric = all(isinstance(x, (int, float)) for pts in lines.values() for x, _, _ in pts)
-        for key, pts in lines.items():
+        for sw in sweeps:
+            for a in sw["done"]:
+                values, arm = sw["arms"][a], summary["arms"][a]
+                if arm["mean"].get("avg_lm") is not None:
+                    lines.setdefault((sw["name"], *(values[p] for p in rest)), []).append(
+                        (values[first], arm["mean"]["avg_lm"], arm["std"].get("avg_lm") or 0.0))
+        xs_all = [t[0] for pts in lines.values() for t in pts]
+        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in xs_all)
+        for (name, *key), pts in lines.items():
             pts.sort(key=lambda t: t[0] if numeric else str(t[0]))
             x = [t[0] for t in pts] if numeric else [str(t[0]) for t in pts]
-            label = ", ".join(f"{p.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{p}={v}"
-                              for p, v in zip(rest, key)) or sw["name"]
-            ax.errorbar(x, [t[1] for t in pts], yerr=[t[2] for t in pts], marker="o", capsize=3, label=label)
-        if numeric and len({t[0] for pts in lines.values() for t in pts}) > 2 and all(
-                t[0] > 0 for pts in lines.values() for t in pts):
-            xs = np.array(sorted({t[0] for pts in lines.values() for t in pts}), dtype=float)
-            if xs.max() / xs.min() >= 8:
+            label = ", ".join([name if len(sweeps) > 1 or not rest else "",
+                               *(f"{p.rsplit('.', 1)[-1]}={v:g}" if isinstance(v, float) else f"{p}={v}"
+                                 for p, v in zip(rest, key))]).strip(", ")
+            ax.errorbar(x, [t[1] for t in pts], yerr=[t[2] for t in pts], marker="o", capsize=3, label=label or name)
+        if numeric and xs_all:
+            xs = np.array(sorted(set(xs_all)), dtype=float)
+            if xs.min() > 0 and xs.max() / xs.min() >= 8:
                 ax.set_xscale("log")
                 ax.minorticks_off()
             ax.set_xticks(xs, [f"{x:g}" for x in xs])
         ax.set_xlabel(first)
         ax.set_ylabel("avg_lm (held-out nats/token)")
-        ax.set_title(f"sweep {sw['name']} (mean ± std over seeds)", fontsize=10)
+        ax.set_title(f"sweep{'s' if len(sweeps) > 1 else ''} {', '.join(sw['name'] for sw in sweeps)} "
+                     "(mean ± std over seeds)", fontsize=9)
         ax.grid(alpha=0.3)
         _legend(ax, fontsize=7)
     _save(fig, path)
