@@ -23,7 +23,8 @@ ARM = "G1_lm"
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
-    """The G1_lm arm (top-k) with and without causal evaluation, and as a threshold arm; one shared cache."""
+    """The G1_lm arm (top-k) with causal evaluation after training, at every evaluation, without it, and as a
+    threshold arm; one shared cache."""
     tmp = tmp_path_factory.mktemp("causal")
     cache = tmp / "cache"
 
@@ -33,6 +34,7 @@ def studies(tmp_path_factory):
 
     return {"cache": cache, "root": tmp,
             "causal": study("causal"),
+            "every": study("every", "routing.budget.calibrate_every_eval=true", seeds=(0,)),
             "off": study("off", "routing.budget.calibration_batches=0", seeds=(0,)),
             "threshold": study("threshold", "routing.budget.enforcement=threshold", "loss.budget=1.0", seeds=(0,))}
 
@@ -61,13 +63,20 @@ def test_calibration_realises_the_budget_layer_by_layer():
 
 
 def test_topk_numbers_are_unchanged_by_the_causal_evaluation(studies):
-    causal, off = studies["causal"]["arms"][ARM]["seeds"], studies["off"]["arms"][ARM]["seeds"]
-    assert set(causal) == {"0", "1"} and set(off) == {"0"}
-    for seed in off:
-        assert "causal" in causal[seed] and "causal" not in off[seed]
-        without = {k: v for k, v in strip_wall(causal[seed]).items() if k != "causal"}
-        assert without == strip_wall(off[seed])
-    assert studies["off"]["arms"][ARM]["causal_rule"] == "none"
+    off = studies["off"]["arms"][ARM]["seeds"]["0"]
+    assert "causal" not in off and studies["off"]["arms"][ARM]["causal_rule"] == "none"
+    for name in ("causal", "every"):
+        seed = studies[name]["arms"][ARM]["seeds"]["0"]
+        assert {k: v for k, v in strip_wall(seed).items() if k != "causal"} == strip_wall(off)
+    # calibrated after training or at every evaluation: the trained model's causal figures are the same
+    final, every = (studies[n]["arms"][ARM]["seeds"]["0"]["causal"] for n in ("causal", "every"))
+    for key in ("final_lm", "thresholds", "full_fraction", "calibration_full_fraction"):
+        assert final[key] == every[key]
+    assert "avg_lm" not in final and every["avg_lm"] >= every["best_lm"]
+
+
+def _log(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").open()]
 
 
 def test_causal_seed_summary_and_thresholds_file(studies):
@@ -78,14 +87,19 @@ def test_causal_seed_summary_and_thresholds_file(studies):
         assert set(c["full_fraction"]) == set(c["thresholds"]) == {"1"}
         assert abs(c["calibration_full_fraction"]["1"] - 0.5) <= 1 / c["tokens"]
         assert 0.0 < c["full_fraction"]["1"] < 1.0
-        saved = json.loads((root / "causal" / "runs" / ARM / f"seed{seed}" / "thresholds.json").read_text())
+        run = root / "causal" / "runs" / ARM / f"seed{seed}"
+        saved = json.loads((run / "thresholds.json").read_text())
         assert saved["thresholds"] == c["thresholds"] and saved["full_fraction"] == 0.5
-        log = [json.loads(l) for l in (root / "causal" / "runs" / ARM / f"seed{seed}" / "metrics.jsonl").open()]
-        evals = [l for l in log if l["event"] in ("eval_initial", "eval")]
-        assert all("causal" in e for e in evals)
-        curve = [e["causal"]["lm"] for e in evals[1:]]  # the evaluation before training enters none
-        assert (c["final_lm"], c["best_lm"]) == (curve[-1], min(curve))
-        assert c["avg_lm"] == pytest.approx(statistics.fmean(curve))
+        log = _log(run)
+        assert not any("causal" in l for l in log if l["event"] in ("eval_initial", "eval"))
+        (event,) = [l for l in log if l["event"] == "causal"]
+        assert event["lm"] == c["final_lm"] and event["step"] == 12 and log[-1]["event"] == "end"
+    evals = [l for l in _log(root / "every" / "runs" / ARM / "seed0") if l["event"] in ("eval_initial", "eval")]
+    assert all("causal" in e for e in evals)
+    c = studies["every"]["arms"][ARM]["seeds"]["0"]["causal"]
+    curve = [e["causal"]["lm"] for e in evals[1:]]  # the evaluation before training enters none
+    assert (c["final_lm"], c["best_lm"]) == (curve[-1], min(curve))
+    assert c["avg_lm"] == pytest.approx(statistics.fmean(curve))
     assert not (root / "off" / "runs" / ARM / "seed0" / "thresholds.json").exists()
 
 
@@ -98,6 +112,8 @@ def test_arm_entry_gap_over_seeds(studies):
     assert gap["mean_diff"] == pytest.approx(statistics.fmean(diffs))
     assert gap["n"] == 2 and gap["interval"][0] <= gap["mean_diff"] <= gap["interval"][1]
     assert gap["wins"] + gap["ties"] + gap["losses"] == 2
+    assert set(arm["causal"]["gap"]) == {"final_lm"}
+    assert set(studies["every"]["arms"][ARM]["causal"]["gap"]) == {"final_lm", "avg_lm", "best_lm"}
     assert arm["mean"]["causal_final_lm"] == pytest.approx(statistics.fmean(s["causal"]["final_lm"] for s in seeds))
     layer = arm["causal"]["full_fraction"]["1"]
     assert layer["mean"] == pytest.approx(statistics.fmean(s["causal"]["full_fraction"]["1"] for s in seeds))

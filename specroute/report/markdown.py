@@ -159,7 +159,8 @@ def causal_section(summary: dict[str, Any]) -> list[str]:
              "causally (generation). Each top-k run is also evaluated under the causal rule *full iff score > "
              "τ_l*, τ_l the (1 − b) quantile of layer l's gate scores on fixed training batches "
              "(`routing.budget.calibration_batches`), the layers calibrated in order, each with the earlier "
-             "ones already thresholded; calibrated at every evaluation, the last τ saved with the controller "
+             "ones already thresholded; calibrated after training (and at every evaluation with "
+             "`routing.budget.calibrate_every_eval`, which gives the avg_lm gap), τ saved with the controller "
              "(`thresholds.json`, which `specroute generate` uses). Gap = causal − top-k on the same seeds and "
              "held-out batches (w/t/l: seeds where the causal LM is lower / tied within 1.96 standard errors over batches / higher; 95% t interval over seeds). "
              + (f"Threshold arms route causally as trained (score > 0) and are evaluated natively: their LM "
@@ -174,7 +175,7 @@ def causal_section(summary: dict[str, Any]) -> list[str]:
         share = {l: v["mean"] for l, v in c["full_fraction"].items()}
         shares += [(v - a["full_fraction_budget"], a["label"], l) for l, v in share.items() if v is not None]
         rows.append((a["label"], pm(a, "final_lm"), pm(a, "causal_final_lm"), _gap_text(gap),
-                     _gap_text(c["gap"]["avg_lm"]),
+                     _gap_text(c["gap"]["avg_lm"]) if "avg_lm" in c["gap"] else "–",
                      ", ".join(f"{l}: {_mean_pm(v, n)}" for l, v in c["full_fraction"].items()),
                      ", ".join(f"{l}: {v['mean']:.3f}" for l, v in c["calibration_full_fraction"].items()),
                      ", ".join(f"{l}: {v['mean']:.3g}" for l, v in c["thresholds"].items())))

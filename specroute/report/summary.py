@@ -29,7 +29,8 @@ Layout (a contract: the claims evaluator reads it)::
                     "causal_rule": "native" | "calibrated" | "none",
                     "causal": {"full_fraction" | "calibration_full_fraction" | "thresholds":
                                    {"<layer>": {"mean", "std"}},
-                               "gap": {"final_lm" | "avg_lm" | "best_lm": paired stats}} (calibrated only)}},
+                               "gap": {"final_lm" (+ "avg_lm", "best_lm" with calibrate_every_eval):
+                                       paired stats}} (calibrated only)}},
      "failed": {ARM: {"<seed>": {"status": "failed", "failure": {"step", "steps", "event", "lr", "nonfinite",
                                                                 "last_finite", "message"}, "wall_s", ...}}},
      "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
@@ -189,7 +190,8 @@ def causal_entry(per_seed: dict[str, dict[str, Any]], causal: dict[str, dict[str
             m, sd = mean_std([c[field].get(l) for c in causal.values()])
             out[field][l] = {"mean": m, "std": sd}
     pairs = {s: (c, per_seed[s]) for s, c in causal.items()}
-    out["gap"] = {m: paired_evaluations(pairs, "causal", "topk", m).as_dict() for m in CAUSAL_METRICS}
+    out["gap"] = {m: paired_evaluations(pairs, "causal", "topk", m).as_dict() for m in CAUSAL_METRICS
+                  if all(c.get(m) is not None for c in causal.values())}
     return out
 
 
