@@ -155,7 +155,7 @@ def causal_section(summary: dict[str, Any]) -> list[str]:
     if not calibrated and not native:
         return []
     lines = ["", "### Causal evaluation: top-k gates under a calibrated threshold", "",
-             "Top-k routing ranks a token against the later tokens of its sequence (or batch), so it cannot run "
+             ("Top-k routing ranks a token against the later tokens of its sequence (or batch), so it cannot run "
              "causally (generation). Each top-k run is also evaluated under the causal rule *full iff score > "
              "τ_l*, τ_l the (1 − b) quantile of layer l's gate scores on fixed training batches "
              "(`routing.budget.calibration_batches`), the layers calibrated in order, each with the earlier "
@@ -164,10 +164,11 @@ def causal_section(summary: dict[str, Any]) -> list[str]:
              "(`thresholds.json`, which `specroute generate` uses). Gap = causal − top-k on the same seeds and "
              "held-out batches (w/t/l: seeds where the causal LM is lower / tied within 1.96 standard errors over batches / higher; 95% t interval over seeds). "
              + (f"Threshold arms route causally as trained (score > 0) and are evaluated natively: their LM "
-                f"above is the causal one ({', '.join(native)})." if native else ""), ""]
+                f"above is the causal one ({', '.join(native)})." if native else "")).strip(), ""]
     if not calibrated:
         return lines
     rows, gaps, shares = [], [], []
+    curve = any("avg_lm" in a["causal"]["gap"] for a in calibrated)  # calibrate_every_eval: an avg_lm gap too
     for a in calibrated:
         c, n = a["causal"], len(a["seeds"])
         gap = c["gap"]["final_lm"]
@@ -175,12 +176,13 @@ def causal_section(summary: dict[str, Any]) -> list[str]:
         share = {l: v["mean"] for l, v in c["full_fraction"].items()}
         shares += [(v - a["full_fraction_budget"], a["label"], l) for l, v in share.items() if v is not None]
         rows.append((a["label"], pm(a, "final_lm"), pm(a, "causal_final_lm"), _gap_text(gap),
-                     _gap_text(c["gap"]["avg_lm"]) if "avg_lm" in c["gap"] else "–",
+                     *((_gap_text(c["gap"]["avg_lm"]) if "avg_lm" in c["gap"] else "–",) if curve else ()),
                      ", ".join(f"{l}: {_mean_pm(v, n)}" for l, v in c["full_fraction"].items()),
                      ", ".join(f"{l}: {v['mean']:.3f}" for l, v in c["calibration_full_fraction"].items()),
                      ", ".join(f"{l}: {v['mean']:.3g}" for l, v in c["thresholds"].items())))
     lines += md_table(("arm", "final_lm top-k", "final_lm causal", "gap final_lm [95%] (w/t/l)",
-                       "gap avg_lm [95%] (w/t/l)", "held-out full share by layer", "calibration share",
+                       *(("gap avg_lm [95%] (w/t/l)",) if curve else ()), "held-out full share by layer",
+                       "calibration share",
                        "τ by layer"), rows)
     worst = max((g for g in gaps if g[0] is not None), key=lambda g: g[0], default=None)
     far = max(shares, key=lambda d: abs(d[0]), default=(0.0, "–", "–"))
