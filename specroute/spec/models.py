@@ -277,6 +277,12 @@ class RunSpec(Strict):
                 "under routing.budget.enforcement=topk_batch one token's flip moves the later layers' decisions "
                 "of every sequence in the batch; use topk_sequence or threshold, or labeling=off_policy"
             )
+        if self.train.grad_accum_steps > 1 and r.budget.enforcement == "topk_batch":
+            raise ValueError(
+                f"train.grad_accum_steps: {self.train.grad_accum_steps} micro-batches cannot keep "
+                "routing.budget.enforcement=topk_batch (its top-k ranks the whole batch's tokens, a micro-batch's is "
+                "another rule); use topk_sequence or threshold, or grad_accum_steps: 1"
+            )
         if self.loss.jepa > 0 and self.gate.kind != "G3":
             raise ValueError(
                 f"loss.jepa: jepa={self.loss.jepa} needs gate.kind=G3 (gate is {self.gate.kind}); "

@@ -91,7 +91,7 @@ def _activations(spec: RunSpec, dense: bool, value_bytes: int) -> int:
     """Bytes autograd keeps for one training step of a stage (see the module docstring)."""
     m, r = spec.model, spec.routing
     train = spec.backbone.train if dense else spec.train
-    N = train.batch_size * train.seq_len
+    N = train.batch_size // train.grad_accum_steps * train.seq_len  # one micro-batch's graph at a time
     D, V = m.d_model, m.vocab_size
     controlled = [] if dense else list(r.controlled_layers)
     trains_backbone = dense or "backbone" in spec.train.trainable
@@ -185,7 +185,8 @@ def judge(est: MemoryEstimate, avail: Available) -> Judgement:
                          f"{human_bytes(avail.total)} of {avail.what} of this machine; make the model smaller")
     if p.high > avail.free:
         return Judgement("uncertain", f"the study may not fit in memory: it needs {describe(est, avail)}; a "
-                         "smaller batch (train.batch_size, backbone.train.batch_size) or fewer --workers need less")
+                         "smaller batch (train.batch_size, backbone.train.batch_size), micro-batches "
+                         "(train.grad_accum_steps, backbone.train.grad_accum_steps) or fewer --workers need less")
     return Judgement("fits", describe(est, avail))
 
 

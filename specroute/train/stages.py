@@ -35,8 +35,10 @@ from specroute.model.decoder import Decoder, build_model
 from specroute.model.routing import G3Gate, LayerRouting
 from specroute.spec.models import RunSpec
 from specroute.spec.training import TrainSpec
+from specroute.train.accumulate import controller_backward, dense_backward
 from specroute.train.calibration import calibrate, calibrates
 from specroute.train.device import Device
+from specroute.train.distributed import BatchSplit
 from specroute.train.step import term_grad_norms
 
 #: Tokens (rows) of predicted latents used for the collapse metrics at each evaluation.
@@ -99,6 +101,11 @@ class DenseStage:
         with self.device.autocast():
             lm = self.loss_of(idx_BT, targets_BT)
         return lm, {"loss": lm.item(), "lm": lm.item()}
+
+    def backward(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator, step: int,
+                 split: BatchSplit) -> dict[str, Any]:
+        """:meth:`loss`'s backward on this process's rows in micro-batches (:mod:`specroute.train.accumulate`)."""
+        return dense_backward(self.loss_of, idx_BT, targets_BT, split, self.device)
 
     def evaluate(self) -> dict[str, Any]:
         return {"lm": dense_heldout_lm(self.model, self.batches, self.device)}
@@ -171,6 +178,13 @@ class ControllerStage:
         if self.logs_term_grads(step):
             record["loss_grad_norm"] = term_grad_norms(terms.weighted, self.trained_groups())
         return terms.total, record
+
+    def backward(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator, step: int,
+                 split: BatchSplit) -> dict[str, Any]:
+        """:meth:`loss`'s backward on this process's rows in micro-batches, equal to the whole batch's
+        (:func:`specroute.train.accumulate.controller_backward`); returns the record :meth:`loss` would."""
+        groups = self.trained_groups() if self.logs_term_grads(step) else None
+        return controller_backward(self.model, idx_BT, targets_BT, self.spec, generator, split, self.device, groups)
 
     def logs_term_grads(self, step: int) -> bool:
         """Whether step ``step`` (1-based) logs each loss term's gradient norm: every
