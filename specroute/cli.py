@@ -449,5 +449,23 @@ def flops(spec: SpecArg, profile: ProfileOpt = None,
         print_flops(console, rep)
 
 
+@command
+def generate(
+    run_dir: Annotated[Path, typer.Argument(help="A finished run's folder: <out>/runs/<arm>/seed<k>.")],
+    prompt: Annotated[str, typer.Option("--prompt", help="Text to continue (the run's tokenizer).")],
+    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=1 << 20, help="Tokens to add.")] = 64,
+    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy; > 0: sampling.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling (temperature > 0).")] = 0,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root holding the study's backbone.")] = None,
+):
+    """Continue a prompt with a trained run's routed model (KV cache; causal routing: a threshold gate's
+    own rule, a top-k gate's calibrated thresholds)."""
+    _passive_threads()
+    from specroute.train.saved import generate_text, load_run
+
+    saved = load_run(run_dir, cache_dir)
+    typer.echo(generate_text(saved, prompt, max_new_tokens, temperature, seed))
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()

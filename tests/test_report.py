@@ -248,11 +248,12 @@ def test_full_fraction_plot_only_under_threshold_routing(study, tmp_path):
     s = json.loads((out / "summary.json").read_text())
     (tmp_path / "plots").mkdir()
     (tmp_path / "plots" / "full_fraction.png").write_bytes(b"an earlier report's plot")
-    assert set(write_plots(s, tmp_path)) == {"lm_curves", "grad_norm", "score_distribution", "gate_scale"}
+    assert set(write_plots(s, tmp_path)) == {"lm_curves", "grad_norm", "score_distribution", "gate_scale",
+                                             "causal_lm"}
     assert not (tmp_path / "plots" / "full_fraction.png").exists()
     s["arms"]["G1_lm"]["enforcement"] = "threshold"
     assert set(write_plots(s, tmp_path)) == {"lm_curves", "grad_norm", "score_distribution", "full_fraction",
-                                             "gate_scale"}
+                                             "gate_scale", "causal_lm"}
     assert (tmp_path / "plots" / "full_fraction.png").read_bytes()[:4] == b"\x89PNG"
 
 

@@ -134,9 +134,9 @@ def test_future_peeking_threshold_is_caught(monkeypatch):
     assert causality.threshold_causal(t, CTX).status == "pass"
     real = routing.decide
 
-    def peeking(score_BT, budget_spec):
-        if budget_spec.enforcement != "threshold":
-            return real(score_BT, budget_spec)
+    def peeking(score_BT, budget_spec, threshold=None):
+        if budget_spec.enforcement != "threshold" or threshold is not None:
+            return real(score_BT, budget_spec, threshold)
         ahead = torch.cat([score_BT[:, 1:], score_BT[:, -1:]], dim=1)  # the score of token t + 1
         return (score_BT + ahead) > 0
 
@@ -302,3 +302,30 @@ def test_a_cost_model_blind_to_the_llama_options_is_caught(monkeypatch):
         assert flops.fvcore_dense(t, CTX).status == "fail"
     monkeypatch.setattr(analytic, "attn_proj_macs_per_token", lambda m: 4 * m.d_model * m.d_model)
     assert flops.fvcore_dense(t, CTX).status == "fail"
+
+
+def test_calibrated_threshold_off_budget_or_peeking_is_caught(monkeypatch):
+    """causality.calibrated fails on thresholds fitted to the wrong quantile (b instead of 1 - b: the share
+    is 1 - b) and on a threshold rule that reads the next token's score."""
+    from specroute.train import calibration
+
+    t = target()
+    assert causality.calibrated_threshold(t, CTX).status == "pass"
+    real = calibration.calibrate
+    with monkeypatch.context() as m:
+        m.setattr(calibration, "calibrate", lambda model, batches, b: real(model, batches, 1.0 - b))
+        r = causality.calibrated_threshold(t, CTX)
+        assert r.status == "fail"
+        assert "realise full shares" in r.detail
+    real_decide = routing.decide
+
+    def peeking(score_BT, budget_spec, threshold=None):
+        if threshold is None:
+            return real_decide(score_BT, budget_spec)
+        ahead = torch.cat([score_BT[:, 1:], score_BT[:, -1:]], dim=1)  # the score of token t + 1
+        return ahead > threshold  # about the same share as score > threshold: the budget check still passes
+
+    monkeypatch.setattr(routing, "decide", peeking)
+    r = causality.calibrated_threshold(t, CTX)
+    assert r.status == "fail"
+    assert "changed" in r.detail

@@ -59,6 +59,9 @@ class Tokenizer(Protocol):
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]: ...
 
+    def decode(self, ids: list[int]) -> str:
+        """Token ids back to text (invalid UTF-8 replaced)."""
+
 
 class BytesTokenizer:
     """UTF-8 bytes as token ids; vocabulary 256, separator 0."""
@@ -70,6 +73,9 @@ class BytesTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.frombuffer(t.encode("utf-8"), dtype=np.uint8).astype(np.uint16) for t in texts]
+
+    def decode(self, ids: list[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
 
 
 class Gpt2Tokenizer:
@@ -95,6 +101,9 @@ class Gpt2Tokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[np.ndarray]:
         return [np.asarray(e.ids, dtype=np.uint16) for e in self._tok.encode_batch(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self._tok.decode(ids)
 
 
 def load_tokenizer(name: str, cache: str | Path | None = None, pretrained: Path | None = None) -> Tokenizer:

@@ -36,18 +36,20 @@ def study_record(resolved: Any, sha: str) -> dict[str, Any]:
         "description": study.description, "labels": {a: study.arms[a].label for a in study.arms},
         "comparisons": [c.model_dump(mode="json") for c in study.comparisons],
         "roles": study.roles.model_dump(mode="json"), "equivalence_margin_nats": study.equivalence_margin_nats,
+        "sweeps": [sw.model_dump(mode="json") for sw in study.sweeps],
     }
 
 
 class RecordedStudy:
     """What :func:`specroute.report.summary.build_summary` reads of a study, from its ``study.json``
     (:func:`study_record`): ``study`` (name, profile, description, seeds, arms with labels, comparisons,
-    roles, equivalence margin) and :meth:`arm_spec`."""
+    roles, equivalence margin, sweeps) and :meth:`arm_spec`."""
 
     def __init__(self, record: dict[str, Any]):
         from specroute.spec.models import RunSpec
         from specroute.spec.roles import RolesSpec
         from specroute.spec.study import ArmSpec, ComparisonSpec
+        from specroute.spec.sweeps import SweepSpec
 
         self.sha = record["spec_sha256"]
         self._specs = {a: RunSpec.model_validate(spec) for a, spec in record["arms"].items()}
@@ -57,7 +59,8 @@ class RecordedStudy:
             seeds=list(record["seeds"]), arms={a: ArmSpec(label=labels.get(a, "")) for a in record["arms"]},
             comparisons=[ComparisonSpec.model_validate(c) for c in record.get("comparisons", [])],
             roles=RolesSpec.model_validate(record.get("roles") or {}),
-            equivalence_margin_nats=record.get("equivalence_margin_nats"))
+            equivalence_margin_nats=record.get("equivalence_margin_nats"),
+            sweeps=[SweepSpec.model_validate(sw) for sw in record.get("sweeps", [])])
 
     def arm_spec(self, arm: str) -> Any:
         return self._specs[arm]

@@ -13,6 +13,7 @@ from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
 from specroute.losses import LOSS_TERMS
 from specroute.report.summary import failed_runs, layer_diagnostics
+from specroute.report.sweeps import sweeps_section
 from specroute.train.trainer import last_finite_text
 from specroute.text import md_row, md_table, plural
 
@@ -135,6 +136,31 @@ def loss_grad_section(summary: dict[str, Any]) -> list[str]:
             *md_table(("arm", "group", *terms, "total", "largest"), rows)]
 
 
+#: How a ``train.trainable`` group is written in the report.
+GROUPS = {"gate": "gate", "cheap_ffn": "cheap FFN", "backbone": "backbone"}
+#: How an arm's causal evaluation is written: a threshold arm's own rule, a calibrated top-k one, none.
+CAUSAL_RULES = {"native": "native (score > 0)", "calibrated": "calibrated τ", "none": "none"}
+
+
+def arms_section(arms: dict[str, Any]) -> list[str]:
+    """The "What each arm runs" table: gate, budget, loss weights, oracle labels (util/rank arms), trained
+    groups (joint training lists the backbone) and the causal evaluation (empty for an older summary)."""
+    if not arms or any("trainable" not in a for a in arms.values()):
+        return []
+    rows = []
+    for a in arms.values():
+        loss = a["loss"]
+        oracle = (f"{a['oracle']['labeling']}, {a['oracle']['counterfactual']}"
+                  if loss["util"] > 0 or loss["rank"] > 0 else "–")
+        rows.append((a["label"], a["gate"], f"{a['enforcement']}, b = {a['full_fraction_budget']:g}",
+                     " / ".join(f"{loss[k]:g}" for k in ("util", "rank", "jepa", "budget")), oracle,
+                     " + ".join(GROUPS.get(g, g) for g in a["trainable"]),
+                     CAUSAL_RULES.get(a.get("causal_rule"), "–")))
+    return ["", "### What each arm runs", "",
+            *md_table(("arm", "gate", "budget", "λ util / rank / jepa / budget", "oracle labels", "trained",
+                       "causal evaluation"), rows)]
+
+
 def causal_section(summary: dict[str, Any]) -> list[str]:
     """The "Causal evaluation" section (empty when no arm has one and none routes by threshold): per top-k
     arm the held-out LM under top-k and under the calibrated causal threshold, their gap over seeds and the
@@ -145,42 +171,46 @@ def causal_section(summary: dict[str, Any]) -> list[str]:
     if not calibrated and not native:
         return []
     lines = ["", "### Causal evaluation: top-k gates under a calibrated threshold", "",
-             "Top-k routing ranks a token against the later tokens of its sequence (or batch), so it cannot run "
+             ("Top-k routing ranks a token against the later tokens of its sequence (or batch), so it cannot run "
              "causally (generation). Each top-k run is also evaluated under the causal rule *full iff score > "
              "τ_l*, τ_l the (1 − b) quantile of layer l's gate scores on fixed training batches "
              "(`routing.budget.calibration_batches`), the layers calibrated in order, each with the earlier "
-             "ones already thresholded; calibrated at every evaluation, the last τ saved with the controller "
+             "ones already thresholded; calibrated after training (and at every evaluation with "
+             "`routing.budget.calibrate_every_eval`, which gives the avg_lm gap), τ saved with the controller "
              "(`thresholds.json`, which `specroute generate` uses). Gap = causal − top-k on the same seeds and "
              "held-out batches (w/t/l: seeds where the causal LM is lower / tied within 1.96 standard errors over batches / higher; 95% t interval over seeds). "
              + (f"Threshold arms route causally as trained (score > 0) and are evaluated natively: their LM "
-                f"above is the causal one ({', '.join(native)})." if native else ""), ""]
+                f"above is the causal one ({', '.join(native)})." if native else "")).strip(), ""]
     if not calibrated:
         return lines
     rows, gaps, shares = [], [], []
+    curve = any("avg_lm" in a["causal"]["gap"] for a in calibrated)  # calibrate_every_eval: an avg_lm gap too
     for a in calibrated:
         c, n = a["causal"], len(a["seeds"])
         gap = c["gap"]["final_lm"]
         gaps.append((gap["mean_diff"], a["label"], gap))
         share = {l: v["mean"] for l, v in c["full_fraction"].items()}
-        shares += [v for v in share.values() if v is not None]
+        shares += [(v - a["full_fraction_budget"], a["label"], l) for l, v in share.items() if v is not None]
         rows.append((a["label"], pm(a, "final_lm"), pm(a, "causal_final_lm"), _gap_text(gap),
-                     _gap_text(c["gap"]["avg_lm"]),
+                     *((_gap_text(c["gap"]["avg_lm"]) if "avg_lm" in c["gap"] else "–",) if curve else ()),
                      ", ".join(f"{l}: {_mean_pm(v, n)}" for l, v in c["full_fraction"].items()),
                      ", ".join(f"{l}: {v['mean']:.3f}" for l, v in c["calibration_full_fraction"].items()),
                      ", ".join(f"{l}: {v['mean']:.3g}" for l, v in c["thresholds"].items())))
     lines += md_table(("arm", "final_lm top-k", "final_lm causal", "gap final_lm [95%] (w/t/l)",
-                       "gap avg_lm [95%] (w/t/l)", "held-out full share by layer", "calibration share",
+                       *(("gap avg_lm [95%] (w/t/l)",) if curve else ()), "held-out full share by layer",
+                       "calibration share",
                        "τ by layer"), rows)
     worst = max((g for g in gaps if g[0] is not None), key=lambda g: g[0], default=None)
-    budgets = sorted({a["full_fraction_budget"] for a in calibrated})
-    if worst is not None:
-        lines += ["", f"The largest gap in final held-out LM (causal − top-k) is {worst[0]:+.4f} nats/token "
+    far = max(shares, key=lambda d: abs(d[0]), default=(0.0, "–", "–"))
+    if worst is not None and shares:
+        lines += ["", (f"The largest gap in final held-out LM (causal − top-k) is {worst[0]:+.4f} nats/token "
                   f"({worst[1]}, 95% interval {fmt_interval(worst[2]['interval'], 2)}); over the "
                   f"{plural(len(calibrated), 'top-k arm')} the gap runs from "
                   f"{min(g[0] for g in gaps if g[0] is not None):+.4f} to {worst[0]:+.4f}. "
-                  f"The threshold's held-out full share is {min(shares):.3f}–{max(shares):.3f} per layer against "
-                  f"the budget b = {'/'.join(f'{b:g}' for b in budgets)} (top-k's by construction), so the "
-                  "causal model spends a different compute share on unseen text. Plot: `plots/causal_lm.png`."]
+                  f"On held-out text the threshold's full share differs from the arm's budget (top-k's share by "
+                  f"construction) by {min(d for d, _, _ in shares):+.3f} to {max(d for d, _, _ in shares):+.3f} "
+                  f"per layer (largest {far[0]:+.3f}: {far[1]}, layer {far[2]}), so the causal model spends a "
+                  "somewhat different compute share on unseen text. Plot: `plots/causal_lm.png`.")]
     return lines
 
 
@@ -278,6 +308,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
           pm(a, "initial_lm"), pm(a, "best_lm"), pm(a, "avg_lm"), pm(a, "final_lm"), pm(a, "grad_norm", 3),
           pm(a, "flops_proxy", 3), pm(a, "wall_s", 1), pm(a, "full_fraction_train", 3),
           pm(a, "full_fraction_eval", 3)) for a in arms.values()])
+    lines += arms_section(arms)
     lines += ["", "### Threshold hits", ""]
     taus = first["lm_thresholds"]
     if taus is None:
@@ -303,6 +334,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
     lines += diagnostics_section(arms)
     lines += loss_grad_section(summary)
     lines += causal_section(summary)
+    lines += sweeps_section(summary)
     lines += ["", "## Per-seed comparisons", "",
               "Per seed, *better* against *worse*: a win or loss when the difference (better - worse) exceeds "
               "1.96 standard errors of the per-batch differences on the shared held-out batches, else a tie; "

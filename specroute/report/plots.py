@@ -3,7 +3,8 @@ gate's score distribution per controlled layer, the realised full fraction per l
 that route by threshold (under top-k it is the budget by construction and says nothing), the gate's score
 spread and G3's action dependence of predictor and target (``gate_scale``), and, for runs that log them,
 the gradient norm of each loss term on the controller, and for top-k arms their held-out LM and full share
-under the calibrated causal threshold beside top-k's (``causal_lm``). Each arm has one colour in every plot
+under the calibrated causal threshold beside top-k's (``causal_lm``), and each sweep's LM against its grid
+values (``sweeps``, :mod:`specroute.report.sweeps`). Each arm has one colour in every plot
 (:func:`arm_colours`, from the study's arm order), each loss term one in the last (:data:`TERM_COLOURS`).
 Each plot is written atomically into ``<out>/plots/``."""
 
@@ -21,7 +22,7 @@ from specroute.store import atomic_write_bytes
 
 PLOTS = {"lm_curves": "lm_curves.png", "grad_norm": "grad_norm.png", "score_distribution": "score_distribution.png",
          "full_fraction": "full_fraction.png", "gate_scale": "gate_scale.png",
-         "loss_grad_norms": "loss_grad_norms.png", "causal_lm": "causal_lm.png"}
+         "loss_grad_norms": "loss_grad_norms.png", "causal_lm": "causal_lm.png", "sweeps": "sweeps.png"}
 
 #: One colour per loss term (and their sum) in :func:`plot_loss_grad_norms`, the same in every study.
 TERM_COLOURS = {**{t: f"C{i}" for i, t in enumerate(LOSS_TERMS)}, "total": "k"}
@@ -355,7 +356,7 @@ def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     distribution when the runs recorded scores; the
     full fraction per layer only when an arm routes by threshold; the gate's score scale and G3's action
     dependence when the runs recorded gate diagnostics; each loss term's gradient norm when an arm logged them;
-    the causal evaluation when a top-k arm has one.
+    the causal evaluation when a top-k arm has one; the swept arms' LM when the study has sweeps.
     """
     folder = out / "plots"
     made = []
@@ -378,6 +379,11 @@ def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     if causal_arms(summary):
         plot_causal(summary, folder / PLOTS["causal_lm"])
         made.append("causal_lm")
+    from specroute.report.sweeps import plot_sweeps, sweeps_of
+
+    if sweeps_of(summary):
+        plot_sweeps(summary, folder / PLOTS["sweeps"])
+        made.append("sweeps")
     for k in PLOTS.keys() - set(made):  # a plot an earlier report of this study wrote that no longer applies
         (folder / PLOTS[k]).unlink(missing_ok=True)
     return {k: f"plots/{PLOTS[k]}" for k in made}

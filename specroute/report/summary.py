@@ -10,6 +10,7 @@ Layout (a contract: the claims evaluator reads it)::
                                  "path"} (backbone.pretrained) or null},
      "arms": {ARM: {"label", "gate", "loss": {"util", "rank", "jepa", "budget"}, "steps",
                     "enforcement" (topk_sequence | topk_batch | threshold), "full_fraction_budget",
+                    "oracle": {"labeling", "counterfactual"}, "trainable": [group, ...],
                     "seeds": {"<seed>": {"lm": [[step, value], ...], "best_lm", "avg_lm", "final_lm",
                                           "threshold_hits": {"<tau>": step_or_null},
                                           "grad_norm": {"mean", "median"},
@@ -30,10 +31,12 @@ Layout (a contract: the claims evaluator reads it)::
                     "causal_rule": "native" | "calibrated" | "none",
                     "causal": {"full_fraction" | "calibration_full_fraction" | "thresholds":
                                    {"<layer>": {"mean", "std"}},
-                               "gap": {"final_lm" | "avg_lm" | "best_lm": paired stats}} (calibrated only)}},
+                               "gap": {"final_lm" (+ "avg_lm", "best_lm" with calibrate_every_eval):
+                                       paired stats}} (calibrated only)}},
      "failed": {ARM: {"<seed>": {"status": "failed", "failure": {"step", "steps", "event", "lr", "nonfinite",
                                                                 "last_finite", "message"}, "wall_s", ...}}},
      "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
+     "sweeps": [{"name", "label", "grid": [path, ...], "arms": {ARM: {path: value}}}] (the study's ``sweeps:``),
      "comparisons": [{"id", "claim", "better", "worse", "metric", "n", "wins", "ties", "losses",
                       "mean_diff", "interval", "p_sign", "per_seed": [...]}],
      "wall_s" (total over sessions), "sessions": [{"started", "wall_s", "ended"}, ...],
@@ -68,6 +71,7 @@ from typing import Any, NamedTuple
 
 from specroute.claims.stats import paired, paired_evaluations
 from specroute.spec.models import RunSpec
+from specroute.spec.sweeps import SweepSpec, expansion
 from specroute.train.runs import is_failed
 
 #: Per-arm aggregate metrics (name -> how to read it from a seed's summary).
@@ -157,6 +161,8 @@ def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]], faile
         "steps": spec.train.steps,
         "enforcement": spec.routing.budget.enforcement,
         "full_fraction_budget": spec.routing.budget.full_fraction,
+        "oracle": {"labeling": spec.loss.oracle.labeling, "counterfactual": spec.loss.oracle.counterfactual},
+        "trainable": list(spec.train.trainable),
         "lm_thresholds": list(spec.train.lm_thresholds),
         "seeds": per_seed,
         "mean": mean,
@@ -186,7 +192,8 @@ def causal_entry(per_seed: dict[str, dict[str, Any]], causal: dict[str, dict[str
             m, sd = mean_std([c[field].get(l) for c in causal.values()])
             out[field][l] = {"mean": m, "std": sd}
     pairs = {s: (c, per_seed[s]) for s, c in causal.items()}
-    out["gap"] = {m: paired_evaluations(pairs, "causal", "topk", m).as_dict() for m in CAUSAL_METRICS}
+    out["gap"] = {m: paired_evaluations(pairs, "causal", "topk", m).as_dict() for m in CAUSAL_METRICS
+                  if all(c.get(m) is not None for c in causal.values())}
     return out
 
 
@@ -201,6 +208,13 @@ def _term_grad_spread(per_seed: list[dict[str, dict[str, float | None]]]) -> dic
             m, sd = mean_std([s.get(g, {}).get(t) for s in per_seed])
             out[g][t] = {"mean": m, "std": sd}
     return out
+
+
+def sweep_entries(sweeps: list[SweepSpec]) -> list[dict[str, Any]]:
+    """The study's sweeps as summary.json holds them: name, label, the grid's field paths and, per arm it
+    made, the values of those paths."""
+    return [{"name": sw.name, "label": sw.label, "grid": list(sw.grid),
+             "arms": {arm: dict(zip(sw.grid, combo)) for arm, combo in expansion(sw)}} for sw in sweeps]
 
 
 def inputs_record(data: Any, backbone: Any, environment: dict[str, Any]) -> dict[str, Any]:
@@ -257,6 +271,7 @@ def build_summary(resolved: Any, spec_sha256: str, results: dict[str, dict[int, 
         "arms": arms,
         "failed": failed,
         "roles": study.roles.declared(),
+        "sweeps": sweep_entries(study.sweeps),
         "equivalence_margin_nats": study.equivalence_margin_nats,
         "comparisons": comparisons,
         "wall_s": wall_s,

@@ -205,8 +205,17 @@ class BudgetSpec(Strict):
         description=(
             "Top-k only: fixed training batches (train.batch_size windows each) on which each controlled "
             "layer's causal threshold tau_l (the (1 - b) quantile of its scores, layers calibrated in order) is "
-            "fitted at every evaluation; held-out LM and full share are then also reported under the causal "
-            "rule full iff score > tau_l, and generation uses it. 0: no causal evaluation. Ignored by threshold."
+            "fitted after training; held-out LM and full share are then also reported under the causal rule "
+            "full iff score > tau_l, and generation uses it. 0: no causal evaluation. Ignored by threshold."
+        ),
+    )
+    calibrate_every_eval: bool = Field(
+        False,
+        description=(
+            "Top-k only: calibrate and evaluate under the causal rule at every held-out evaluation too (a causal "
+            "LM curve, so best_lm and avg_lm under the rule); costs calibration_batches x controlled layers + "
+            "eval_batches no-grad forwards per evaluation (about +50% run time at the smoke profile). False: "
+            "once, after training."
         ),
     )
 

@@ -129,9 +129,13 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
     trainer.restore()
     if progress:
         progress.start_run(name, spec.train.steps, trainer.step)
+    causal = None
     try:
         history = trainer.run()
-        summary = {**seed_summary(spec, history, trainer.wall_s), "concurrent_runs": concurrent_runs}
+        causal = final_causal(stage, history)
+        if causal is not None:
+            sink.write({"event": "causal", "step": trainer.step, **causal})
+        summary = {**seed_summary(spec, history, trainer.wall_s, causal), "concurrent_runs": concurrent_runs}
         sink.write({"event": "end", **{k: v for k, v in summary.items() if k != "lm"}})
     except Diverged as e:
         summary = {"status": FAILED, "failure": e.as_dict(), "wall_s": trainer.wall_s,
@@ -141,16 +145,17 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
         sink.close()
         if progress:
             progress.end_run(name)
-    on_main(world, lambda: _write_run(folder, spec, summary, trainer))
+    on_main(world, lambda: _write_run(folder, spec, summary, trainer, causal))
     return summary
 
 
-def _write_run(folder: Path, spec: RunSpec, summary: dict[str, Any], trainer: Trainer) -> None:
-    """A run's files (a failed run's: no controller), result.json last."""
+def _write_run(folder: Path, spec: RunSpec, summary: dict[str, Any], trainer: Trainer,
+               causal: dict[str, Any] | None = None) -> None:
+    """A run's files (a failed run's: no controller), result.json last; ``causal``: the trained model's causal
+    evaluation (:func:`final_causal`), whose thresholds go to thresholds.json."""
     if not is_failed(summary):
         controller = {k: p.detach().cpu().contiguous() for k, p in trainer.params.items()}
         atomic_write_with(folder / "controller.safetensors", lambda tmp: save_file(controller, str(tmp)))
-        causal = trainer.history["eval"][-1].get("causal")
         if causal is not None:
             atomic_write_json(folder / THRESHOLDS_FILE, thresholds_record(spec, causal))
     atomic_write_json(folder / "spec.json", dump_run(spec))
@@ -204,8 +209,25 @@ def tau_key(tau: float) -> str:
     return f"{tau:g}"
 
 
-def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[str, Any]:
-    """The per-seed metrics of one run from its trainer history."""
+def final_causal(stage: ControllerStage, history: dict[str, Any]) -> dict[str, Any] | None:
+    """The causal evaluation of the trained model (a top-k gate with calibration batches; None otherwise):
+    the last evaluation's when every evaluation had one, else run now (no-grad; no random stream touched)."""
+    if not stage.calibration or not stage.batches:
+        return None
+    last = history["eval"][-1].get("causal") if history["eval"] else None
+    if last is not None:
+        return last
+    stage.model.eval()
+    try:
+        return stage.evaluate_causal()
+    finally:
+        stage.model.train()
+
+
+def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float,
+                 causal: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The per-seed metrics of one run from its trainer history; ``causal``: the trained model's causal
+    evaluation (:func:`final_causal`)."""
     evals = history["eval"]
     lm = [[e["step"], e["lm"]] for e in evals]
     values = [v for _, v in lm]
@@ -234,23 +256,26 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
     logged = [r["loss_grad_norm"] for r in history["train"] if r.get("loss_grad_norm")]
     if logged:
         summary["loss_grad_norm"] = _mean_term_grads(logged)
-    causal = [e.get("causal") for e in evals]
-    if causal and all(causal):
-        summary["causal"] = causal_summary(causal)
+    if causal is not None:
+        summary["causal"] = causal_summary([e.get("causal") for e in evals], causal)
     return summary
 
 
-def causal_summary(causal: list[dict[str, Any]]) -> dict[str, Any]:
-    """A top-k run's causal evaluation (every evaluation's ``causal`` record, :meth:`ControllerStage.evaluate_causal`)
-    in the shape of the seed summary's LM metrics: ``best_lm``, ``avg_lm``, ``final_lm`` and ``lm_by_batch``
-    under the calibrated threshold rule, and at the last evaluation ``full_fraction`` (held-out share per
-    layer), ``calibration_full_fraction``, ``thresholds`` (tau per layer) and ``tokens``."""
-    values = [c["lm"] for c in causal]
-    last = causal[-1]
-    return {"best_lm": min(values), "avg_lm": statistics.fmean(values), "final_lm": values[-1],
-            "lm_by_batch": _lm_by_batch(causal, values), "full_fraction": last["full_fraction"],
-            "calibration_full_fraction": last["calibration_full_fraction"], "thresholds": last["thresholds"],
-            "tokens": last["tokens"]}
+def causal_summary(curve: list[dict[str, Any] | None], last: dict[str, Any]) -> dict[str, Any]:
+    """A top-k run's causal evaluation (:meth:`ControllerStage.evaluate_causal` records) in the shape of the
+    seed summary's LM metrics: ``final_lm`` and ``lm_by_batch`` under the calibrated threshold rule, and
+    ``best_lm``, ``avg_lm`` when every evaluation had one (``curve``; ``routing.budget.calibrate_every_eval``),
+    with the trained model's (``last``) ``full_fraction`` (held-out share per layer),
+    ``calibration_full_fraction``, ``thresholds`` (tau per layer) and ``tokens``."""
+    out = {"final_lm": last["lm"], "full_fraction": last["full_fraction"],
+           "calibration_full_fraction": last["calibration_full_fraction"], "thresholds": last["thresholds"],
+           "tokens": last["tokens"]}
+    if curve and all(curve):
+        values = [c["lm"] for c in curve]
+        out.update(best_lm=min(values), avg_lm=statistics.fmean(values), lm_by_batch=_lm_by_batch(curve, values))
+    else:
+        out["lm_by_batch"] = {"final_lm": list(last["lm_batches"])}
+    return out
 
 
 def _mean_term_grads(logged: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:

@@ -135,8 +135,9 @@ class ControllerStage:
         spec: the run spec (loss recipe, routing). model: the routed model, on ``device``.
         batches: held-out (idx_BT, targets_BT) batches for :meth:`evaluate`.
         train: the stage's settings; default ``spec.train``.
-        calibration: training token ids (B, T) on which a top-k gate's causal thresholds are calibrated at
-            every evaluation (:func:`specroute.train.calibration.calibrate`); none: no causal evaluation.
+        calibration: training token ids (B, T) on which a top-k gate's causal thresholds are calibrated
+            (:func:`specroute.train.calibration.calibrate`) by :meth:`evaluate_causal`, and at every
+            evaluation when ``routing.budget.calibrate_every_eval``; none: no causal evaluation.
     """
 
     def __init__(self, spec: RunSpec, model: Decoder, device: Device,
@@ -228,7 +229,7 @@ class ControllerStage:
         result["score_quantiles"] = {l: torch.quantile(torch.cat(v)[:1 << 24].cpu(), q).tolist()
                                      for l, v in scores.items()}
         result["gate_diagnostics"] = gate_diagnostics(scores, gaps)
-        if self.calibration and self.batches:
+        if self.calibration and self.batches and self.spec.routing.budget.calibrate_every_eval:
             result["causal"] = self.evaluate_causal()
         return result
 
@@ -237,7 +238,7 @@ class ControllerStage:
         the held-out batches under full iff score > tau_l: ``lm`` (nats/token), ``lm_batches`` (per batch),
         ``full_fraction`` (realised share per controlled layer), with ``thresholds`` and
         ``calibration_full_fraction`` (the share on the calibration data) and ``tokens`` (calibration
-        tokens). Layer keys are strings."""
+        tokens). Layer keys are strings. Needs calibration and held-out batches."""
         with torch.no_grad(), self.device.autocast():
             cal = calibrate(self.model, self.calibration, self.spec.routing.budget.full_fraction)
             lm_batches, full = [], {str(l): 0.0 for l in cal.thresholds}

@@ -43,6 +43,8 @@ VERIFIERS: tuple[Verifier, ...] = (
     Verifier("budget.threshold", budget.threshold_trained, _RECIPE, "threshold share within tolerance"),
     Verifier("causality.threshold", causality.threshold_causal, _SHAPE, "threshold: prefix independent of future"),
     Verifier("causality.topk_reported", causality.topk_reported, _SHAPE, "top-k: non-causal, reported, refused"),
+    Verifier("causality.calibrated", causality.calibrated_threshold, _SHAPE,
+             "top-k's calibrated threshold: budget on its data, causal"),
     Verifier("execution.parity", flops.parity, _SHAPE, "gather == masked; all-full == dense"),
     *(Verifier(f"gradients.{t}", gradients.alone(t), _RECIPE, f"{t} alone: gradient path")
       for t in LOSS_TERMS),

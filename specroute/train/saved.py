@@ -1,0 +1,111 @@
+"""A finished run loaded back from its folder, and text generated with it (``specroute generate``).
+
+A run folder (``<out>/runs/<arm>/seed<k>/``, :mod:`specroute.train.runs`) holds the resolved run spec
+(``spec.json``), the trained parameters (``controller.safetensors``) and, for a top-k gate, its calibrated
+causal thresholds (``thresholds.json``, :mod:`specroute.train.calibration`). The backbone is the study's:
+``<out>/summary.json`` names its cache key (``<cache>/backbones/<key>/backbone.safetensors``), or the spec's
+``backbone.checkpoint`` names the file. The routed model is that backbone with the run's parameters loaded
+over it, which is the model the run evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+from safetensors.torch import load_file
+
+from specroute.data.tokenizer import Tokenizer, load_tokenizer
+from specroute.model.decoder import Decoder, NonCausalRoutingError, Thresholds, build_model
+from specroute.spec.models import RunSpec
+from specroute.store import UserError, cache_dir
+from specroute.train.calibration import THRESHOLDS_FILE, load_thresholds
+
+
+@dataclass
+class SavedRun:
+    """A run's routed model (eval mode, CPU), its spec, its causal thresholds (None: a threshold budget, or a
+    top-k run without ``thresholds.json``) and its tokenizer."""
+
+    spec: RunSpec
+    model: Decoder
+    thresholds: Thresholds | None
+    tokenizer: Tokenizer
+
+
+def _read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path.parent}: not a finished run folder (no {path.name}; {what})") from None
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path}: cannot be read ({e})") from None
+
+
+def backbone_file(folder: Path, spec: RunSpec, cache: str | Path | None = None) -> Path:
+    """The backbone weights of the run in ``folder``: the study's cached backbone (its key from
+    ``<out>/summary.json``) or the spec's ``backbone.checkpoint``. Raises UserError when neither is found."""
+    summary = folder.parent.parent.parent / "summary.json"
+    key = None
+    if summary.is_file():
+        key = (_read_json(summary, "the study's summary").get("backbone") or {}).get("cache_key")
+    if key:
+        path = cache_dir(cache) / "backbones" / key / "backbone.safetensors"
+        if path.is_file():
+            return path
+        raise UserError(f"{folder}: its backbone {key} is not in the cache {cache_dir(cache)} "
+                        "(pass the cache it was trained into with --cache-dir, or rerun the study)")
+    if spec.backbone.checkpoint and Path(spec.backbone.checkpoint).expanduser().is_file():
+        return Path(spec.backbone.checkpoint).expanduser()
+    raise UserError(f"{folder}: cannot find its backbone: no {summary} naming a cached backbone and no "
+                    "backbone.checkpoint file in its spec (a run folder is <out>/runs/<arm>/seed<k>)")
+
+
+def load_run(folder: Path, cache: str | Path | None = None) -> SavedRun:
+    """Load the finished run in ``folder`` (see the module docstring). Raises UserError for a folder that is
+    not a finished run's, a failed run, a missing backbone or weights that do not fit the spec."""
+    result = _read_json(folder / "result.json", "a run folder is <out>/runs/<arm>/seed<k>")
+    if result.get("status") == "failed":
+        raise UserError(f"{folder}: this run failed ({(result.get('failure') or {}).get('message', '?')}); "
+                        "it saved no model")
+    try:
+        spec = RunSpec.model_validate(_read_json(folder / "spec.json", "the run's spec"))
+    except ValidationError as e:
+        raise UserError(f"{folder / 'spec.json'}: not a run spec of this version ({e.error_count()} errors)") from None
+    if not (folder / "controller.safetensors").is_file():
+        raise UserError(f"{folder}: no controller.safetensors (the run is not finished)")
+    model = build_model(spec)
+    trained = load_file(str(folder / "controller.safetensors"))
+    backbone = load_file(str(backbone_file(folder, spec, cache)))
+    try:
+        model.load_backbone(backbone)
+        unexpected = set(trained) - set(model.state_dict())
+        if unexpected:
+            raise RuntimeError(f"unexpected keys {sorted(unexpected)[:5]}")
+        model.load_state_dict(trained, strict=False)
+    except RuntimeError as e:
+        raise UserError(f"{folder}: its weights do not fit its spec's model ({e})") from None
+    path = folder / THRESHOLDS_FILE
+    thresholds = load_thresholds(path) if path.is_file() and not spec.routing.budget.causal else None
+    return SavedRun(spec, model.eval(), thresholds, load_tokenizer(spec.data.tokenizer, cache))
+
+
+def generate_text(run: SavedRun, prompt: str, max_new_tokens: int, temperature: float = 0.0,
+                  seed: int = 0) -> str:
+    """The run's continuation of ``prompt`` (its tokenizer; :meth:`Decoder.generate` with the KV cache and
+    the causal rule: a threshold budget's own, a top-k budget's calibrated thresholds). ``temperature`` 0:
+    greedy; otherwise sampled with a generator seeded by ``seed``. Raises UserError for an empty prompt or a
+    top-k run without thresholds."""
+    ids = [int(i) for i in run.tokenizer.encode_batch([prompt])[0]]
+    if not ids:
+        raise UserError("--prompt: empty (give at least one character of text)")
+    try:
+        out = run.model.generate(torch.tensor([ids]), max_new_tokens, temperature, run.thresholds,
+                                 generator=torch.Generator().manual_seed(seed))
+    except NonCausalRoutingError as e:
+        raise UserError(f"{e}. This run has no {THRESHOLDS_FILE} (routing.budget.calibration_batches: 0, or a "
+                        "run from before causal evaluation); rerun it with calibration_batches > 0") from None
+    return run.tokenizer.decode(out[0, len(ids):].tolist())
