@@ -204,7 +204,7 @@ def run(
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
     missing = result.summary.get("missing") or {}
     if missing:
-        console.print(f"the report covers the runs finished so far; missing: "
+        console.print("the report covers the runs finished so far; missing: "
                       + "; ".join(f"{escape(a)} seeds {', '.join(map(str, s))}" for a, s in missing.items())
                       + f" (`specroute report {escape(str(result.out))}` once they end)")
     failed = result.failure_message()
