@@ -63,8 +63,9 @@ class G1Gate(nn.Module):
         self.score_init_std = g.score_init_std
 
     def forward(self, h_BTD: Tensor) -> GateOut:
-        """(B, T, D) -> GateOut(score_BT (B, T))."""
-        return GateOut(self.score_head(F.gelu(self.fc(self.ln(h_BTD)))).squeeze(-1))
+        """(B, T, D) -> GateOut(score_BT (B, T), float32 even under autocast: :func:`fp32_gate`)."""
+        with fp32_gate(h_BTD):
+            return GateOut(self.score_head(F.gelu(self.fc(self.ln(h_BTD.float())))).squeeze(-1))
 
 
 class G3Gate(nn.Module):
@@ -104,13 +105,16 @@ class G3Gate(nn.Module):
         return self.predictor(torch.cat([z_BTK, onehot], dim=-1))
 
     def forward(self, h_BTD: Tensor) -> GateOut:
-        """(B, T, D) -> GateOut(score_BT (B, T), predicted outcome latents (B, T, K) for full and cheap)."""
-        z = self.encoder(self.ln(h_BTD))
-        pred_full, pred_cheap = self.predict(z, FULL), self.predict(z, CHEAP)
-        d_BTK = pred_full - pred_cheap
-        if self.score_norm == "layernorm":
-            d_BTK = F.layer_norm(d_BTK, d_BTK.shape[-1:], eps=SCORE_NORM_EPS)
-        score = self.score_head(d_BTK).squeeze(-1)
+        """(B, T, D) -> GateOut(score_BT (B, T), predicted outcome latents (B, T, K) for full and cheap),
+        all float32 even under autocast (:func:`fp32_gate`): the score is built from the small difference
+        P(z, full) - P(z, cheap), which bf16 would round to ties."""
+        with fp32_gate(h_BTD):
+            z = self.encoder(self.ln(h_BTD.float()))
+            pred_full, pred_cheap = self.predict(z, FULL), self.predict(z, CHEAP)
+            d_BTK = pred_full - pred_cheap
+            if self.score_norm == "layernorm":
+                d_BTK = F.layer_norm(d_BTK, d_BTK.shape[-1:], eps=SCORE_NORM_EPS)
+            score = self.score_head(d_BTK).squeeze(-1)
         return GateOut(score, pred_full, pred_cheap)
 
     def target_latent(self, h_in_BTD: Tensor, h_after_BTD: Tensor) -> Tensor:
@@ -126,6 +130,14 @@ class G3Gate(nn.Module):
         if self.target_kind == "normalized":
             return self.target(F.layer_norm(h_after, h_after.shape[-1:]))
         return self.target(h_after)
+
+
+def fp32_gate(h_BTD: Tensor) -> torch.autocast:
+    """The block a gate computes in: autocast off, so that with the hidden state as float32
+    (``h_BTD.float()``) the scores (and G3's latents) are float32 under bf16 autocast too and top-k is not
+    decided by bf16 ties. The gate is a few small matmuls beside the block's, so full precision costs
+    little. (A plain autocast context, not a generator: torch.compile traces it without a graph break.)"""
+    return torch.autocast(h_BTD.device.type, enabled=False)
 
 
 def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> G1Gate | G3Gate:
