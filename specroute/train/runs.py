@@ -169,9 +169,11 @@ def _exit_without_parent(parent: int) -> None:
 def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, Tensor], folder: str,
                   concurrent_runs: int) -> dict[str, Any]:
     """:func:`run_controller` in a worker process (CPU), reporting progress through the queue."""
+    import torch
+
     device = Device("cpu", None)
     data = load_shards(Path(data_path))
-    with deterministic(device):
+    with deterministic(device, threads=torch.get_num_threads()):  # init_worker's share of the cores
         return run_controller(arm, spec, data, backbone, device, Path(folder), QueueProgress(_QUEUE),
                               concurrent_runs=concurrent_runs)
 
