@@ -220,6 +220,17 @@ def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
     return max(1, min(os.cpu_count() or 1, pending))
 
 
+def run_threads(device: Device, spec: RunSpec, workers: int) -> int:
+    """Intra-op threads of each controller run on a CPU: one for small models (the runs go one per core,
+    and the same count in this process and in workers keeps their metrics equal: float reductions depend
+    on it), else the cores shared among ``workers``. More threads than cores in all make every parallel
+    op wait for a descheduled thread (measured: a smoke step 20x slower on a loaded 2-core machine)."""
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and count_params(spec).total <= PARALLEL_MAX_PARAMS:
+        return 1
+    return max(1, cores // workers)
+
+
 class Job(NamedTuple):
     """One controller run to do: its arm, seed, run spec, backbone weights (CPU) and run folder."""
 
@@ -238,7 +249,7 @@ def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
     checkpoints are what ``--resume`` continues from, and waiting would mean waiting for their runs."""
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = run_threads(Device("cpu", None), jobs[0].spec, workers)
     with _sigint_ignored():  # workers start ignoring Ctrl-C (inherited): this process ends them, quietly
         pool = ctx.Pool(workers, initializer=init_worker, initargs=(q, threads, os.getpid()))
     try:
@@ -415,8 +426,11 @@ def run_controllers(jobs: list[Job], data: Any, device: Device,
             ((j.arm, j.seed, json.loads((j.folder / "result.json").read_text())) for j in finished),
             run_parallel(todo, data.path, workers, progress))
     else:
-        done = ((j.arm, j.seed, run_controller(j.arm, j.spec, data, j.backbone, device, j.folder, progress, budget))
-                for j in jobs)
+        def in_process(j: Job) -> dict[str, Any]:
+            with deterministic(device, threads=run_threads(device, j.spec, 1)):
+                return run_controller(j.arm, j.spec, data, j.backbone, device, j.folder, progress, budget)
+
+        done = ((j.arm, j.seed, in_process(j)) for j in jobs)
     results: dict[str, dict[int, dict[str, Any]]] = {}
     for arm, seed, res in done:
         results.setdefault(arm, {})[seed] = res

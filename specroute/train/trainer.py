@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from specroute.flops.mfu import Peak, device_peak, speed
 from specroute.spec.training import TrainSpec
 from specroute.store import (UserError, atomic_write_text, json_text, make_dir, nonfinite_paths, replace_dir,
                              temp_dir_beside, writing)
@@ -78,6 +79,8 @@ def last_finite_text(last: dict[str, dict[str, float] | None]) -> str:
     return "; ".join(f"{k} {v['value']:.4g} at step {v['step']}" if v else f"{k}: none" for k, v in last.items())
 
 
+#: Steps the progress line's tokens/s and MFU are averaged over.
+PROGRESS_STEPS = 10
 #: The values the NaN guard checks, per record kind (the other non-finite floats are named in its message).
 GUARDED = {"train": ("loss", "grad_norm"), "eval": ("lm",)}
 
@@ -207,13 +210,18 @@ class Trainer:
         on_step: called after every step with (step, record) (progress display).
         budget: this session's step cap across stages.
         name: the training's name in messages (:class:`Diverged`).
+        step_flops: analytic FLOPs of one optimiser step (2 x :mod:`specroute.flops.analytic`'s MACs), for
+            the MFU of :meth:`speed` and of the progress line; None: tokens/s only.
     """
 
     def __init__(self, stage: Stage, sampler: Sampler, seeds: Mapping[str, int] | torch.Generator, device: Device,
                  ckpt_dir: Path | None = None, sink: MetricsSink | None = None,
                  on_step: Callable[[int, dict[str, Any]], None] | None = None, budget: StepBudget | None = None,
-                 name: str = "training"):
+                 name: str = "training", step_flops: float | None = None):
         self.stage, self.sampler, self.device, self.name = stage, sampler, device, name
+        self.step_flops = step_flops
+        self.step_s: list[float] = []  # wall seconds of each step this session (batch, step, log)
+        self._peak: Peak | None = None
         self.spec = stage.train
         self.params = stage.trainable()
         self.optimizer = make_optimizer(self.params, self.spec.optimizer)
@@ -256,9 +264,11 @@ class Trainer:
 
     def advance(self) -> dict[str, Any]:
         """One step of the loop: next batch, train step, log; returns the step's record."""
+        t0 = time.perf_counter()
         idx, targets = self.next_batch()
         record = self.train_step(idx, targets)
         self.step += 1
+        self.step_s.append(time.perf_counter() - t0)
         self.log(record)
         return record
 
@@ -292,7 +302,18 @@ class Trainer:
         self.history["train"].append(record)
         self.sink.write(record)
         if self.on_step is not None:
-            self.on_step(self.step, record)
+            self.on_step(self.step, {**record, **self.speed(last=PROGRESS_STEPS)})
+
+    def speed(self, last: int | None = None) -> dict[str, Any]:
+        """Training throughput of this session's steps (the ``last`` ones; None: all): tokens/s, analytic
+        FLOP/s and MFU against the device's peak (:func:`specroute.flops.mfu.speed`); evaluations and
+        checkpoints are not in the step times. Not part of the metrics (timings differ between equal runs)."""
+        times = self.step_s[-last:] if last else self.step_s
+        if self._peak is None:
+            self._peak = device_peak(self.device)
+        tokens = len(times) * self.spec.batch_size * self.spec.seq_len
+        flops = None if self.step_flops is None else len(times) * self.step_flops
+        return speed(tokens, flops, sum(times), self._peak)
 
     def evaluate(self, log: bool = True) -> dict[str, Any]:
         self.stage.model.eval()
