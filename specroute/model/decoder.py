@@ -55,7 +55,8 @@ class Block(nn.Module):
         if self.routed_ffn is None:
             return h_BTD + self.ffn(self.ln2(h_BTD)), None
         full_BT, gate = self.routed_ffn.decide(h_BTD, force)  # score, decide
-        h_out = h_BTD + self.routed_ffn.execute(self.ln2(h_BTD), self.ffn, full_BT, gate)  # run full or cheap
+        n_full = self.routed_ffn.full_count(*h_BTD.shape[:2]) if force is None else None  # fixed by top-k
+        h_out = h_BTD + self.routed_ffn.execute(self.ln2(h_BTD), self.ffn, full_BT, gate, n_full)  # run full or cheap
         return h_out, LayerRouting(self.index, full_BT, gate, h_BTD, h_out)
 
 

@@ -33,6 +33,7 @@ from specroute.model.decoder import Decoder, build_model
 from specroute.model.routing import G3Gate, LayerRouting
 from specroute.spec.models import RunSpec
 from specroute.spec.training import TrainSpec
+from specroute.train.compiled import compile_model
 from specroute.train.device import Device
 from specroute.train.step import term_grad_norms
 
@@ -86,6 +87,8 @@ class DenseStage:
     def seeded(cls, spec: RunSpec, seed: int, heldout: WindowSampler, device: Device) -> DenseStage:
         """A study's stage 1: the dense model of ``spec`` initialised from ``seed``, ``backbone.train``."""
         model = build_seeded(spec, seed, routed=False).to(device.torch)
+        if spec.backbone.train.compile:
+            compile_model(model)
         return cls(model, spec.backbone.train, device, eval_batches(heldout, spec.backbone.train, device))
 
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -139,6 +142,8 @@ class ControllerStage:
         model = build_seeded(spec, spec.seed, routed=True)
         model.load_backbone(backbone)
         model = model.to(device.torch)
+        if spec.train.compile:
+            compile_model(model)
         return cls(spec, model, device, eval_batches(heldout, spec.train, device))
 
     def trainable(self) -> dict[str, nn.Parameter]:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from specroute.flops.mfu import Peak, device_peak, speed
 from specroute.spec.training import TrainSpec
+from specroute.train.compiled import is_compiled
 from specroute.store import (UserError, atomic_write_text, json_text, make_dir, nonfinite_paths, replace_dir,
                              temp_dir_beside, writing)
 from specroute.train.device import Device
@@ -307,13 +308,18 @@ class Trainer:
     def speed(self, last: int | None = None) -> dict[str, Any]:
         """Training throughput of this session's steps (the ``last`` ones; None: all): tokens/s, analytic
         FLOP/s and MFU against the device's peak (:func:`specroute.flops.mfu.speed`); evaluations and
-        checkpoints are not in the step times. Not part of the metrics (timings differ between equal runs)."""
-        times = self.step_s[-last:] if last else self.step_s
+        checkpoints are not in the step times. With a compiled model (``train.compile``) the session's first
+        step, which compiles, is left out and given as ``compile_s`` (compile time plus one step). Not part
+        of the metrics (timings differ between equal runs)."""
+        compiled = is_compiled(self.stage.model)
+        times = self.step_s[1:] if compiled and len(self.step_s) > 1 else self.step_s  # the 1st: compile
+        times = times[-last:] if last else times
         if self._peak is None:
             self._peak = device_peak(self.device)
         tokens = len(times) * self.spec.batch_size * self.spec.seq_len
         flops = None if self.step_flops is None else len(times) * self.step_flops
-        return speed(tokens, flops, sum(times), self._peak)
+        return {**speed(tokens, flops, sum(times), self._peak), "compiled": compiled,
+                "compile_s": self.step_s[0] if compiled and self.step_s else None}
 
     def evaluate(self, log: bool = True) -> dict[str, Any]:
         self.stage.model.eval()
