@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import torch
 from helpers import tiny_spec, tokens
 from torch.testing import assert_close
@@ -14,6 +15,7 @@ from specroute.model.decoder import build_model
 from specroute.train.compiled import compile_model, is_compiled
 
 
+@pytest.mark.slow  # compiling takes ~1 min on 2 idle cores, many on a loaded machine
 def test_compiled_gather_step_equals_eager_without_recompiling():
     import torch._dynamo
 
