@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 from helpers import tiny_spec, tokens
 from torch.testing import assert_close
 

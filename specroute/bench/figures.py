@@ -74,7 +74,7 @@ def bootstrap_interval(rows: list[Any], stat: Any, level: float = BOOTSTRAP_LEVE
     rng = random.Random(seed)
     stats = sorted(stat([rows[rng.randrange(len(rows))] for _ in rows]) for _ in range(resamples))
     tail = (1 - level) / 2
-    return [stats[int(tail * (resamples - 1))], stats[int(round((1 - tail) * (resamples - 1)))]]
+    return [stats[int(tail * (resamples - 1))], stats[round((1 - tail) * (resamples - 1))]]
 
 
 def _settled(interval: list[float] | None, ok: Any) -> bool:
@@ -197,7 +197,7 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
     if fig is None:
         entry.update(status="n/a", by=None, settled=False, note=f"reference {h.status}")
     else:
-        ok = lambda x: x <= DENSE_VS_REFERENCE_MAX  # noqa: E731
+        ok = lambda x: x <= DENSE_VS_REFERENCE_MAX
         passed = ok(fig)
         entry.update(status=("PASS" if passed else "MISS") if scale_ok else "n/a",
                      by=None if passed else fig - DENSE_VS_REFERENCE_MAX, settled=_settled(iv, ok),
@@ -221,7 +221,7 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
              "figure": eff, "interval": iv, "threshold": f">= {GATHER_EFFICIENCY_MIN:.0%}",
              "median_figure": row["efficiency_vs_masked"],
              "measured_saving": row["measured_saving_vs_masked"], "predicted_saving": pred}
-    ok = lambda x: x >= GATHER_EFFICIENCY_MIN  # noqa: E731
+    ok = lambda x: x >= GATHER_EFFICIENCY_MIN
     passed = eff is not None and ok(eff)
     ideal = m.median_s * g.macs / m.macs
     overhead = g.median_s - ideal
@@ -241,13 +241,13 @@ def targets(summary: dict[str, Any], by: dict[str, Case]) -> list[dict[str, Any]
     for r in summary["recipes"]:
         u, l = by[f"recipe/{r['utilrank']}"], by[f"recipe/{r['lm']}"]
         rounds = list(zip(l.times_s, u.times_s))
-        gap = lambda rs, r=r: (1 - statistics.fmean(a for a, _ in rs) / statistics.fmean(b for _, b in rs)  # noqa: E731
+        gap = lambda rs, r=r: (1 - statistics.fmean(a for a, _ in rs) / statistics.fmean(b for _, b in rs)
                                ) - r["predicted_saving"]
         r["gap_points"], r["gap_interval"] = gap(rounds), bootstrap_interval(rounds, gap)
         if worst is None or abs(r["gap_points"]) > abs(worst["gap_points"]):
             worst = r
     if worst is not None:
-        ok = lambda x: abs(x) <= RECIPE_PROXY_MAX_POINTS  # noqa: E731
+        ok = lambda x: abs(x) <= RECIPE_PROXY_MAX_POINTS
         passed = ok(worst["gap_points"])
         out.append({
             "id": "recipe_vs_flops_proxy",

@@ -62,7 +62,7 @@ def gpu_peak(name: str, precision: str) -> Peak:
     return Peak(None, f"{name!r} is not in the GPU peak table (specroute.flops.mfu.GPU_PEAK_TFLOPS)")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measured_cpu_peak(threads: int) -> Peak:
     """This CPU's float32 matmul rate at ``threads`` intra-op threads, measured once per process and
     thread count (see the module docstring); ~0.1-0.3 s the first time."""
