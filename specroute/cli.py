@@ -154,16 +154,22 @@ def run(
     device: DeviceOpt = "auto",
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root (default $SPECROUTE_CACHE or ~/.cache/specroute).")] = None,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Controller runs at once (default: one per CPU core for small models on CPU, else 1).")] = None,
+    tensorboard: Annotated[Optional[Path], typer.Option("--tensorboard", help="Also log every metric to TensorBoard under DIR/<study>/<arm>/seed<k> (extra: tracking).")] = None,
+    wandb: Annotated[Optional[str], typer.Option("--wandb", help="Also log every metric to Weights & Biases: offline | online | off (extra: tracking); default: train.tracking.wandb.")] = None,
 ):
-    """Run a study (backbone, every arm x seed) and write its report."""
+    """Run a study (backbone, every arm x seed) and write its report. Data parallel over K processes:
+    ``torchrun --nproc_per_node=K -m specroute run SPEC ...``."""
     _passive_threads()
     from specroute.train import Interrupted, StudyOptions, run_study
 
     if resume and overwrite:
         fail("--resume and --overwrite exclude each other")
+    if wandb not in (None, "off", "offline", "online"):
+        fail(f"--wandb {wandb}: use offline, online or off")
     resolved = load_study(spec, profile, set_ or [])
     options = StudyOptions(out=out, resume=resume, overwrite=overwrite, arms=list(arm or []),
-                           seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers)
+                           seeds=list(seed or []), device=device, cache=cache_dir, yes=yes, workers=workers,
+                           tensorboard=tensorboard, wandb=wandb)
     confirm = (lambda q: typer.confirm(q, default=False)) if sys.stdin.isatty() else None
     try:
         with _sigterm_as_interrupt():
@@ -174,6 +180,10 @@ def run(
     except (Interrupted, KeyboardInterrupt):
         err_console.print(f"interrupted; {_how_to_continue(resolved, options)}")
         raise typer.Exit(130) from None
+    from specroute.train.distributed import main_process
+
+    if not main_process():  # under torchrun the main process reports
+        return
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
     failed = result.failure_message()
     if failed:

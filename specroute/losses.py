@@ -216,12 +216,22 @@ def util_loss(score_BT: Tensor, u_BT: Tensor, oracle: OracleSpec) -> Tensor:
     ``standardized`` targets are (u - mean) / std over the labelled tokens (scale-free); ``raw`` are nats.
     Shapes (B, T), or under ``per_token`` labels (B, S): the labelled tokens only.
     """
-    target = u_BT
+    return util_error(score_BT, util_target(u_BT, oracle), oracle, "mean")
+
+
+def util_target(u_BT: Tensor, oracle: OracleSpec) -> Tensor:
+    """UTIL's regression target, same shape as ``u_BT``: the labels standardised over every token of ``u_BT``
+    (``standardized``) or as they are (``raw``, nats)."""
     if oracle.util_target == "standardized":
-        target = (u_BT - u_BT.mean()) / (u_BT.std(unbiased=False) + 1e-6)
+        return (u_BT - u_BT.mean()) / (u_BT.std(unbiased=False) + 1e-6)
+    return u_BT
+
+
+def util_error(score_BT: Tensor, target_BT: Tensor, oracle: OracleSpec, reduction: str) -> Tensor:
+    """The squared (``mse``) or Huber error of the scores on the targets, ``mean`` or ``sum`` over tokens."""
     if oracle.util_loss == "huber":
-        return F.huber_loss(score_BT, target, delta=oracle.huber_delta)
-    return F.mse_loss(score_BT, target)
+        return F.huber_loss(score_BT, target_BT, delta=oracle.huber_delta, reduction=reduction)
+    return F.mse_loss(score_BT, target_BT, reduction=reduction)
 
 
 def rank_loss(
@@ -235,20 +245,34 @@ def rank_loss(
     are all (i, j) of a sequence, or ``rank_pairs_per_token`` partners j drawn uniformly per token i.
     Returns 0 (with a graph) when no pair qualifies.
     """
-    B, T = score_BT.shape
-    if oracle.rank_pairs_per_token is None:
-        du = u_BT[:, :, None] - u_BT[:, None, :]
-        ds = score_BT[:, :, None] - score_BT[:, None, :]
-    else:
-        # drawn on the CPU (where the run's generator lives), then moved: same pairs on any device
-        j = torch.randint(0, T, (B, T, oracle.rank_pairs_per_token), generator=generator)
-        j = j.to(score_BT.device)
-        du = u_BT[:, :, None] - torch.gather(u_BT, 1, j.view(B, -1)).view(j.shape)
-        ds = score_BT[:, :, None] - torch.gather(score_BT, 1, j.view(B, -1)).view(j.shape)
-    mask = du > oracle.rank_margin
+    partners = rank_partners(*score_BT.shape, oracle, generator)
+    ds, mask = rank_pairs(score_BT, u_BT, oracle, partners)
     if not mask.any():
         return score_BT.sum() * 0.0
     return F.softplus(-ds[mask]).mean()
+
+
+def rank_partners(B: int, T: int, oracle: OracleSpec, generator: torch.Generator | None = None) -> Tensor | None:
+    """RANK's sampled partners: (B, T, P) long positions j, ``P = rank_pairs_per_token`` uniform draws per
+    token, on the CPU (where the run's generator lives: the same pairs on any device); None under all pairs."""
+    if oracle.rank_pairs_per_token is None:
+        return None
+    return torch.randint(0, T, (B, T, oracle.rank_pairs_per_token), generator=generator)
+
+
+def rank_pairs(score_BT: Tensor, u_BT: Tensor, oracle: OracleSpec, partners_BTP: Tensor | None
+               ) -> tuple[Tensor, Tensor]:
+    """The score differences s_i - s_j of RANK's pairs and which pairs qualify (u_i - u_j > ``rank_margin``):
+    (B, T, T) each under all pairs (``partners_BTP`` None), else (B, T, P) for the partners given."""
+    if partners_BTP is None:
+        du = u_BT[:, :, None] - u_BT[:, None, :]
+        ds = score_BT[:, :, None] - score_BT[:, None, :]
+    else:
+        B = score_BT.shape[0]
+        j = partners_BTP.to(score_BT.device)
+        du = u_BT[:, :, None] - torch.gather(u_BT, 1, j.view(B, -1)).view(j.shape)
+        ds = score_BT[:, :, None] - torch.gather(score_BT, 1, j.view(B, -1)).view(j.shape)
+    return ds, du > oracle.rank_margin
 
 
 def executed_latent(rec: LayerRouting) -> Tensor | None:
@@ -296,10 +320,15 @@ def budget_loss(routing: list[LayerRouting], full_fraction: float) -> Tensor:
     for r in routing:
         if r.gate is None:
             continue
-        s = r.gate.score_BT.detach().float()
-        tau = (BUDGET_TEMPERATURE * s.std(unbiased=False) + BUDGET_REACH * s.abs().min()).clamp_min(1e-6)
+        tau = budget_temperature(r.gate.score_BT)
         terms.append((torch.sigmoid(r.gate.score_BT / tau).mean() - full_fraction) ** 2)
     return torch.stack(terms).mean()
+
+
+def budget_temperature(score_BT: Tensor) -> Tensor:
+    """BUDGET's tau over the scores given (no gradient): BUDGET_TEMPERATURE * std + BUDGET_REACH * min |score|."""
+    s = score_BT.detach().float()
+    return (BUDGET_TEMPERATURE * s.std(unbiased=False) + BUDGET_REACH * s.abs().min()).clamp_min(1e-6)
 
 
 # --------------------------------------------------------------------------------------------------

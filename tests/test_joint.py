@@ -122,6 +122,6 @@ def test_gradient_verifier_knows_the_backbone_path_of_a_joint_run_and_bites(monk
     t = joint_target()  # controlled layer 1 of 4: util's gradient must stop below blocks 2 and 3
     assert [gradients.alone(term)(t, ctx).status for term in ("lm", "util", "rank", "budget")] == ["pass"] * 4
     real = layers.CausalSelfAttention.forward
-    monkeypatch.setattr(layers.CausalSelfAttention, "forward", lambda self, x: real(self, x).detach())
+    monkeypatch.setattr(layers.CausalSelfAttention, "forward", lambda self, x, kv=None: real(self, x, kv).detach())
     r = gradients.alone("lm")(t, ctx)
     assert r.status == "fail" and "blocks.0.ln1.weight got no gradient" in r.detail  # ln1 feeds only attention

@@ -282,3 +282,23 @@ def test_threshold_budget_verifier_passes_with_the_budget_loss_and_bites_without
     bad = budget.threshold_trained(t, ctx)
     assert bad.status == "fail"
     assert "realised full shares" in bad.detail
+
+
+LLAMA = {"model": {"norm": "rmsnorm", "position": "rope", "ffn": "swiglu", "n_kv_heads": 1, "bias": False,
+                   "tie_embeddings": False}}
+
+
+def test_a_cost_model_blind_to_the_llama_options_is_caught(monkeypatch):
+    """On a Llama-architecture spec the counters see SwiGLU's third matrix and grouped-query attention's
+    smaller key/value projections: a cost model that prices the FFN as two matrices, or k and v as D x D,
+    fails the dense-forward check."""
+    import specroute.flops.analytic as analytic
+    from specroute.spec.models import ModelSpec
+
+    t = target(LLAMA)
+    assert flops.fvcore_dense(t, CTX).status == "pass"
+    with monkeypatch.context() as m:
+        m.setattr(ModelSpec, "ffn_matrices", property(lambda self: 2))
+        assert flops.fvcore_dense(t, CTX).status == "fail"
+    monkeypatch.setattr(analytic, "attn_proj_macs_per_token", lambda m: 4 * m.d_model * m.d_model)
+    assert flops.fvcore_dense(t, CTX).status == "fail"

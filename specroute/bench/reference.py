@@ -36,6 +36,8 @@ def hf_reference(spec: RunSpec, device: Device) -> nn.Module | str:
     m = spec.model
     if not m.bias:
         return "not comparable: GPT-2 always has biases and this spec has model.bias=false"
+    if m.architecture_changes:
+        return f"not comparable: GPT-2's architecture, and this spec has {', '.join(m.architecture_changes)}"
     with quiet_transformers():
         cfg = GPT2Config(
             n_layer=m.n_layers, n_embd=m.d_model, n_head=m.n_heads, n_positions=m.context_length,

@@ -163,6 +163,14 @@ def paired(summary: dict[str, Any], better: str, worse: str, metric: str) -> Pai
     return Paired(better, worse, metric, tuple(out))
 
 
+def paired_evaluations(seeds: dict[str, tuple[dict[str, Any], dict[str, Any]]], better: str, worse: str,
+                       metric: str) -> Paired:
+    """Two evaluations of the same runs compared seed by seed as :func:`paired` compares two arms (e.g. an
+    arm's LM under its causal rule against its top-k LM): ``seeds`` maps each seed to (``better``'s,
+    ``worse``'s) seed-summary-shaped records (``metric`` and ``lm_by_batch``, on the same held-out batches)."""
+    return Paired(better, worse, metric, tuple(_lm_seed(s, a, b, metric) for s, (a, b) in seeds.items()))
+
+
 def ratio_over_seeds(pairs: Sequence[tuple[float, float]]) -> tuple[float | None, tuple[float, float] | None,
                                                                     list[float]]:
     """Per-seed ratios a / b: their geometric mean, its t interval (on the logs) and the ratios."""

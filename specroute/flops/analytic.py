@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from specroute.spec.controller import G1Spec
-from specroute.spec.models import RunSpec
+from specroute.spec.models import ModelSpec, RunSpec
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,16 @@ def count_params(spec: RunSpec) -> ParamCount:
     """Count parameters from the spec alone (no model is built)."""
     m, r, g = spec.model, spec.routing, spec.gate
     D, F, V, C, b = m.d_model, m.ffn_hidden, m.vocab_size, m.context_length, int(m.bias)
-    ln = D * (1 + b)
-    block = 2 * ln + (3 * D * D + 3 * D * b) + (D * D + D * b) + (2 * D * F + (F + D) * b)
-    backbone = V * D + C * D + m.n_layers * block + ln + (0 if m.tie_embeddings else V * D)
+    ln = D * (1 + b)  # a LayerNorm (the gates' own)
+    norm = D if m.norm == "rmsnorm" else ln  # a backbone norm
+    qkv = D + 2 * m.kv_dim  # query, key and value widths (grouped-query attention: smaller k and v)
+    attn = (D * qkv + qkv * int(m.attn_bias)) + (D * D + D * b)
+    block = 2 * norm + attn + ffn_params(m, F)
+    positions = C * D if m.position == "learned" else 0
+    backbone = V * D + positions + m.n_layers * block + norm + (0 if m.tie_embeddings else V * D)
     n = len(r.controlled_layers)
     Fc = r.cheap_ffn_hidden
-    cheap = n * (2 * D * Fc + (Fc + D) * b) if Fc else 0
+    cheap = n * ffn_params(m, Fc) if Fc else 0
     if isinstance(g, G1Spec):
         gate = ln + D * g.hidden + g.hidden + g.hidden + 1
         target = 0
@@ -59,6 +63,13 @@ def count_params(spec: RunSpec) -> ParamCount:
         target = D * K
     groups = {"backbone": backbone, "cheap_ffn": cheap, "gate": n * gate}
     return ParamCount(backbone, cheap, n * gate, n * target, sum(groups[g] for g in set(spec.train.trainable)))
+
+
+def ffn_params(m: ModelSpec, hidden: int) -> int:
+    """Parameters of one FFN of the model's kind and ``hidden`` width: ``ffn_matrices`` D x hidden matrices
+    (mlp 2, swiglu 3) and, with biases, one per hidden unit of each input-side matrix plus D."""
+    inputs = m.ffn_matrices - 1  # matrices reading x: mlp fc; swiglu fc and fc_up
+    return m.ffn_matrices * m.d_model * hidden + (inputs * hidden + m.d_model) * int(m.bias)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -83,6 +94,12 @@ DENOMINATORS: tuple[Denominator, ...] = ("forward_only", "controller_only", "ful
 
 #: Attention backward / forward MACs (5 vs 2 T x T matmuls; FlopCounterMode's SDPA convention).
 ATTN_BACKWARD_RATIO = 2.5
+
+
+def attn_proj_macs_per_token(m: ModelSpec) -> int:
+    """MACs per token of attention's projections: q and the output (D x D each), k and v (D x kv_dim each,
+    smaller under grouped-query attention). Rotary positions and norms do no matmul work (left out)."""
+    return m.d_model * (2 * m.d_model + 2 * m.kv_dim)
 
 
 def gate_macs_per_token(spec: RunSpec) -> int:
@@ -136,9 +153,9 @@ def step_macs(
     N = B * T
     controlled = list(r.controlled_layers)
     n_ctrl = len(controlled)
-    attn_proj = 4 * D * D * N
+    attn_proj = attn_proj_macs_per_token(m) * N
     attn_scores = 2 * B * T * T * D
-    ffn_full, ffn_cheap = 2 * D * F * N, 2 * D * Fc * N
+    ffn_full, ffn_cheap = m.ffn_matrices * D * F * N, m.ffn_matrices * D * Fc * N
     head = D * V * N
     gate_N = gate_macs_per_token(spec) * N
     masked = execution == "masked"
@@ -192,7 +209,7 @@ def step_macs(
             if inside:
                 backward_act += attn_proj + ATTN_BACKWARD_RATIO * attn_scores + ffn_step(i)
             elif i in controlled and cheap_on:
-                backward_act += cheap_run / 2  # dX of the cheap FFN's output projection only
+                backward_act += cheap_run / m.ffn_matrices  # dX of the cheap FFN's output projection only
             if i in controlled and (gate_on or inside):
                 backward_act += gate_N
         if backbone_on:
@@ -223,7 +240,7 @@ def dense_step_macs(spec: RunSpec, denominator: Denominator = "controller_only",
     T = seq_len or spec.train.seq_len
     D, F, V, L = m.d_model, m.ffn_hidden, m.vocab_size, m.n_layers
     N = B * T
-    attn_proj, attn_scores, ffn = 4 * D * D * N, 2 * B * T * T * D, 2 * D * F * N
+    attn_proj, attn_scores, ffn = attn_proj_macs_per_token(m) * N, 2 * B * T * T * D, m.ffn_matrices * D * F * N
     head = D * V * N
     forward = L * (attn_proj + attn_scores + ffn) + head
     layer_dx = attn_proj + ATTN_BACKWARD_RATIO * attn_scores + ffn

@@ -10,7 +10,10 @@ Conventions (docs/STYLE.md, "FLOPs"), made equal before anything is compared:
   one (``_scaled_dot_product_flash_attention_for_cpu`` and its backward): we map those to torch's own
   formulas (forward: 2 matmuls; backward: 5, the scores being recomputed as flash kernels do).
 - **Norms.** fvcore counts LayerNorm, FlopCounterMode does not, the analytic model leaves it out: its
-  fvcore handle is removed.
+  fvcore handle is removed. RMSNorm (``model.norm: rmsnorm``) neither counts (elementwise work and a mean).
+- **Rotary positions** (``model.position: rope``) are elementwise (cos, sin, multiplies): no MACs.
+- **Grouped-query attention** runs one SDPA call with ``enable_gqa``: both counters count every query head
+  against its group's keys and values (the same T x T work as multi-head attention).
 - **Uncounted ops.** Anything neither counter has a formula for is an *uncounted op*. Elementwise ops,
   indexing, reductions and the like do no matmul work and are on an explicit allow-list; any other
   uncounted op is reported so that a verifier can fail (a routed matmul silently counted as zero).
@@ -45,9 +48,12 @@ ALLOWED_UNCOUNTED: frozenset[str] = frozenset({
     "exp", "log", "tanh", "tanh_backward", "sigmoid", "sigmoid_backward", "gelu", "gelu_backward",
     "softplus", "softplus_backward", "abs", "sign", "clamp", "clamp_min", "maximum", "minimum",
     "where", "masked_fill", "masked_fill_", "lerp", "addcmul", "addcdiv", "fill_", "zero_",
-    "threshold_backward", "relu", "square",
+    "threshold_backward", "relu", "square", "silu", "silu_backward",  # SiLU: SwiGLU's activation
+    # rotary positions: the angles' cos and sin (elementwise), then multiplies and adds
+    "cos", "sin",
     # normalisation (left out of every count, see the module docstring) and softmax / losses
-    "layer_norm", "native_layer_norm", "native_layer_norm_backward", "_softmax", "softmax",
+    "layer_norm", "native_layer_norm", "native_layer_norm_backward", "rms_norm", "_fused_rms_norm",
+    "_fused_rms_norm_backward", "_softmax", "softmax",
     "_log_softmax", "log_softmax", "_log_softmax_backward_data", "_softmax_backward_data",
     "nll_loss_forward", "nll_loss_backward", "nll_loss", "nll_loss_nd", "cross_entropy_loss",
     "mse_loss", "mse_loss_backward", "huber_loss", "huber_loss_backward",

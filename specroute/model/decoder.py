@@ -7,6 +7,11 @@ Shape legend: B batch, T tokens, D width (d_model), F FFN hidden, V vocab, L lay
 
 In a controlled layer (docs/DESIGN.md, "The model") attention runs for every token; then per token the
 routed FFN step runs full or cheap (:class:`~specroute.model.routing.RoutedFFN`).
+
+Causal routing: a threshold budget is causal as it is (full iff score > 0); a top-k budget looks ahead,
+and runs causally only by a calibrated threshold per controlled layer (full iff score > tau_l,
+:mod:`specroute.train.calibration`), passed as ``thresholds``. Generation runs causally, with a KV cache
+(:class:`~specroute.model.layers.KVCache`): each new token goes through the blocks alone.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from specroute.model.layers import FFN, CausalSelfAttention
+from specroute.model.layers import CausalSelfAttention, KVCache, LayerKV, build_ffn, build_norm
 from specroute.model.routing import G3Gate, LayerRouting, RoutedFFN
 from specroute.spec.models import RunSpec
 
 #: A forced decision for a controlled layer: a bool tensor (B, T), or True / False for every token.
 Force = Mapping[int, "Tensor | bool"]
+#: Calibrated score thresholds tau_l by controlled layer (block index): full iff score > tau_l.
+Thresholds = Mapping[int, float]
 
 
 class NonCausalRoutingError(RuntimeError):
@@ -31,16 +38,16 @@ class NonCausalRoutingError(RuntimeError):
 
 
 class Block(nn.Module):
-    """Pre-LN transformer block; if ``controlled``, its FFN step is routed per token (``routed_ffn``)."""
+    """Pre-norm transformer block; if ``controlled``, its FFN step is routed per token (``routed_ffn``)."""
 
     def __init__(self, spec: RunSpec, index: int, controlled: bool):
         super().__init__()
         m = spec.model
         self.index = index
-        self.ln1 = nn.LayerNorm(m.d_model, bias=m.bias)
+        self.ln1 = build_norm(m)
         self.attn = CausalSelfAttention(m)
-        self.ln2 = nn.LayerNorm(m.d_model, bias=m.bias)
-        self.ffn = FFN(m.d_model, m.ffn_hidden, m.bias)
+        self.ln2 = build_norm(m)
+        self.ffn = build_ffn(m, m.ffn_hidden)
         self.routed_ffn = RoutedFFN(spec) if controlled else None
 
     @property
@@ -48,14 +55,17 @@ class Block(nn.Module):
         """Whether this block's FFN step is routed."""
         return self.routed_ffn is not None
 
-    def forward(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, LayerRouting | None]:
+    def forward(self, h_BTD: Tensor, force: Tensor | bool | None = None, threshold: float | None = None,
+                kv: LayerKV | None = None) -> tuple[Tensor, LayerRouting | None]:
         """(B, T, D) -> (B, T, D) and, for a controlled block, its routing record. ``force`` overrides the
-        gate's decisions (see :meth:`RoutedFFN.decide`)."""
-        h_BTD = h_BTD + self.attn(self.ln1(h_BTD))
+        gate's decisions, ``threshold`` replaces the budget's rule by score > threshold (see
+        :meth:`RoutedFFN.decide`); ``kv``: this block's attention cache (the T tokens follow the cached ones)."""
+        h_BTD = h_BTD + self.attn(self.ln1(h_BTD), kv)
         if self.routed_ffn is None:
             return h_BTD + self.ffn(self.ln2(h_BTD)), None
-        full_BT, gate = self.routed_ffn.decide(h_BTD, force)  # score, decide
-        n_full = self.routed_ffn.full_count(*h_BTD.shape[:2]) if force is None else None  # fixed by top-k
+        full_BT, gate = self.routed_ffn.decide(h_BTD, force, threshold)  # score, decide
+        fixed = force is None and threshold is None  # the budget's top-k, not a forced or threshold decision
+        n_full = self.routed_ffn.full_count(*h_BTD.shape[:2]) if fixed else None
         h_out = h_BTD + self.routed_ffn.execute(self.ln2(h_BTD), self.ffn, full_BT, gate, n_full)  # run full or cheap
         return h_out, LayerRouting(self.index, full_BT, gate, h_BTD, h_out)
 
@@ -73,7 +83,11 @@ class DecoderOutput:
 
 
 class Decoder(nn.Module):
-    """GPT decoder compiled from a :class:`RunSpec`; ``routed=False`` builds the dense backbone only."""
+    """GPT decoder compiled from a :class:`RunSpec`; ``routed=False`` builds the dense backbone only.
+
+    The architecture options of ``spec.model`` decide its parts: no position embedding ``wpe`` under rotary
+    positions (``position: rope``, applied in attention), ``ln_f`` of the norm kind, an LM head of its own
+    unless ``tie_embeddings``."""
 
     def __init__(self, spec: RunSpec, routed: bool = True):
         super().__init__()
@@ -82,9 +96,9 @@ class Decoder(nn.Module):
         self.routed = routed
         controlled = set(spec.routing.controlled_layers) if routed else set()
         self.wte = nn.Embedding(m.vocab_size, m.d_model)
-        self.wpe = nn.Embedding(m.context_length, m.d_model)
+        self.wpe = nn.Embedding(m.context_length, m.d_model) if m.position == "learned" else None
         self.blocks = nn.ModuleList(Block(spec, i, i in controlled) for i in range(m.n_layers))
-        self.ln_f = nn.LayerNorm(m.d_model, bias=m.bias)
+        self.ln_f = build_norm(m)
         self.lm_head = nn.Linear(m.d_model, m.vocab_size, bias=False)
         if m.tie_embeddings:
             self.lm_head.weight = self.wte.weight
@@ -92,8 +106,8 @@ class Decoder(nn.Module):
 
     # -- initialisation: the one place --------------------------------------------------------------
     def _init_weights(self) -> None:
-        """Normal(0, init_std) weights, zero biases; residual projections scaled by 1/sqrt(2L)
-        (GPT-2); gate output bias = spec ``init_bias``, its weight's std ``score_init_std`` when set; the G3
+        """Normal(0, init_std) weights, zero biases, unit norm gains (torch's default); residual projections
+        (attention's and the FFNs' ``proj``) scaled by 1/sqrt(2L) (GPT-2); gate output bias = spec ``init_bias``, its weight's std ``score_init_std`` when set; the G3
         target head from its own seed."""
         m = self.spec.model
         for mod in self.modules():
@@ -174,22 +188,33 @@ class Decoder(nn.Module):
         self.load_state_dict(dict(state), strict=False)
 
     # -- forward -----------------------------------------------------------------------------------
-    def embed(self, idx_BT: Tensor) -> Tensor:
+    def embed(self, idx_BT: Tensor, offset: int = 0) -> Tensor:
+        """Token plus position embeddings of tokens at positions ``offset..offset+T-1``, (B, T) -> (B, T, D)
+        (the token embeddings alone under rotary positions).
+
+        Raises ValueError if the last position is beyond the context length."""
         T = idx_BT.shape[1]
-        if T > self.spec.model.context_length:
-            raise ValueError(f"sequence of {T} tokens exceeds context_length={self.spec.model.context_length}")
-        pos = torch.arange(T, device=idx_BT.device)
+        if offset + T > self.spec.model.context_length:
+            raise ValueError(f"sequence of {offset + T} tokens exceeds "
+                             f"context_length={self.spec.model.context_length}")
+        if self.wpe is None:  # rotary positions: applied in attention (from the cache's offset)
+            return self.wte(idx_BT)
+        pos = torch.arange(offset, offset + T, device=idx_BT.device)
         return self.wte(idx_BT) + self.wpe(pos)
 
     def run_blocks(
-        self, h_BTD: Tensor, start: int = 0, force: Force | None = None, all_full: bool = False
+        self, h_BTD: Tensor, start: int = 0, force: Force | None = None, all_full: bool = False,
+        thresholds: Thresholds | None = None, cache: KVCache | None = None,
     ) -> tuple[Tensor, list[LayerRouting]]:
         """Run blocks ``start..L-1``. ``force`` fixes decisions per controlled layer; ``all_full``
-        forces every controlled layer from ``start`` on to full (the off-policy continuation)."""
+        forces every controlled layer from ``start`` on to full (the off-policy continuation);
+        ``thresholds`` decides the layers it names by score > tau_l (the calibrated causal rule);
+        ``cache``: the attention cache, one :class:`LayerKV` per block (extended, not advanced)."""
         routing = []
         for block in self.blocks[start:]:
             f = True if (all_full and block.controlled) else (force or {}).get(block.index)
-            h_BTD, rec = block(h_BTD, f)
+            kv = cache.layers[block.index] if cache is not None else None
+            h_BTD, rec = block(h_BTD, f, (thresholds or {}).get(block.index), kv)
             if rec is not None:
                 routing.append(rec)
         return h_BTD, routing
@@ -197,31 +222,74 @@ class Decoder(nn.Module):
     def head(self, h_BTD: Tensor) -> Tensor:
         return self.lm_head(self.ln_f(h_BTD))
 
-    def forward(self, idx_BT: Tensor, force: Force | None = None, all_full: bool = False) -> DecoderOutput:
+    def forward(self, idx_BT: Tensor, force: Force | None = None, all_full: bool = False,
+                thresholds: Thresholds | None = None, cache: KVCache | None = None) -> DecoderOutput:
         """idx_BT: token ids (B, T) -> DecoderOutput(logits (B, T, V), routing per controlled layer).
 
-        Raises ValueError if T exceeds the context length.
+        ``thresholds``: calibrated tau_l per controlled layer, full iff score > tau_l (the causal rule of a
+        top-k gate; the layers it does not name keep the budget's rule). ``cache``: the tokens follow the
+        ``cache.offset`` tokens it holds (their positions start there); their keys and values are appended
+        and the offset advanced by T. Raises ValueError if the positions exceed the context length.
         """
-        h, routing = self.run_blocks(self.embed(idx_BT), 0, force, all_full)
+        offset = cache.offset if cache is not None else 0
+        h, routing = self.run_blocks(self.embed(idx_BT, offset), 0, force, all_full, thresholds, cache)
+        if cache is not None:
+            cache.offset += idx_BT.shape[1]
         return DecoderOutput(self.head(h), routing)
 
-    @torch.no_grad()
-    def generate(self, idx_BT: Tensor, max_new_tokens: int, temperature: float = 1.0) -> Tensor:
-        """Sample ``max_new_tokens`` tokens autoregressively, (B, T) -> (B, T + max_new_tokens).
+    def causal_thresholds(self, thresholds: Thresholds | None = None) -> Thresholds | None:
+        """The thresholds that make this model's routing causal: None for a dense model or a threshold
+        budget (its own rule, score > 0, is causal); for a top-k budget ``thresholds``, which must name
+        every controlled layer.
 
-        Raises NonCausalRoutingError for top-k budgets: their decision for token t depends on tokens
-        after t, so a model trained with them cannot be run causally without changing its decisions.
+        Raises NonCausalRoutingError for a top-k budget without calibrated thresholds: its decision for
+        token t depends on tokens after t, so it cannot run causally without changing its decisions.
         """
-        if self.routed and not self.spec.routing.budget.causal:
+        if not self.routed or self.spec.routing.budget.causal:
+            return None
+        missing = [b.index for b in self.controlled_blocks() if b.index not in (thresholds or {})]
+        if missing:
             raise NonCausalRoutingError(
                 f"routing.budget.enforcement={self.spec.routing.budget.enforcement} looks at future "
-                "tokens (top-k is not causal); generation needs enforcement=threshold"
+                "tokens (top-k is not causal); generation needs enforcement=threshold or a threshold "
+                f"calibrated per controlled layer (missing for layer(s) {missing})"
             )
+        return thresholds
+
+    @torch.no_grad()
+    def generate(self, idx_BT: Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 thresholds: Thresholds | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> Tensor:
+        """Sample ``max_new_tokens`` tokens autoregressively, (B, T) -> (B, T + max_new_tokens).
+
+        Routing is causal: a threshold budget's own rule, or for a top-k budget the calibrated
+        ``thresholds`` (tau_l per controlled layer). ``temperature`` 0 takes the most likely token (greedy);
+        > 0 samples from softmax(logits / temperature) with ``generator``. ``use_cache``: keep each layer's
+        attention keys and values (:class:`KVCache`), so that each new token runs through the blocks alone;
+        once the sequence outgrows the context length, the last ``context_length`` tokens are recomputed
+        each step (their positions shift), which is what ``use_cache=False`` does at every step.
+
+        Raises NonCausalRoutingError for a top-k budget without ``thresholds``
+        (:meth:`causal_thresholds`); ValueError for a negative temperature.
+        """
+        if temperature < 0:
+            raise ValueError(f"temperature={temperature}: must be >= 0 (0: greedy)")
+        thresholds = self.causal_thresholds(thresholds)
         ctx = self.spec.model.context_length
+        cache = KVCache.empty(len(self.blocks)) if use_cache else None
+        step_idx = idx_BT[:, -ctx:]  # what the next call runs: the whole prompt first
         for _ in range(max_new_tokens):
-            logits = self(idx_BT[:, -ctx:]).logits_BTV[:, -1] / max(temperature, 1e-6)
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1)
+            if cache is not None and cache.offset + step_idx.shape[1] > ctx:
+                cache = None  # outgrown: recompute the window from now on
+            if cache is None:
+                step_idx = idx_BT[:, -ctx:]
+            logits_BV = self(step_idx, thresholds=thresholds, cache=cache).logits_BTV[:, -1].float()
+            if temperature == 0:
+                nxt = logits_BV.argmax(-1, keepdim=True)
+            else:
+                nxt = torch.multinomial(torch.softmax(logits_BV / temperature, -1), 1, generator=generator)
             idx_BT = torch.cat([idx_BT, nxt], dim=1)
+            step_idx = nxt
         return idx_BT
 
 

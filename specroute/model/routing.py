@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from specroute.model.layers import FFN
+from specroute.model.layers import FFN, SwiGLU, build_ffn
 from specroute.spec.controller import G1Spec, G3Spec
 from specroute.spec.models import BudgetSpec, ModelSpec, RunSpec, ceil_budget
 
@@ -149,17 +149,21 @@ def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> G1Gate | G3Gate:
 # budget
 
 
-def decide(score_BT: Tensor, budget: BudgetSpec) -> Tensor:
+def decide(score_BT: Tensor, budget: BudgetSpec, threshold: float | None = None) -> Tensor:
     """Turn gate scores into full / cheap decisions under the budget (docs/DESIGN.md, "Budget").
 
     Args:
         score_BT: gate logits, (B, T).
+        threshold: a calibrated score threshold tau (the causal rule of a top-k gate,
+            :mod:`specroute.train.calibration`): full iff score > tau, whatever the enforcement.
     Returns:
         full_BT: bool (B, T). topk_sequence: exactly ceil(b*T) True per row; topk_batch: exactly
         ceil(b*B*T) True in all; threshold: score > 0 (causal). Ties are broken by ``torch.topk``.
     """
     B, T = score_BT.shape
     b = budget.full_fraction
+    if threshold is not None:
+        return score_BT > threshold
     if budget.enforcement == "threshold":
         return score_BT > 0
     if budget.enforcement == "topk_sequence":
@@ -200,7 +204,8 @@ class LayerRouting:
 class RoutedFFN(nn.Module):
     """The routed FFN step of a controlled layer: score, decide, run full or cheap.
 
-    Holds the gate, the cheap FFN (``None`` when its width is 0: the cheap action is a skip), the budget,
+    Holds the gate, the cheap FFN (of the model's FFN kind, ``model.ffn``: a narrow SwiGLU for a SwiGLU model;
+    ``None`` when its width is 0: the cheap action is a skip), the budget,
     the gradient estimator and the execution mode. The block runs it in two steps, :meth:`decide` (score,
     decide) and :meth:`execute` (run full or cheap); the full FFN is the block's own (a backbone weight,
     the same as the dense model's) and is passed in.
@@ -209,22 +214,24 @@ class RoutedFFN(nn.Module):
     def __init__(self, spec: RunSpec):
         super().__init__()
         m, r = spec.model, spec.routing
-        self.cheap = FFN(m.d_model, r.cheap_ffn_hidden, m.bias) if r.cheap_ffn_hidden else None
+        self.cheap = build_ffn(m, r.cheap_ffn_hidden) if r.cheap_ffn_hidden else None
         self.gate = build_gate(m, spec.gate)
         self.budget = r.budget
         self.execution = r.execution
         self.estimator = r.estimator
 
-    def decide(self, h_BTD: Tensor, force: Tensor | bool | None = None) -> tuple[Tensor, GateOut | None]:
+    def decide(self, h_BTD: Tensor, force: Tensor | bool | None = None,
+               threshold: float | None = None) -> tuple[Tensor, GateOut | None]:
         """Score and decide. h_BTD: hidden state entering the FFN step (the gate reads it), (B, T, D);
         ``force``: decisions to use instead of the gate's (bool (B, T), or one bool for every token; with
-        a bool the gate does not run).
+        a bool the gate does not run); ``threshold``: decide by score > threshold instead of the budget's
+        rule (:func:`decide`; ignored under ``force``).
 
         Returns (full_BT: bool (B, T), the gate's output or None).
         """
         gate = self.gate(h_BTD) if force is None or isinstance(force, Tensor) else None
         if force is None:
-            full_BT = decide(gate.score_BT, self.budget)
+            full_BT = decide(gate.score_BT, self.budget, threshold)
         elif isinstance(force, Tensor):
             full_BT = force.to(torch.bool)
         else:
@@ -240,7 +247,7 @@ class RoutedFFN(nn.Module):
             return ceil_budget(self.budget.full_fraction, B * T)
         return None
 
-    def execute(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, gate: GateOut | None,
+    def execute(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, gate: GateOut | None,
                 n_full: int | None = None) -> Tensor:
         """Run full or cheap per token: x_BTD = LN(h), (B, T, D) -> the executed branch's output (B, T, D),
         with the estimator's gradient path to the gate's score. ``full_ffn`` is the block's full FFN;
@@ -266,7 +273,7 @@ class RoutedFFN(nn.Module):
         zero = p_BT - p_BT.detach()
         return (1 + zero).unsqueeze(-1), (1 - zero).unsqueeze(-1)
 
-    def _masked(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
+    def _masked(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
         """Both branches on every token, then select."""
         full, cheap = full_ffn(x_BTD), self.cheap_branch(x_BTD)
         if self.estimator == "straight_through" and p_BT is not None:
@@ -275,7 +282,7 @@ class RoutedFFN(nn.Module):
         w_full, w_cheap = self._scales(p_BT)
         return torch.where(full_BT.unsqueeze(-1), full * w_full, cheap * w_cheap)
 
-    def _gather(self, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None,
+    def _gather(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, p_BT: Tensor | None,
                 n_full: int | None = None) -> Tensor:
         """Each branch on its own tokens only (gather, run, scatter back). ``n_full``: the number of full
         tokens when it is known (the full tokens' indices then come from a stable sort, static shapes; the

@@ -58,6 +58,7 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any =
     console.print(
         f"model: {m.n_layers} layers x d_model {m.d_model}, {m.n_heads} heads, context {m.context_length}, "
         f"vocab {m.vocab_size}, FFN {m.ffn_hidden}, tied={m.tie_embeddings}"
+        + (f"; {', '.join(m.architecture_changes)}" if m.architecture_changes else "")
     )
     console.print(
         f"routing: controlled layers {r.controlled_layers}, full_fraction {r.budget.full_fraction} "
@@ -77,12 +78,12 @@ def print_spec(console: Console, study: Any, arms: dict[str, Any], memory: Any =
     console.print(f"train: {t.steps} steps x {t.batch_size} x {t.seq_len} tokens, trainable {t.trainable}; "
                   f"backbone: {first.backbone.checkpoint or f'pretrain {first.backbone.train.steps} steps'}")
     table = Table(title="arms")
-    for col in ("arm", "gate", "util", "rank", "jepa", "budget", "labeling", "routed model params", "gate params",
-                "trained params"):
-        table.add_column(col, justify="right" if "params" in col else "left")
+    for col in ("arm", "gate", "full fraction", "λ util", "λ rank", "λ jepa", "λ budget", "labeling",
+                "routed model params", "gate params", "trained params"):
+        table.add_column(col, justify="right" if "params" in col else "left", no_wrap=col == "arm" or "params" in col)
     for name, s in arms.items():
         pc = count_params(s)
-        table.add_row(Text(name), gate_summary(s.gate), f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
+        table.add_row(Text(name), gate_summary(s.gate), f"{s.routing.budget.full_fraction:g}", f"{s.loss.util:g}", f"{s.loss.rank:g}", f"{s.loss.jepa:g}",
                       f"{s.loss.budget:g}", s.loss.oracle.labeling, f"{pc.routed_model:,} ({millions(pc.routed_model)})",
                       f"{pc.gate:,}", f"{pc.trained:,}")
     console.print(table)

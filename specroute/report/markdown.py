@@ -120,6 +120,62 @@ def loss_grad_section(summary: dict[str, Any]) -> list[str]:
             *md_table(("arm", "group", *terms, "total", "largest"), rows)]
 
 
+def causal_section(summary: dict[str, Any]) -> list[str]:
+    """The "Causal evaluation" section (empty when no arm has one and none routes by threshold): per top-k
+    arm the held-out LM under top-k and under the calibrated causal threshold, their gap over seeds and the
+    realised full share per layer; a sentence naming the largest gap and the spread of the shares."""
+    arms = summary["arms"]
+    calibrated = [a for a in arms.values() if a.get("causal")]
+    native = [a["label"] for a in arms.values() if a.get("causal_rule") == "native"]
+    if not calibrated and not native:
+        return []
+    lines = ["", "### Causal evaluation: top-k gates under a calibrated threshold", "",
+             "Top-k routing ranks a token against the later tokens of its sequence (or batch), so it cannot run "
+             "causally (generation). Each top-k run is also evaluated under the causal rule *full iff score > "
+             "τ_l*, τ_l the (1 − b) quantile of layer l's gate scores on fixed training batches "
+             "(`routing.budget.calibration_batches`), the layers calibrated in order, each with the earlier "
+             "ones already thresholded; calibrated at every evaluation, the last τ saved with the controller "
+             "(`thresholds.json`, which `specroute generate` uses). Gap = causal − top-k on the same seeds and "
+             "held-out batches (w/t/l: seeds where the causal LM is lower / tied within 1.96 standard errors over batches / higher; 95% t interval over seeds). "
+             + (f"Threshold arms route causally as trained (score > 0) and are evaluated natively: their LM "
+                f"above is the causal one ({', '.join(native)})." if native else ""), ""]
+    if not calibrated:
+        return lines
+    rows, gaps, shares = [], [], []
+    for a in calibrated:
+        c, n = a["causal"], len(a["seeds"])
+        gap = c["gap"]["final_lm"]
+        gaps.append((gap["mean_diff"], a["label"], gap))
+        share = {l: v["mean"] for l, v in c["full_fraction"].items()}
+        shares += [v for v in share.values() if v is not None]
+        rows.append((a["label"], pm(a, "final_lm"), pm(a, "causal_final_lm"), _gap_text(gap),
+                     _gap_text(c["gap"]["avg_lm"]),
+                     ", ".join(f"{l}: {_mean_pm(v, n)}" for l, v in c["full_fraction"].items()),
+                     ", ".join(f"{l}: {v['mean']:.3f}" for l, v in c["calibration_full_fraction"].items()),
+                     ", ".join(f"{l}: {v['mean']:.3g}" for l, v in c["thresholds"].items())))
+    lines += md_table(("arm", "final_lm top-k", "final_lm causal", "gap final_lm [95%] (w/t/l)",
+                       "gap avg_lm [95%] (w/t/l)", "held-out full share by layer", "calibration share",
+                       "τ by layer"), rows)
+    worst = max((g for g in gaps if g[0] is not None), key=lambda g: g[0], default=None)
+    budgets = sorted({a["full_fraction_budget"] for a in calibrated})
+    if worst is not None:
+        lines += ["", f"The largest gap in final held-out LM (causal − top-k) is {worst[0]:+.4f} nats/token "
+                  f"({worst[1]}, 95% interval {fmt_interval(worst[2]['interval'], 2)}); over the "
+                  f"{plural(len(calibrated), 'top-k arm')} the gap runs from "
+                  f"{min(g[0] for g in gaps if g[0] is not None):+.4f} to {worst[0]:+.4f}. "
+                  f"The threshold's held-out full share is {min(shares):.3f}–{max(shares):.3f} per layer against "
+                  f"the budget b = {'/'.join(f'{b:g}' for b in budgets)} (top-k's by construction), so the "
+                  "causal model spends a different compute share on unseen text. Plot: `plots/causal_lm.png`."]
+    return lines
+
+
+def _gap_text(gap: dict[str, Any]) -> str:
+    if gap["mean_diff"] is None:
+        return "–"
+    return (f"{gap['mean_diff']:+.4f} {fmt_interval(gap['interval'], 2)} "
+            f"({gap['wins']}/{gap['ties']}/{gap['losses']})")
+
+
 def _mean_pm(v: dict[str, Any], n: int) -> str:
     if v["mean"] is None:
         return "–"
@@ -230,6 +286,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
                            for a in arms.values() if a["mean"].get("latent_variance") is not None])
     lines += diagnostics_section(arms)
     lines += loss_grad_section(summary)
+    lines += causal_section(summary)
     lines += ["", "## Per-seed comparisons", "",
               "Per seed, *better* against *worse*: a win or loss when the difference (better - worse) exceeds "
               "1.96 standard errors of the per-batch differences on the shared held-out batches, else a tie; "

@@ -2,7 +2,8 @@
 gate's score distribution per controlled layer, the realised full fraction per layer for the arms
 that route by threshold (under top-k it is the budget by construction and says nothing), the gate's score
 spread and G3's action dependence of predictor and target (``gate_scale``), and, for runs that log them,
-the gradient norm of each loss term on the controller. Each arm has one colour in every plot
+the gradient norm of each loss term on the controller, and for top-k arms their held-out LM and full share
+under the calibrated causal threshold beside top-k's (``causal_lm``). Each arm has one colour in every plot
 (:func:`arm_colours`, from the study's arm order), each loss term one in the last (:data:`TERM_COLOURS`).
 Each plot is written atomically into ``<out>/plots/``."""
 
@@ -20,7 +21,7 @@ from specroute.store import atomic_write_bytes
 
 PLOTS = {"lm_curves": "lm_curves.png", "grad_norm": "grad_norm.png", "score_distribution": "score_distribution.png",
          "full_fraction": "full_fraction.png", "gate_scale": "gate_scale.png",
-         "loss_grad_norms": "loss_grad_norms.png"}
+         "loss_grad_norms": "loss_grad_norms.png", "causal_lm": "causal_lm.png"}
 
 #: One colour per loss term (and their sum) in :func:`plot_loss_grad_norms`, the same in every study.
 TERM_COLOURS = {**{t: f"C{i}" for i, t in enumerate(LOSS_TERMS)}, "total": "k"}
@@ -294,13 +295,62 @@ def plot_loss_grad_norms(summary: dict[str, Any], runs_dir: Path, path: Path) ->
     _save(fig, path)
 
 
+def causal_arms(summary: dict[str, Any]) -> list[str]:
+    """Arms evaluated under a calibrated causal threshold too (top-k arms, :mod:`specroute.train.calibration`)."""
+    return [arm for arm, a in summary["arms"].items() if a.get("causal")]
+
+
+def plot_causal(summary: dict[str, Any], path: Path) -> None:
+    """Per top-k arm, left: final held-out LM under top-k (open) and under the calibrated causal threshold
+    (filled), each seed a dot joined by a line, the mean a bar; right: the realised held-out full share per
+    controlled layer under the threshold (mean over seeds, whiskers min-max), beside the budget (top-k's
+    share by construction)."""
+    plt = _plt()
+    colours = arm_colours(summary)
+    arms = [(arm, summary["arms"][arm]) for arm in causal_arms(summary)]
+    layers = _layers([a for _, a in arms], lambda s: (s.get("causal") or {}).get("full_fraction"))
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=[1, 1.2])
+    for i, (arm, a) in enumerate(arms):
+        seeds = [s for s in a["seeds"].values() if s.get("causal")]
+        topk, causal = [s["final_lm"] for s in seeds], [s["causal"]["final_lm"] for s in seeds]
+        x = np.array([3 * i, 3 * i + 1.2])
+        for t, c in zip(topk, causal):
+            ax.plot(x, [t, c], color=colours[arm], lw=0.8, alpha=0.7)
+        ax.scatter(np.full(len(topk), x[0]), topk, facecolors="none", edgecolors=colours[arm], zorder=3)
+        ax.scatter(np.full(len(causal), x[1]), causal, color=colours[arm], zorder=3, label=a["label"])
+        ax.hlines([np.mean(topk), np.mean(causal)], x - 0.25, x + 0.25, color="k", lw=1.5)
+    ax.set_xticks([3 * i + d for i in range(len(arms)) for d in (0, 1.2)],
+                  ["top-k", "causal"] * len(arms), fontsize=7, rotation=60)
+    ax.set_ylabel("final held-out LM (nats/token)")
+    ax.set_title("top-k (open) vs calibrated causal threshold (filled)", fontsize=10)
+    _legend(ax, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    width = 0.8 / max(1, len(arms))
+    xl = np.arange(len(layers))
+    for i, (arm, a) in enumerate(arms):
+        shares = np.array([[s["causal"]["full_fraction"].get(l, np.nan) for l in layers]
+                           for s in a["seeds"].values() if s.get("causal")], dtype=float)
+        mean = np.nanmean(shares, 0)
+        err = np.stack([mean - np.nanmin(shares, 0), np.nanmax(shares, 0) - mean])
+        bx.bar(xl + i * width - 0.4 + width / 2, mean, width, yerr=err, color=colours[arm], label=a["label"],
+               capsize=2)
+    for b in sorted({a["full_fraction_budget"] for _, a in arms}):
+        bx.axhline(b, color="k", ls="--", lw=1, label=f"budget b = {b:g} (top-k)")
+    bx.set_xticks(xl, [f"layer {l}" for l in layers])
+    bx.set_ylim(0, 1)
+    bx.set_ylabel("held-out full share, causal threshold")
+    bx.set_title("realised full share per controlled layer (mean, min-max over seeds)", fontsize=10)
+    _legend(bx, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    _save(fig, path)
+
+
 def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     """Write the plots that carry information for this study; return {name: path relative to ``out``}.
 
     The LM curves and gradient norms when a run finished (none when every run failed); the score
     distribution when the runs recorded scores; the
     full fraction per layer only when an arm routes by threshold; the gate's score scale and G3's action
-    dependence when the runs recorded gate diagnostics; each loss term's gradient norm when an arm logged them.
+    dependence when the runs recorded gate diagnostics; each loss term's gradient norm when an arm logged them;
+    the causal evaluation when a top-k arm has one.
     """
     folder = out / "plots"
     made = []
@@ -320,6 +370,9 @@ def write_plots(summary: dict[str, Any], out: Path) -> dict[str, str]:
     if loss_grad_arms(summary):
         plot_loss_grad_norms(summary, out / "runs", folder / PLOTS["loss_grad_norms"])
         made.append("loss_grad_norms")
+    if causal_arms(summary):
+        plot_causal(summary, folder / PLOTS["causal_lm"])
+        made.append("causal_lm")
     for k in PLOTS.keys() - set(made):  # a plot an earlier report of this study wrote that no longer applies
         (folder / PLOTS[k]).unlink(missing_ok=True)
     return {k: f"plots/{PLOTS[k]}" for k in made}

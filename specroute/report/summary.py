@@ -19,9 +19,16 @@ Layout (a contract: the claims evaluator reads it)::
                                               (the last three null for G1)}},
                                           "lm_by_batch": {"avg_lm" | "best_lm" | "final_lm": [x per
                                                           held-out batch]} or null,
-                                          "loss_grad_norm": {group: {term: x}} (only when logged), ...}},
+                                          "loss_grad_norm": {group: {term: x}} (only when logged),
+                                          "causal": {"best_lm", "avg_lm", "final_lm", "lm_by_batch",
+                                              "full_fraction", "calibration_full_fraction": {"<layer>": x},
+                                              "thresholds": {"<layer>": tau}, "tokens"} (top-k only), ...}},
                     "mean": {metric: x}, "std": {metric: x}, "n": seeds finished, "failed_seeds": ["<seed>"],
-                    "loss_grad_norm": {group: {term: {"mean", "std"}}} (only when logged)}},
+                    "loss_grad_norm": {group: {term: {"mean", "std"}}} (only when logged),
+                    "causal_rule": "native" | "calibrated" | "none",
+                    "causal": {"full_fraction" | "calibration_full_fraction" | "thresholds":
+                                   {"<layer>": {"mean", "std"}},
+                               "gap": {"final_lm" | "avg_lm" | "best_lm": paired stats}} (calibrated only)}},
      "failed": {ARM: {"<seed>": {"status": "failed", "failure": {"step", "steps", "event", "lr", "nonfinite",
                                                                 "last_finite", "message"}, "wall_s", ...}}},
      "roles": {role: arm, "jepa_sweep": [arm, ...]}, "equivalence_margin_nats",
@@ -37,6 +44,13 @@ JSON). ``std`` is the sample standard deviation over seeds (ddof 1; 0 for a sing
 loss of ``better`` against ``worse``; over seeds the mean difference (better - worse), its 95% interval
 and a sign-test p-value. ``roles`` are the study's declared claim roles (:mod:`specroute.spec.roles`).
 
+``causal`` (top-k arms with ``routing.budget.calibration_batches`` > 0, :mod:`specroute.train.calibration`):
+per seed the held-out LM under the calibrated causal rule full iff score > tau_l, its realised full share
+per layer and the thresholds; per arm ``mean``/``std`` of ``causal_best_lm``, ``causal_avg_lm``,
+``causal_final_lm``, ``causal_full_fraction``, and ``gap``: the causal LM against the top-k LM of the same
+seeds (diff = causal - top-k, per-seed noise over the held-out batches, 95% interval over seeds, sign test).
+A threshold arm's rule is causal as it is (``causal_rule`` ``native``: its LM is the causal one).
+
 ``loss_grad_norm`` (runs of a spec with ``train.loss_grad_norm_every``): per trained parameter group (``gate``,
 ``cheap_ffn``, ``backbone``) the L2 norm of each loss term's gradient, weighted as the term enters the total
 (``lm``, ``util``, ``rank``, ``jepa``, ``budget``) and of their sum (``total``); a seed's is the mean over its
@@ -49,7 +63,7 @@ import math
 import statistics
 from typing import Any, NamedTuple
 
-from specroute.claims.stats import paired
+from specroute.claims.stats import paired, paired_evaluations
 from specroute.spec.loader import Resolved
 from specroute.spec.models import RunSpec
 from specroute.train.runs import is_failed
@@ -75,7 +89,13 @@ AGGREGATES = {
     "pred_gap": lambda s: _diagnostic(s, "final", "pred_gap"),
     "target_gap": lambda s: _diagnostic(s, "final", "target_gap"),
     "target_share": lambda s: _diagnostic(s, "final", "target_share"),
+    "causal_best_lm": lambda s: (s.get("causal") or {}).get("best_lm"),
+    "causal_avg_lm": lambda s: (s.get("causal") or {}).get("avg_lm"),
+    "causal_final_lm": lambda s: (s.get("causal") or {}).get("final_lm"),
+    "causal_full_fraction": lambda s: _mean_or_none(((s.get("causal") or {}).get("full_fraction") or {}).values()),
 }
+#: The LM metrics the causal gap is reported for (causal - top-k of the same seeds).
+CAUSAL_METRICS = ("final_lm", "avg_lm", "best_lm")
 LM_METRICS = ("avg_lm", "best_lm")
 
 
@@ -147,7 +167,27 @@ def arm_entry(label: str, spec: RunSpec, seeds: dict[int, dict[str, Any]], faile
     grads = [v["loss_grad_norm"] for v in per_seed.values() if v.get("loss_grad_norm")]
     if grads:
         entry["loss_grad_norm"] = _term_grad_spread(grads)
+    causal = {s: v["causal"] for s, v in per_seed.items() if v.get("causal")}
+    entry["causal_rule"] = "native" if spec.routing.budget.causal else "calibrated" if causal else "none"
+    if causal:
+        entry["causal"] = causal_entry(per_seed, causal)
     return entry
+
+
+def causal_entry(per_seed: dict[str, dict[str, Any]], causal: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An arm's causal evaluation over its seeds (see the module docstring): per layer mean and std of the
+    held-out and calibration full shares and of the thresholds, and the ``gap`` of each
+    :data:`CAUSAL_METRICS` (causal - top-k, :func:`specroute.claims.stats.paired_evaluations`)."""
+    out: dict[str, Any] = {}
+    for field in ("full_fraction", "calibration_full_fraction", "thresholds"):
+        layers = list(dict.fromkeys(l for c in causal.values() for l in c[field]))
+        out[field] = {}
+        for l in layers:
+            m, sd = mean_std([c[field].get(l) for c in causal.values()])
+            out[field][l] = {"mean": m, "std": sd}
+    pairs = {s: (c, per_seed[s]) for s, c in causal.items()}
+    out["gap"] = {m: paired_evaluations(pairs, "causal", "topk", m).as_dict() for m in CAUSAL_METRICS}
+    return out
 
 
 def _term_grad_spread(per_seed: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, dict[str, Any]]]:

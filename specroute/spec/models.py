@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, computed_field, model_validator
 
-from specroute.spec.base import (MAX_DATA_TOKENS, MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB,
+from specroute.spec.base import (MAX_BATCH, MAX_DATA_TOKENS, MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB,
                                  MAX_WIDTH, Strict)
 from specroute.spec.controller import G1Spec, GateSpec, LossSpec
 from specroute.spec.training import BackboneSpec, ControllerTrainSpec
@@ -48,19 +48,62 @@ def with_default_kinds(data: Any) -> Any:
 # model
 
 
+#: GPT-2's values of the architecture options (ModelSpec's defaults): see ModelSpec.architecture_changes.
+GPT2_ARCHITECTURE: dict[str, Any] = {"norm": "layernorm", "norm_eps": 1e-5, "position": "learned", "ffn": "mlp"}
+#: Every architecture option's default, those above and the ones that only matter beside another option.
+ARCHITECTURE_DEFAULTS: dict[str, Any] = {**GPT2_ARCHITECTURE, "n_kv_heads": None, "qkv_bias": None,
+                                         "rope_theta": 10000.0}
+
+
 class ModelSpec(Strict):
-    """The dense GPT-style decoder (pre-LayerNorm blocks, causal self-attention, GELU MLP)."""
+    """The dense decoder: pre-norm blocks, causal self-attention, the full FFN.
+
+    The defaults are GPT-2's architecture (LayerNorm, learned positions, tanh-GELU MLP, one key/value head per
+    query head, biases, tied head). The architecture options give the Llama family (Llama, SmolLM, TinyLlama,
+    Qwen2): ``norm: rmsnorm``, ``position: rope``, ``ffn: swiglu``, ``n_kv_heads`` < ``n_heads`` (grouped-query
+    attention), ``bias: false``, ``tie_embeddings: false`` (docs/DESIGN.md, "The model").
+    """
 
     n_layers: int = Field(4, ge=1, le=MAX_LAYERS, description="Number of transformer blocks.")
     d_model: int = Field(128, ge=1, le=MAX_WIDTH, description="Width of the hidden state (D).")
-    n_heads: int = Field(4, ge=1, le=MAX_WIDTH, description="Attention heads; must divide d_model.")
+    n_heads: int = Field(4, ge=1, le=MAX_WIDTH, description="Attention (query) heads; must divide d_model.")
+    n_kv_heads: int | None = Field(
+        None, ge=1, le=MAX_WIDTH,
+        description="Key/value heads (grouped-query attention: each serves n_heads / n_kv_heads query heads); "
+        "must divide n_heads. null means n_heads (multi-head attention); 1 is multi-query attention.",
+    )
     context_length: int = Field(128, ge=1, le=MAX_POSITIONS, description="Maximum sequence length (positions).")
     vocab_size: int = Field(256, ge=2, le=MAX_VOCAB, description="Vocabulary size (V) of the tokenizer.")
     d_ff: int | None = Field(
         None, ge=1, le=MAX_HIDDEN, description="Hidden width of the full FFN; null means 4 * d_model."
     )
+    ffn: Literal["mlp", "swiglu"] = Field(
+        "mlp",
+        description="Kind of the full FFN (and of the cheap FFN): mlp: proj(GELU_tanh(fc(x))), GPT-2's two "
+        "matrices; swiglu: proj(SiLU(fc(x)) * fc_up(x)), Llama's three matrices (gate, up, down projections).",
+    )
+    norm: Literal["layernorm", "rmsnorm"] = Field(
+        "layernorm",
+        description="The backbone's norms (before attention, before the FFN, before the LM head): layernorm "
+        "(GPT-2's, a bias when bias is true) or rmsnorm (x / sqrt(mean(x^2) + eps) * gain, Llama's; no bias).",
+    )
+    norm_eps: float = Field(1e-5, gt=0, le=1, description="Epsilon added to the variance (or mean square) in every "
+                            "backbone norm.")
+    position: Literal["learned", "rope"] = Field(
+        "learned",
+        description="Position information: learned: a position embedding added to the token embedding "
+        "(GPT-2's, context_length x D parameters); rope: rotary embeddings of queries and keys in every "
+        "attention layer (no parameters; the rotate-half convention of Llama's Hugging Face implementation).",
+    )
+    rope_theta: float = Field(10000.0, gt=1, description="Base of the rotary frequencies: pair i of a head "
+                              "turns by position * rope_theta^(-2i / head_dim) (position: rope only).")
     tie_embeddings: bool = Field(True, description="Share the token embedding with the LM head.")
-    bias: bool = Field(True, description="Biases in linear layers and LayerNorms.")
+    bias: bool = Field(True, description="Biases in linear layers and LayerNorms (for the query, key and value "
+                       "projections see qkv_bias).")
+    qkv_bias: bool | None = Field(
+        None, description="Biases of the query, key and value projections; null means as bias (Qwen2: true "
+        "with bias false)."
+    )
     init_std: float = Field(0.02, gt=0, description="Std of the normal init of weight matrices.")
 
     @computed_field  # type: ignore[prop-decorator]
@@ -71,9 +114,43 @@ class ModelSpec(Strict):
 
     @computed_field  # type: ignore[prop-decorator]
     @property
+    def kv_heads(self) -> int:
+        """Resolved number of key/value heads (n_kv_heads, or n_heads when null)."""
+        return self.n_kv_heads if self.n_kv_heads is not None else self.n_heads
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def kv_dim(self) -> int:
+        """Width of the key (and of the value) projection: kv_heads * head_dim."""
+        return self.kv_heads * self.head_dim
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def ffn_hidden(self) -> int:
         """Resolved hidden width of the full FFN."""
         return self.d_ff if self.d_ff is not None else 4 * self.d_model
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def ffn_matrices(self) -> int:
+        """Weight matrices of one FFN of this kind (mlp 2, swiglu 3), each D x hidden."""
+        return 3 if self.ffn == "swiglu" else 2
+
+    @property
+    def attn_bias(self) -> bool:
+        """Whether the query, key and value projections have biases (qkv_bias, or bias when null)."""
+        return self.bias if self.qkv_bias is None else self.qkv_bias
+
+    @property
+    def architecture_changes(self) -> list[str]:
+        """The architecture options that make this model differ from GPT-2's decoder, as ``field=value``
+        (norm, norm_eps, position, ffn, n_kv_heads, qkv_bias); empty for GPT-2's architecture."""
+        out = [f"{k}={getattr(self, k)}" for k, v in GPT2_ARCHITECTURE.items() if getattr(self, k) != v]
+        if self.kv_heads != self.n_heads:
+            out.append(f"n_kv_heads={self.n_kv_heads}")
+        if self.attn_bias != self.bias:
+            out.append(f"qkv_bias={self.qkv_bias}")
+        return out
 
     @model_validator(mode="after")
     def _heads_divide_width(self) -> ModelSpec:
@@ -81,6 +158,17 @@ class ModelSpec(Strict):
             raise ValueError(
                 f"n_heads: n_heads={self.n_heads} does not divide d_model={self.d_model}; "
                 "pick n_heads so that d_model / n_heads is an integer"
+            )
+        if self.n_kv_heads is not None and self.n_heads % self.n_kv_heads:
+            raise ValueError(
+                f"n_kv_heads: n_kv_heads={self.n_kv_heads} does not divide n_heads={self.n_heads}; pick a divisor "
+                "of n_heads (n_heads or null for multi-head attention, 1 for multi-query attention)"
+            )
+        if self.position == "rope" and self.head_dim % 2:
+            raise ValueError(
+                f"position: rope rotates pairs of dimensions and needs an even head width (d_model / n_heads = "
+                f"{self.d_model} / {self.n_heads} = {self.head_dim}); pick n_heads so that it is even, or "
+                "position: learned"
             )
         return self
 
@@ -107,7 +195,19 @@ class BudgetSpec(Strict):
         0.05,
         ge=0.0,
         le=1.0,
-        description="Allowed |realised full share - b| for threshold mode once trained (verify).",
+        description="Allowed |realised full share - b| for threshold mode once trained (verify), and for a "
+        "top-k gate's calibrated threshold on its calibration data.",
+    )
+    calibration_batches: int = Field(
+        4,
+        ge=0,
+        le=MAX_BATCH,
+        description=(
+            "Top-k only: fixed training batches (train.batch_size windows each) on which each controlled "
+            "layer's causal threshold tau_l (the (1 - b) quantile of its scores, layers calibrated in order) is "
+            "fitted at every evaluation; held-out LM and full share are then also reported under the causal "
+            "rule full iff score > tau_l, and generation uses it. 0: no causal evaluation. Ignored by threshold."
+        ),
     )
 
     @computed_field  # type: ignore[prop-decorator]
@@ -255,6 +355,12 @@ class RunSpec(Strict):
                 "loss.oracle.counterfactual: per_token with labeling=on_policy needs a per-sequence budget: "
                 "under routing.budget.enforcement=topk_batch one token's flip moves the later layers' decisions "
                 "of every sequence in the batch; use topk_sequence or threshold, or labeling=off_policy"
+            )
+        if self.train.grad_accum_steps > 1 and r.budget.enforcement == "topk_batch":
+            raise ValueError(
+                f"train.grad_accum_steps: {self.train.grad_accum_steps} micro-batches cannot keep "
+                "routing.budget.enforcement=topk_batch (its top-k ranks the whole batch's tokens, a micro-batch's is "
+                "another rule); use topk_sequence or threshold, or grad_accum_steps: 1"
             )
         if self.loss.jepa > 0 and self.gate.kind != "G3":
             raise ValueError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, computed_field
+from pydantic import Field, computed_field, model_validator
 
 from specroute.spec.base import MAX_BATCH, MAX_POSITIONS, MAX_STEPS, MAX_THRESHOLDS, Strict
 
@@ -53,6 +53,22 @@ class TrainSpec(Strict):
         "shapes; specroute.train.compiled). Outputs equal eager within float tolerance; the first step of a "
         "session pays the compile time, reported apart (a run's speed.compile_s). Under threshold routing "
         "with gather execution the routed FFN step stays eager (its token count is data-dependent)."))
+    grad_accum_steps: int = Field(
+        1, ge=1, le=MAX_BATCH,
+        description="Micro-batches one optimiser step is accumulated over (each batch_size / grad_accum_steps "
+        "sequences; must divide batch_size). The step equals the whole-batch step within float tolerance: "
+        "batch-level statistics (standardised oracle labels, rank pair counts, the budget's realised share) are "
+        "those of the whole batch. Not with routing.budget.enforcement=topk_batch. 1 = the whole batch at once.",
+    )
+
+    @model_validator(mode="after")
+    def _micro_batches(self) -> TrainSpec:
+        if self.batch_size % self.grad_accum_steps:
+            raise ValueError(
+                f"grad_accum_steps: {self.grad_accum_steps} does not divide batch_size={self.batch_size}; "
+                "use a divisor of batch_size (each micro-batch holds batch_size / grad_accum_steps sequences)"
+            )
+        return self
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -72,6 +88,21 @@ class BackboneSpec(Strict):
     )
 
 
+class TrackingSpec(Strict):
+    """Where a run's metrics go besides ``metrics.jsonl`` (the ``tracking`` extra: TensorBoard, W&B)."""
+
+    tensorboard: bool = Field(
+        False, description="Write every metrics.jsonl record to TensorBoard event files, one run folder per "
+        "(arm, seed): <out>/tensorboard/<arm>/seed<k> (the --tensorboard flag does the same)."
+    )
+    wandb: Literal["off", "offline", "online"] = Field(
+        "off", description="Log every metrics.jsonl record to Weights & Biases, one W&B run per (arm, seed) named "
+        "<arm>/seed<k> in the group of the study's name; offline: files under <out>/wandb, synced later with "
+        "`wandb sync`; off = none (the --wandb flag overrides)."
+    )
+    wandb_project: str = Field("specroute", min_length=1, description="The W&B project the runs go to.")
+
+
 class ControllerTrainSpec(TrainSpec):
     """Stage 2: controller training on the stage-1 backbone; controller-only unless ``trainable``
     names ``backbone``."""
@@ -89,6 +120,10 @@ class ControllerTrainSpec(TrainSpec):
         description="Every this many steps (the steps whose 1-based number is a multiple of it), log the L2 "
         "norm of each loss term's gradient (weighted as it enters the total) on each trained parameter group; "
         "null = never. One extra backward pass per term at a logged step; the training is the same either way.",
+    )
+
+    tracking: TrackingSpec = Field(
+        default_factory=TrackingSpec, description="TensorBoard / W&B logging of the run's metrics (none by default)."
     )
 
     @computed_field  # type: ignore[prop-decorator]

@@ -4,7 +4,8 @@ Cache: ``<cache>/backbones/<key>/`` with ``backbone.safetensors`` (the dense mod
 ``spec.json`` (the resolved run spec it was trained under), ``info.json`` (held-out LM, steps, wall time;
 written last, so its presence means the backbone is complete), ``metrics.jsonl`` and resumable
 checkpoints in ``ckpt/`` while it trains. The key hashes exactly what determines the weights: the model
-spec, ``backbone.train``, the data spec, the corpus and tokenizer hashes and :data:`BACKBONE_SEED`. Every
+spec (its architecture options left out where they keep their defaults, so GPT-2 keys predate them),
+``backbone.train``, the data spec, the corpus and tokenizer hashes and :data:`BACKBONE_SEED`. Every
 arm and seed of a study (and every study with the same backbone) shares it; routing, gate, loss and the
 controller stage are not part of it. A process trains a backbone holding the lock of its folder
 (:func:`specroute.locks.hold_lock`); another study that needs the same backbone meanwhile waits for it and
@@ -27,7 +28,7 @@ from specroute.data.sampler import WindowSampler
 from specroute.data.shards import TokenData
 from specroute.flops.analytic import dense_step_macs
 from specroute.spec.loader import dump_run
-from specroute.spec.models import RunSpec
+from specroute.spec.models import ARCHITECTURE_DEFAULTS, RunSpec
 from specroute.locks import hold_lock
 from specroute.store import UserError, atomic_write_json, atomic_write_with, cache_dir, sha256_json
 from specroute.train.device import Device
@@ -58,8 +59,12 @@ class Backbone:
 
 def backbone_key(spec: RunSpec, data: TokenData) -> str:
     d = dump_run(spec)
+    # the architecture options at their defaults (GPT-2's) are left out: a key made before they existed holds
+    model = {k: v for k, v in d["model"].items() if k not in ARCHITECTURE_DEFAULTS or v != ARCHITECTURE_DEFAULTS[k]}
+    # micro-batches change the memory a step takes, not the training (equal within float tolerance)
+    train = {k: v for k, v in d["backbone"]["train"].items() if k != "grad_accum_steps"}
     return sha256_json({
-        "format": FORMAT, "model": d["model"], "train": d["backbone"]["train"], "data": d["data"],
+        "format": FORMAT, "model": model, "train": train, "data": d["data"],
         "corpus_sha256": data.meta["corpus_sha256"], "tokenizer_sha256": data.meta["tokenizer_sha256"],
         "seed": BACKBONE_SEED,
     })[:20]

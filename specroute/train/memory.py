@@ -9,7 +9,8 @@ The estimate of one process's peak, per stage, in two parts:
   backbone parameter); and :data:`PROCESS_BYTES` for the process itself.
 - **activations** (approximate): what autograd keeps for the backward of one step at the stage's batch, per
   token — 17 x D values per block on the gradient path (LayerNorm inputs and outputs, q, k, v, attention
-  output, FFN input, hidden pre- and post-GELU: 9 D + 2 x 4 D; Korthikanti et al. 2022, without dropout), the
+  output, FFN input, hidden pre- and post-GELU: 9 D + 2 x 4 D; Korthikanti et al. 2022, without dropout; a
+  SwiGLU FFN keeps 4 values per hidden unit instead of 2), the
   routed layers' gate and cheap FFN, and the LM head's logits, log-softmax and their gradient (V values each,
   fp32); the oracle's no-grad continuations add two heads' worth. Values are 4 bytes on a CPU (fp32) and 2 on
   CUDA (bf16 autocast; the loss in fp32). Attention is assumed to run fused (no T x T matrix kept); a kernel
@@ -36,6 +37,9 @@ from specroute.store import UserError
 PROCESS_BYTES = 512 << 20
 #: Values autograd keeps per token of a block on the gradient path, in units of d_model (see the module doc).
 BLOCK_VALUES_PER_D = 17
+#: Values autograd keeps per hidden unit of a full FFN, by kind: mlp the hidden pre- and post-GELU; swiglu the
+#: two input projections' outputs, the SiLU's output and their product.
+FFN_VALUES_PER_HIDDEN = {"mlp": 2, "swiglu": 4}
 #: The band around the activation estimate: [LOW, HIGH] x the figure.
 ACTIVATION_LOW, ACTIVATION_HIGH = 0.5, 2.0
 
@@ -91,14 +95,14 @@ def _activations(spec: RunSpec, dense: bool, value_bytes: int) -> int:
     """Bytes autograd keeps for one training step of a stage (see the module docstring)."""
     m, r = spec.model, spec.routing
     train = spec.backbone.train if dense else spec.train
-    N = train.batch_size * train.seq_len
+    N = train.batch_size // train.grad_accum_steps * train.seq_len  # one micro-batch's graph at a time
     D, V = m.d_model, m.vocab_size
     controlled = [] if dense else list(r.controlled_layers)
     trains_backbone = dense or "backbone" in spec.train.trainable
     lowest = 0 if trains_backbone or not controlled else min(controlled)
     per_token = 2 * D  # embeddings' output, final LayerNorm
     per_token += (m.n_layers - lowest) * BLOCK_VALUES_PER_D * D
-    per_token += (m.ffn_hidden * 2 - 8 * D) * (m.n_layers - lowest)  # a d_ff other than 4 D
+    per_token += (m.ffn_hidden * FFN_VALUES_PER_HIDDEN[m.ffn] - 8 * D) * (m.n_layers - lowest)  # d_ff, FFN kind
     gate = spec.gate
     gate_width = gate.hidden if gate.kind == "G1" else gate.latent_dim + 2 * gate.predictor_hidden
     per_token += len(controlled) * (3 * D + 2 * gate_width + 2 * r.cheap_ffn_hidden)
@@ -185,7 +189,8 @@ def judge(est: MemoryEstimate, avail: Available) -> Judgement:
                          f"{human_bytes(avail.total)} of {avail.what} of this machine; make the model smaller")
     if p.high > avail.free:
         return Judgement("uncertain", f"the study may not fit in memory: it needs {describe(est, avail)}; a "
-                         "smaller batch (train.batch_size, backbone.train.batch_size) or fewer --workers need less")
+                         "smaller batch (train.batch_size, backbone.train.batch_size), micro-batches "
+                         "(train.grad_accum_steps, backbone.train.grad_accum_steps) or fewer --workers need less")
     return Judgement("fits", describe(est, avail))
 
 

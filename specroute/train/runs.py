@@ -55,9 +55,12 @@ from specroute.spec.models import RunSpec
 from specroute.locks import hold_lock
 from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with
 from specroute.train.device import Device, deterministic
+from specroute.train.distributed import SINGLE, World, main_only, on_main
 from specroute.train.progress import QueueProgress, StudyProgress
+from specroute.train.calibration import THRESHOLDS_FILE, thresholds_record
 from specroute.train.stages import ControllerStage, derive_seed
-from specroute.train.trainer import Diverged, MetricsSink, StepBudget, Trainer, checkpoint_step
+from specroute.train.tracking import TrackingFlags, TrackingSink, tracking_on
+from specroute.train.trainer import Diverged, MetricsSink, NoSink, StepBudget, Trainer, checkpoint_step
 
 #: ``status`` of a failed run's result (a finished run's result has none).
 FAILED = "failed"
@@ -65,6 +68,7 @@ FAILED = "failed"
 
 #: What a run writes into its folder (:data:`specroute.store.Layout`; what a study's ``--overwrite`` may delete).
 RUN_LAYOUT = {"metrics.jsonl": FILE, "result.json": FILE, "controller.safetensors": FILE, "spec.json": FILE,
+              "thresholds.json": FILE,
               "ckpt": {"latest": FILE, "step_[0-9][0-9][0-9][0-9][0-9][0-9]": ANY}}
 #: Seconds a run waits for another holder of its folder's lock: the worker of a killed study ends by
 #: itself within a second or so (:func:`init_worker`), a live one does not.
@@ -89,32 +93,41 @@ def run_steps_left(folder: Path, spec: RunSpec) -> int:
 
 def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Tensor], device: Device,
                    folder: Path, progress: StudyProgress | QueueProgress | None = None,
-                   budget: StepBudget | None = None, concurrent_runs: int = 1) -> dict[str, Any]:
+                   budget: StepBudget | None = None, concurrent_runs: int = 1, world: World = SINGLE,
+                   tracking: TrackingFlags | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse) one run; return its per-seed summary (summary.json's ``seeds`` entry), or
     a failed run's result (see the module docstring; :func:`is_failed`) when its training diverged.
     ``concurrent_runs``: how many runs train at once beside this one (recorded: C12 trusts only the wall
-    time of runs timed one at a time). Raises UserError when another process holds the run folder's lock
-    for longer than :data:`RUN_LOCK_WAIT_S`."""
+    time of runs timed one at a time). ``world``: the data-parallel processes that train it together
+    (:mod:`specroute.train.distributed`; only the main one writes and holds the lock; all return when the
+    run's files are written). ``tracking``: the study's tracking flags (TensorBoard / W&B beside
+    metrics.jsonl, :mod:`specroute.train.tracking`; None: none). Raises UserError when another process holds the run folder's lock for
+    longer than :data:`RUN_LOCK_WAIT_S`."""
     result = folder / "result.json"
     if result.is_file():
         return json.loads(result.read_text())
-    with hold_lock(folder, "the run folder", wait_s=RUN_LOCK_WAIT_S):
-        return _train_run(arm, spec, data, backbone, device, folder, progress, budget, concurrent_runs)
+    with main_only(world, hold_lock(folder, "the run folder", wait_s=RUN_LOCK_WAIT_S)):
+        summary = _train_run(arm, spec, data, backbone, device, folder, progress, budget, concurrent_runs, world,
+                             tracking)
+    world.barrier()
+    return summary
 
 
 def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Tensor], device: Device,
                folder: Path, progress: StudyProgress | QueueProgress | None, budget: StepBudget | None,
-               concurrent_runs: int) -> dict[str, Any]:
+               concurrent_runs: int, world: World = SINGLE, tracking: TrackingFlags | None = None) -> dict[str, Any]:
     """The training of :func:`run_controller` (which holds the run folder's lock)."""
-    result = folder / "result.json"
     heldout = WindowSampler(data.heldout, spec.train.seq_len, "held-out")
-    stage = ControllerStage.on_backbone(spec, backbone, heldout, device)
-    sink = MetricsSink(folder / "metrics.jsonl")
+    train_windows = WindowSampler(data.train, spec.train.seq_len, "train")
+    stage = ControllerStage.on_backbone(spec, backbone, heldout, device, train_windows)
+    sink: MetricsSink | NoSink | TrackingSink = MetricsSink(folder / "metrics.jsonl") if world.is_main else NoSink()
+    if world.is_main and tracking_on(tracking, spec.train.tracking):
+        sink = TrackingSink(sink, tracking, spec.train.tracking, arm, spec.seed, dump_run(spec))
     name = f"{arm} seed {spec.seed}"
-    trainer = Trainer(stage, WindowSampler(data.train, spec.train.seq_len, "train"),
+    trainer = Trainer(stage, train_windows,
                       {"data": derive_seed(spec.seed, "data"), "loss": derive_seed(spec.seed, "loss")},
                       device, folder / "ckpt", sink, functools.partial(progress.update, name) if progress else None,
-                      budget, name, step_flops=2 * step_macs(spec)["total"])
+                      budget, name, world, step_flops=2 * step_macs(spec)["total"])
     trainer.restore()
     if progress:
         progress.start_run(name, spec.train.steps, trainer.step)
@@ -131,15 +144,20 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
         sink.close()
         if progress:
             progress.end_run(name)
-    if is_failed(summary):
-        atomic_write_json(folder / "spec.json", dump_run(spec))
-        atomic_write_json(result, summary)
-        return summary
-    controller = {k: p.detach().cpu().contiguous() for k, p in trainer.params.items()}
-    atomic_write_with(folder / "controller.safetensors", lambda tmp: save_file(controller, str(tmp)))
-    atomic_write_json(folder / "spec.json", dump_run(spec))
-    atomic_write_json(result, summary)
+    on_main(world, lambda: _write_run(folder, spec, summary, trainer))
     return summary
+
+
+def _write_run(folder: Path, spec: RunSpec, summary: dict[str, Any], trainer: Trainer) -> None:
+    """A run's files (a failed run's: no controller), result.json last."""
+    if not is_failed(summary):
+        controller = {k: p.detach().cpu().contiguous() for k, p in trainer.params.items()}
+        atomic_write_with(folder / "controller.safetensors", lambda tmp: save_file(controller, str(tmp)))
+        causal = trainer.history["eval"][-1].get("causal")
+        if causal is not None:
+            atomic_write_json(folder / THRESHOLDS_FILE, thresholds_record(spec, causal))
+    atomic_write_json(folder / "spec.json", dump_run(spec))
+    atomic_write_json(folder / "result.json", summary)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,7 +188,7 @@ def _exit_without_parent(parent: int) -> None:
 
 
 def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, Tensor], folder: str,
-                  concurrent_runs: int) -> dict[str, Any]:
+                  concurrent_runs: int, tracking: TrackingFlags | None = None) -> dict[str, Any]:
     """:func:`run_controller` in a worker process (CPU), reporting progress through the queue."""
     import torch
 
@@ -178,7 +196,7 @@ def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, T
     data = load_shards(Path(data_path))
     with deterministic(device, threads=torch.get_num_threads()):  # init_worker's share of the cores
         return run_controller(arm, spec, data, backbone, device, Path(folder), QueueProgress(_QUEUE),
-                              concurrent_runs=concurrent_runs)
+                              concurrent_runs=concurrent_runs, tracking=tracking)
 
 
 def tau_key(tau: float) -> str:
@@ -216,7 +234,23 @@ def seed_summary(spec: RunSpec, history: dict[str, Any], wall_s: float) -> dict[
     logged = [r["loss_grad_norm"] for r in history["train"] if r.get("loss_grad_norm")]
     if logged:
         summary["loss_grad_norm"] = _mean_term_grads(logged)
+    causal = [e.get("causal") for e in evals]
+    if causal and all(causal):
+        summary["causal"] = causal_summary(causal)
     return summary
+
+
+def causal_summary(causal: list[dict[str, Any]]) -> dict[str, Any]:
+    """A top-k run's causal evaluation (every evaluation's ``causal`` record, :meth:`ControllerStage.evaluate_causal`)
+    in the shape of the seed summary's LM metrics: ``best_lm``, ``avg_lm``, ``final_lm`` and ``lm_by_batch``
+    under the calibrated threshold rule, and at the last evaluation ``full_fraction`` (held-out share per
+    layer), ``calibration_full_fraction``, ``thresholds`` (tau per layer) and ``tokens``."""
+    values = [c["lm"] for c in causal]
+    last = causal[-1]
+    return {"best_lm": min(values), "avg_lm": statistics.fmean(values), "final_lm": values[-1],
+            "lm_by_batch": _lm_by_batch(causal, values), "full_fraction": last["full_fraction"],
+            "calibration_full_fraction": last["calibration_full_fraction"], "thresholds": last["thresholds"],
+            "tokens": last["tokens"]}
 
 
 def _mean_term_grads(logged: list[dict[str, dict[str, float | None]]]) -> dict[str, dict[str, float | None]]:

@@ -11,7 +11,9 @@ the throughput probe, the verifiers, the benchmark); :meth:`DenseStage.seeded` a
 
 Both evaluate the held-out LM loss (nats/token) on fixed windows; the controller stage adds the realised
 full fraction per controlled layer, the gate's score distribution and spread and, for G3, the predictor's
-latent collapse metrics and the action dependence of predictor and target (:func:`gate_diagnostics`).
+latent collapse metrics and the action dependence of predictor and target (:func:`gate_diagnostics`), and,
+for a top-k gate, the causal evaluation: thresholds calibrated on fixed training batches, then held-out LM
+and full share under the rule full iff score > tau_l (:mod:`specroute.train.calibration`).
 
 Seeds: a run's seed is split into independent streams with :func:`derive_seed` — ``init`` (parameter
 initialisation), ``data`` (window order), ``loss`` (oracle layer and rank pair sampling).
@@ -34,7 +36,10 @@ from specroute.model.routing import G3Gate, LayerRouting
 from specroute.spec.models import RunSpec
 from specroute.spec.training import TrainSpec
 from specroute.train.compiled import compile_model
+from specroute.train.accumulate import controller_backward, dense_backward
+from specroute.train.calibration import calibrate, calibrates
 from specroute.train.device import Device
+from specroute.train.distributed import BatchSplit
 from specroute.train.step import term_grad_norms
 
 #: Tokens (rows) of predicted latents used for the collapse metrics at each evaluation.
@@ -100,6 +105,11 @@ class DenseStage:
             lm = self.loss_of(idx_BT, targets_BT)
         return lm, {"loss": lm.item(), "lm": lm.item()}
 
+    def backward(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator, step: int,
+                 split: BatchSplit) -> dict[str, Any]:
+        """:meth:`loss`'s backward on this process's rows in micro-batches (:mod:`specroute.train.accumulate`)."""
+        return dense_backward(self.loss_of, idx_BT, targets_BT, split, self.device)
+
     def evaluate(self) -> dict[str, Any]:
         return {"lm": dense_heldout_lm(self.model, self.batches, self.device)}
 
@@ -127,24 +137,34 @@ class ControllerStage:
         spec: the run spec (loss recipe, routing). model: the routed model, on ``device``.
         batches: held-out (idx_BT, targets_BT) batches for :meth:`evaluate`.
         train: the stage's settings; default ``spec.train``.
+        calibration: training token ids (B, T) on which a top-k gate's causal thresholds are calibrated at
+            every evaluation (:func:`specroute.train.calibration.calibrate`); none: no causal evaluation.
     """
 
     def __init__(self, spec: RunSpec, model: Decoder, device: Device,
-                 batches: list[tuple[Tensor, Tensor]] | None = None, train: TrainSpec | None = None):
+                 batches: list[tuple[Tensor, Tensor]] | None = None, train: TrainSpec | None = None,
+                 calibration: list[Tensor] | None = None):
         self.spec, self.model, self.device = spec, model, device
         self.train = train or spec.train
         self.batches = batches or []
+        self.calibration = calibration or []
 
     @classmethod
     def on_backbone(cls, spec: RunSpec, backbone: Mapping[str, Tensor], heldout: WindowSampler,
-                    device: Device) -> ControllerStage:
-        """A study's stage 2: the routed model of ``spec`` (initialised from ``spec.seed``) on ``backbone``."""
+                    device: Device, train_windows: WindowSampler | None = None) -> ControllerStage:
+        """A study's stage 2: the routed model of ``spec`` (initialised from ``spec.seed``) on ``backbone``;
+        with ``train_windows`` and a top-k budget (:func:`calibrates`), its causal evaluation calibrates on
+        ``routing.budget.calibration_batches`` fixed batches of them."""
         model = build_seeded(spec, spec.seed, routed=True)
         model.load_backbone(backbone)
         model = model.to(device.torch)
+        calibration = None
+        if train_windows is not None and calibrates(spec):
+            fixed = train_windows.fixed(spec.routing.budget.calibration_batches, spec.train.batch_size)
+            calibration = [idx.to(device.torch) for idx, _ in fixed]
         if spec.train.compile:
             compile_model(model)
-        return cls(spec, model, device, eval_batches(heldout, spec.train, device))
+        return cls(spec, model, device, eval_batches(heldout, spec.train, device), calibration=calibration)
 
     def trainable(self) -> dict[str, nn.Parameter]:
         return trainable_params(self.model)
@@ -162,6 +182,13 @@ class ControllerStage:
         if self.logs_term_grads(step):
             record["loss_grad_norm"] = term_grad_norms(terms.weighted, self.trained_groups())
         return terms.total, record
+
+    def backward(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator, step: int,
+                 split: BatchSplit) -> dict[str, Any]:
+        """:meth:`loss`'s backward on this process's rows in micro-batches, equal to the whole batch's
+        (:func:`specroute.train.accumulate.controller_backward`); returns the record :meth:`loss` would."""
+        groups = self.trained_groups() if self.logs_term_grads(step) else None
+        return controller_backward(self.model, idx_BT, targets_BT, self.spec, generator, split, self.device, groups)
 
     def logs_term_grads(self, step: int) -> bool:
         """Whether step ``step`` (1-based) logs each loss term's gradient norm: every
@@ -205,7 +232,27 @@ class ControllerStage:
         result["score_quantiles"] = {l: torch.quantile(torch.cat(v)[:1 << 24].cpu(), q).tolist()
                                      for l, v in scores.items()}
         result["gate_diagnostics"] = gate_diagnostics(scores, gaps)
+        if self.calibration and self.batches:
+            result["causal"] = self.evaluate_causal()
         return result
+
+    def evaluate_causal(self) -> dict[str, Any]:
+        """The causal evaluation of a top-k gate: thresholds calibrated on the calibration batches, then on
+        the held-out batches under full iff score > tau_l: ``lm`` (nats/token), ``lm_batches`` (per batch),
+        ``full_fraction`` (realised share per controlled layer), with ``thresholds`` and
+        ``calibration_full_fraction`` (the share on the calibration data) and ``tokens`` (calibration
+        tokens). Layer keys are strings."""
+        with torch.no_grad(), self.device.autocast():
+            cal = calibrate(self.model, self.calibration, self.spec.routing.budget.full_fraction)
+            lm_batches, full = [], {str(l): 0.0 for l in cal.thresholds}
+            for idx, targets in self.batches:
+                out = self.model(idx, thresholds=cal.thresholds)
+                lm_batches.append(token_ce(out.logits_BTV, targets).mean().item())
+                for rec in out.routing:
+                    full[str(rec.layer)] += rec.full_fraction
+        n = len(self.batches)
+        return {"lm": sum(lm_batches) / n, "lm_batches": lm_batches,
+                "full_fraction": {k: v / n for k, v in full.items()}, **cal.as_dict()}
 
 
 #: Quantiles of the gate's scores per controlled layer recorded at every evaluation (the routing logit;

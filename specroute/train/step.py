@@ -51,11 +51,14 @@ def make_optimizer(params: Mapping[str, nn.Parameter], opt: OptimizerSpec) -> to
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
-                   loss_fn: Callable[[], tuple[Tensor, dict[str, Any]]], lr: float,
-                   grad_clip: float | None) -> dict[str, Any]:
+                   loss_fn: Callable[[], tuple[Tensor | None, dict[str, Any]]], lr: float,
+                   grad_clip: float | None,
+                   reduce_grads: Callable[[list[nn.Parameter]], None] | None = None) -> dict[str, Any]:
     """One step: set the learning rate, ``zero_grad(set_to_none=True)``, ``loss, metrics = loss_fn()``,
-    backward, global-norm clip of ``params`` to ``grad_clip`` (None: no clip, the norm is still measured),
-    optimiser step.
+    backward (none when ``loss`` is None: ``loss_fn`` ran its micro-batches' backward passes itself,
+    :mod:`specroute.train.accumulate`), ``reduce_grads(params)`` if given (the sum over data-parallel
+    processes, :meth:`specroute.train.distributed.World.sum_grads`), global-norm clip of ``params`` to
+    ``grad_clip`` (None: no clip, the norm is still measured), optimiser step.
 
     Returns ``metrics`` plus ``grad_norm`` (the global L2 norm of the gradient before clipping) and ``lr``.
     """
@@ -63,7 +66,10 @@ def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     loss, record = loss_fn()
-    loss.backward()
+    if loss is not None:
+        loss.backward()
+    if reduce_grads is not None:
+        reduce_grads(params)
     clip = grad_clip if grad_clip is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
     optimizer.step()
@@ -95,19 +101,25 @@ def term_grad_norms(terms: Mapping[str, Tensor], groups: Mapping[str, Sequence[n
     """
     groups = {g: list(ps) for g, ps in groups.items() if ps}
     params = [p for ps in groups.values() for p in ps]
-    total = [torch.zeros_like(p) for p in params]
+    return group_norms({name: term_grad(term, params) for name, term in terms.items()}, groups)
+
+
+def group_norms(grads: Mapping[str, list[Tensor]], groups: Mapping[str, Sequence[nn.Parameter]]
+                ) -> dict[str, dict[str, float]]:
+    """{group: {term: L2 norm, ..., "total": norm of the terms' sum}} of each term's gradients ``grads[term]``
+    (one tensor per parameter of ``groups``, group by group in order; an empty group is left out)."""
+    groups = {g: list(ps) for g, ps in groups.items() if ps}
     norms: dict[str, dict[str, Tensor]] = {g: {} for g in groups}
 
-    def add_norms(name: str, grads: list[Tensor]) -> None:
-        left = iter(grads)  # in the order of ``params``: group by group
+    def add_norms(name: str, term_grads: list[Tensor]) -> None:
+        left = iter(term_grads)  # in the order of the parameters: group by group
         for g, ps in groups.items():
             norms[g][name] = torch.nn.utils.get_total_norm([next(left) for _ in ps])
 
-    for name, term in terms.items():
-        grads = term_grad(term, params)
-        for acc, g in zip(total, grads):
-            acc.add_(g)
-        add_norms(name, grads)
-    add_norms("total", total)
+    total: list[Tensor] | None = None
+    for name, term_grads in grads.items():
+        total = [g.clone() for g in term_grads] if total is None else [a.add_(g) for a, g in zip(total, term_grads)]
+        add_norms(name, term_grads)
+    add_norms("total", total if total is not None else [torch.zeros_like(p) for ps in groups.values() for p in ps])
     values = iter(torch.stack([v for n in norms.values() for v in n.values()]).tolist())  # one device sync
     return {g: {name: next(values) for name in n} for g, n in norms.items()}

@@ -56,6 +56,8 @@ from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, get_backbone
 from specroute.train.device import Device, deterministic, environment, pick_device
 from specroute.train.memory import check_memory
+from specroute.train.distributed import SINGLE, World, join_world, main_only, on_main
+from specroute.train.tracking import TrackingFlags, check_available
 from specroute.train.progress import StudyProgress, TokenisingProgress
 from specroute.train.runs import (RUN_LAYOUT, RUN_LOCK_WAIT_S, init_worker, is_failed, run_controller, run_dir,
                                   run_in_worker, run_steps_left)
@@ -86,7 +88,8 @@ class StudyOptions:
 
     ``arms`` / ``seeds``: run only these (empty = all). ``cache``: cache root override. ``yes``: no
     confirmation for a paper-profile run without a GPU. ``workers``: controller runs at once
-    (None: see :func:`auto_workers`). ``max_steps_this_session``: stop (as if the
+    (None: see :func:`auto_workers`). ``tensorboard`` / ``wandb``: tracking over the spec's
+    ``train.tracking`` (:class:`specroute.train.tracking.TrackingFlags`). ``max_steps_this_session``: stop (as if the
     process died) after that many optimiser steps in total; for interruption tests.
     """
 
@@ -100,6 +103,8 @@ class StudyOptions:
     yes: bool = False
     workers: int | None = None
     max_steps_this_session: int | None = None
+    tensorboard: Path | None = None
+    wandb: str | None = None
 
 
 @dataclass
@@ -241,8 +246,8 @@ class Job(NamedTuple):
     folder: Path
 
 
-def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
-                 progress: StudyProgress) -> Iterator[tuple[str, int, dict[str, Any]]]:
+def run_parallel(jobs: list[Job], data_path: Path | None, workers: int, progress: StudyProgress,
+                 tracking: TrackingFlags | None = None) -> Iterator[tuple[str, int, dict[str, Any]]]:
     """Run controller jobs in ``workers`` spawned processes (CPU); yield (arm, seed, result) in job order.
 
     On any exception here (a failed run, SIGINT, SIGTERM) the workers are terminated at once: their last
@@ -255,7 +260,7 @@ def run_parallel(jobs: list[Job], data_path: Path | None, workers: int,
     try:
         at_once = min(workers, len(jobs))
         pending = [pool.apply_async(run_in_worker, (j.arm, j.spec, str(data_path), j.backbone, str(j.folder),
-                                                    at_once)) for j in jobs]
+                                                    at_once, tracking)) for j in jobs]
         for job, res in zip(jobs, pending):
             while True:
                 try:
@@ -314,18 +319,24 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     runs = select_runs(resolved, options.arms, options.seeds)
     out = Path(options.out) if options.out else default_out(resolved)
     sha = spec_sha256(resolved)
-    note = console.print if console else (lambda *a, **k: None)
     device = pick_device(options.device)
+    world = join_world(device.type)  # several processes under torchrun: one data-parallel run
+    if not world.is_main:
+        console = None  # the main process shows the progress
+    note = console.print if console else (lambda *a, **k: None)
     specs = [spec for _, _, spec in runs]
+    tracking = TrackingFlags(study.name, out, options.tensorboard, options.wandb)
+    check_available(tracking, [s.train.tracking for s in specs])
     # Memory first: nothing (folder, data, model) is touched for a study that cannot fit.
     memory_warning = check_memory(specs, device.type, min(options.workers or auto_workers(device, specs[0], len(runs)),
                                                           len(runs)), options.yes)
     if memory_warning:
         note(f"[yellow]warning: {escape(memory_warning)}[/]")
-    with hold_lock(out, "the output folder") as lock_note:
+    with main_only(world, hold_lock(out, "the output folder")) as lock_note:
         if lock_note:
             note(f"[yellow]{escape(lock_note)}[/]")
-        notice = prepare_out(out, sha, options.resume, options.overwrite)
+        notice = on_main(world, lambda: prepare_out(out, sha, options.resume, options.overwrite))
+        world.barrier()
         if notice:
             note(f"[yellow]{escape(notice)}[/]")
         first = runs[0][2]
@@ -347,18 +358,22 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
             runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
             note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate))
-            atomic_write_json(out / "study.json", {
+            on_main(world, lambda: atomic_write_json(out / "study.json", {
                 "study": study.name, "profile": study.profile, "spec_sha256": sha, "source": str(resolved.source),
                 "arms": {a: dump_run(resolved.arm_spec(a)) for a in study.arms}, "seeds": study.seeds,
-            })
+            }))
             budget = StepBudget(options.max_steps_this_session)
             with StudyProgress(console, sum(steps_left.values()) + sum(runs_left.values())) as progress, \
-                    interrupted_session(out, t_start):
+                    main_only(world, interrupted_session(out, t_start)):
                 backbones = {}
                 for key, spec in backbone_specs.items():
                     try:
+                        if not world.is_main:  # the main process trains (or loads) it into the cache first
+                            world.barrier()
                         backbones[key] = get_backbone(spec, data, device, options.cache, resolved.source.parent,
                                                       progress, budget)
+                        if world.is_main:
+                            world.barrier()
                     except Diverged as e:
                         raise UserError(f"{e}. The study stops: every controller run needs the trained backbone; "
                                         "a smaller backbone.train.optimizer.lr_peak or a backbone.train.grad_clip "
@@ -368,7 +383,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                                   f"unigram entropy {data.meta['unigram_entropy_nats']:.3f}")
                 jobs = [Job(arm, seed, spec, backbones[backbone_key(spec, data)].state, run_dir(out, arm, seed))
                         for arm, seed, spec in runs]
-                results = run_controllers(jobs, data, device, options, progress, budget)
+                results = run_controllers(jobs, data, device, options, progress, budget, world, tracking)
         results = with_earlier_runs(results, resolved, out)
 
         from specroute.report import build_summary, write_report
@@ -376,9 +391,11 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         sessions = with_session(out, t_start, "complete")
         summary = build_summary(resolved, sha, runs, results, data, next(iter(backbones.values())),
                                 environment(device), sum(s["wall_s"] for s in sessions), sessions)
-        with interrupted_session(out, t_start):  # a report that cannot be written (disk full) is a failed session
-            write_report(out, summary, resolved)
-        write_sessions(out, sessions)
+        if world.is_main:
+            with interrupted_session(out, t_start):  # a report that cannot be written (disk full) is a failed session
+                write_report(out, summary, resolved)
+            write_sessions(out, sessions)
+        world.barrier()
     note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
 
@@ -415,20 +432,23 @@ def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, 
 
 def run_controllers(jobs: list[Job], data: Any, device: Device,
                     options: StudyOptions, progress: StudyProgress,
-                    budget: StepBudget) -> dict[str, dict[int, dict[str, Any]]]:
-    """Every controller run, in this process or (CPU, several pending) in worker processes."""
+                    budget: StepBudget, world: World = SINGLE,
+                    tracking: TrackingFlags | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+    """Every controller run, in this process or (CPU, several pending, one process) in worker processes;
+    under data parallel (``world``) one run after another, each by every process."""
     done_before = {j.folder: (j.folder / "result.json").is_file() for j in jobs}
     finished = [j for j in jobs if done_before[j.folder]]
     todo = [j for j in jobs if not done_before[j.folder]]
     workers = options.workers or auto_workers(device, jobs[0].spec, len(todo))
-    if workers > 1 and len(todo) > 1 and options.max_steps_this_session is None:
+    if workers > 1 and len(todo) > 1 and options.max_steps_this_session is None and world.size == 1:
         done = itertools.chain(
             ((j.arm, j.seed, json.loads((j.folder / "result.json").read_text())) for j in finished),
-            run_parallel(todo, data.path, workers, progress))
+            run_parallel(todo, data.path, workers, progress, tracking))
     else:
         def in_process(j: Job) -> dict[str, Any]:
             with deterministic(device, threads=run_threads(device, j.spec, 1)):
-                return run_controller(j.arm, j.spec, data, j.backbone, device, j.folder, progress, budget)
+                return run_controller(j.arm, j.spec, data, j.backbone, device, j.folder, progress, budget,
+                                      world=world, tracking=tracking)
 
         done = ((j.arm, j.seed, in_process(j)) for j in jobs)
     results: dict[str, dict[int, dict[str, Any]]] = {}

@@ -32,6 +32,7 @@ from specroute.train.compiled import is_compiled
 from specroute.store import (UserError, atomic_write_text, json_text, make_dir, nonfinite_paths, replace_dir,
                              temp_dir_beside, writing)
 from specroute.train.device import Device
+from specroute.train.distributed import SINGLE, BatchSplit, World
 from specroute.train.step import lr_at, make_optimizer, optimizer_step
 
 
@@ -118,6 +119,12 @@ class Stage(Protocol):
         """The scalar to backpropagate and the step's metrics (floats, or dicts of floats); ``step``: the
         1-based step it is for (a stage may record more at some steps)."""
 
+    def backward(self, idx_BT: Tensor, targets_BT: Tensor, generator: torch.Generator, step: int,
+                 split: BatchSplit) -> dict[str, Any]:
+        """:meth:`loss`'s gradient from this process's rows of the batch, in ``split``'s micro-batches, the
+        backward passes run (``.grad`` filled, not yet summed over processes); returns the record
+        :meth:`loss` gives for the whole batch."""
+
     def evaluate(self) -> dict[str, Any]:
         """Held-out metrics; must hold ``lm`` (nats/token)."""
 
@@ -181,6 +188,9 @@ class NoSink:
     def truncate(self, n: int) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 def step_name(step: int) -> str:
     """A checkpoint's folder name: ``step_NNNNNN``."""
@@ -213,17 +223,25 @@ class Trainer:
         name: the training's name in messages (:class:`Diverged`).
         step_flops: analytic FLOPs of one optimiser step (2 x :mod:`specroute.flops.analytic`'s MACs), for
             the MFU of :meth:`speed` and of the progress line; None: tokens/s only.
+        world: the data-parallel processes training this run (:mod:`specroute.train.distributed`): each
+            samples the global batch and trains on its rows; only the main one saves checkpoints (pass the
+            others no sink). Default one process.
+
+    Raises:
+        UserError: ``batch_size`` is not a multiple of the processes x ``grad_accum_steps``.
     """
 
     def __init__(self, stage: Stage, sampler: Sampler, seeds: Mapping[str, int] | torch.Generator, device: Device,
                  ckpt_dir: Path | None = None, sink: MetricsSink | None = None,
                  on_step: Callable[[int, dict[str, Any]], None] | None = None, budget: StepBudget | None = None,
-                 name: str = "training", step_flops: float | None = None):
+                 name: str = "training", world: World = SINGLE, step_flops: float | None = None):
         self.stage, self.sampler, self.device, self.name = stage, sampler, device, name
         self.step_flops = step_flops
         self.step_s: list[float] = []  # wall seconds of each step this session (batch, step, log)
         self._peak: Peak | None = None
         self.spec = stage.train
+        self.world = world
+        self.split = BatchSplit(self.spec.batch_size, self.spec.grad_accum_steps, world)
         self.params = stage.trainable()
         self.optimizer = make_optimizer(self.params, self.spec.optimizer)
         if isinstance(seeds, torch.Generator):
@@ -257,7 +275,7 @@ class Trainer:
             self.guard("train", self.history["train"][-1], self.history["train"][:-1])
             if self.step % self.spec.eval_every == 0 or self.step == self.spec.steps:
                 self.guard("eval", self.evaluate(), [self.history["initial"], *self.history["eval"][:-1]])
-            if self.ckpt_dir is not None and self.step % self.spec.checkpoint_every == 0 \
+            if self.ckpt_dir is not None and self.world.is_main and self.step % self.spec.checkpoint_every == 0 \
                     and self.step < self.spec.steps:
                 self.save()
             self.budget.spend()
@@ -288,15 +306,27 @@ class Trainer:
                        record.get("lr") if event == "train" else None, bad, last)
 
     def next_batch(self) -> tuple[Tensor, Tensor]:
-        idx, targets = self.sampler.sample(self.spec.batch_size, self.data_gen)
+        """The next global batch's rows of this process (all of it for one process), on the device."""
+        idx, targets = (self.split.local(x) for x in self.sampler.sample(self.spec.batch_size, self.data_gen))
         return idx.to(self.device.torch, non_blocking=True), targets.to(self.device.torch, non_blocking=True)
 
     def train_step(self, idx: Tensor, targets: Tensor) -> dict[str, Any]:
-        """One optimiser step on (B, T) ids and targets at the current step's learning rate (the step
-        counter is not advanced); returns the stage's metrics plus ``grad_norm`` and ``lr``."""
-        return optimizer_step(self.optimizer, list(self.params.values()),
-                              lambda: self.stage.loss(idx, targets, self.loss_gen, self.step + 1),
-                              lr_at(self.step, self.spec.steps, self.spec.optimizer), self.spec.grad_clip)
+        """One optimiser step on (B, T) ids and targets (this process's rows of the global batch under data
+        parallel) at the current step's learning rate (the step counter is not advanced); returns the
+        stage's metrics plus ``grad_norm`` and ``lr``. In micro-batches (``train.grad_accum_steps``) or over
+        processes, the gradient and the metrics are the whole batch's (:mod:`specroute.train.accumulate`)."""
+        lr = lr_at(self.step, self.spec.steps, self.spec.optimizer)
+        params = list(self.params.values())
+        split = self.split
+        if idx.shape[0] != split.rows_per_rank and self.world.size == 1:  # a caller's own batch (the probe)
+            split = BatchSplit(idx.shape[0], math.gcd(idx.shape[0], split.micro_batches))
+        if split.whole:
+            return optimizer_step(self.optimizer, params,
+                                  lambda: self.stage.loss(idx, targets, self.loss_gen, self.step + 1),
+                                  lr, self.spec.grad_clip)
+        return optimizer_step(self.optimizer, params,
+                              lambda: (None, self.stage.backward(idx, targets, self.loss_gen, self.step + 1, split)),
+                              lr, self.spec.grad_clip, self.world.sum_grads)
 
     def log(self, record: dict[str, Any]) -> None:
         record = {"event": "train", "step": self.step, **record}

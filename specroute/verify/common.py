@@ -103,7 +103,8 @@ def _shrunk_layers(controlled: list[int], n_layers: int) -> list[int]:
 
 def shrink(spec: RunSpec, update: dict[str, Any] | None = None, seq_len: int = 16, batch_size: int = 4) -> RunSpec:
     """A small variant of ``spec``: same routing (budget, enforcement, execution, estimator), gate kind and settings,
-    loss weights and oracle settings; 4 blocks x width 32, context 32, bytes vocabulary; the cheap FFN
+    loss weights and oracle settings, architecture options (norm, positions, FFN kind; grouped-query attention
+    as one key/value head); 4 blocks x width 32, context 32, bytes vocabulary; the cheap FFN
     keeps its share of the full FFN's width; then ``update`` (nested keys) is merged and all re-validated."""
     raw = dump_run(spec)
     m, r = spec.model, spec.routing
@@ -112,7 +113,9 @@ def shrink(spec: RunSpec, update: dict[str, Any] | None = None, seq_len: int = 1
     sizes = {"hidden": 16} if isinstance(spec.gate, G1Spec) else {"latent_dim": 8, "predictor_hidden": 16}
     gate: dict[str, Any] = {**raw["gate"], **sizes}  # every other gate field (bias, init, norm, target) kept
     raw["model"] = {**raw["model"], "n_layers": SHRUNK_LAYERS, "d_model": SHRUNK_WIDTH, "n_heads": SHRUNK_HEADS,
-                    "context_length": SHRUNK_CONTEXT, "vocab_size": SHRUNK_VOCAB, "d_ff": None}
+                    "context_length": SHRUNK_CONTEXT, "vocab_size": SHRUNK_VOCAB, "d_ff": None,
+                    # grouped-query attention stays grouped: one key/value head for the two query heads
+                    "n_kv_heads": None if m.kv_heads == m.n_heads else 1}
     raw["routing"] = {**raw["routing"], "controlled_layers": _shrunk_layers(r.controlled_layers, m.n_layers),
                       "cheap_ffn_hidden": cheap}
     raw["gate"] = gate

@@ -133,6 +133,13 @@ def brute_force(target: Target, ctx: Context) -> CheckResult:
                   max_err=stats["max_err"], per_token_err=stats["per_token_err"])
 
 
+#: Off- and on-policy labels "differ" beyond float noise: the two continuations run different decisions, so a
+#: labeling that ignored the gates would give exactly 0; fp32 cross-entropies of ~5.5 nats are exact to ~1e-6.
+#: At init the gap is second order (a later layer's full-vs-cheap effect on each continuation): ~1e-5 at least
+#: on a SwiGLU model, whose FFN output starts ~10x smaller than the GELU MLP's (1e-3 to 1e-2 for GPT-2's).
+DIFFER_ATOL = 1e-6
+
+
 def policy_equivalence(target: Target, ctx: Context) -> CheckResult:
     b = target.spec.routing.budget.full_fraction
     topk = {"enforcement": "topk_sequence"} if target.spec.routing.budget.enforcement == "threshold" else {}
@@ -156,7 +163,7 @@ def policy_equivalence(target: Target, ctx: Context) -> CheckResult:
         assert diffs[1.0] <= 1e-5, f"b=1: off- and on-policy labels differ by {diffs[1.0]:.3g}"
         if b < 1.0 and len(target.spec.routing.controlled_layers) > 1:
             stats["min_diff"] = min(stats["min_diff"], diffs[b])
-            assert diffs[b] > 1e-4, f"b={b}: off- and on-policy labels agree (max diff {diffs[b]:.3g})"
+            assert diffs[b] > DIFFER_ATOL, f"b={b}: off- and on-policy labels agree (max diff {diffs[b]:.3g})"
 
     if len(shrink(target.spec).routing.controlled_layers) < 2:
         return skipped("oracle.policy_equivalence", target, "needs two controlled layers (a later one)")
@@ -164,7 +171,7 @@ def policy_equivalence(target: Target, ctx: Context) -> CheckResult:
                            T=st.integers(4, 16), seed=st.integers(0, 2**16))
     return result("oracle.policy_equivalence", target, failure is None,
                   f"b=1: {stats['equal_err']:.2g}; b={b:g}: >= {stats['min_diff']:.2g}",
-                  "equal (<= 1e-5) at b=1, differ (> 1e-4) at b<1", failure or "max |off - on| per example",
+                  f"equal (<= 1e-5) at b=1, differ (> {DIFFER_ATOL:g}) at b<1", failure or "max |off - on| per example",
                   equal_err=stats["equal_err"], min_diff=stats["min_diff"])
 
 
