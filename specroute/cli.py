@@ -118,6 +118,7 @@ def bench(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing result in the output folder.")] = False,
     repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Timed rounds (default 5; quick 2).")] = None,
     device: DeviceOpt = "auto",
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Also time dense and GPT-2 training under torch.compile (default: on, off with --quick).")] = None,
 ):
     """Throughput and peak memory of dense / masked / gather training beside transformers' GPT-2."""
     from specroute.bench import BenchOptions, check_out_dir, default_out_dir, rich_tables, run_bench, write_results
@@ -126,7 +127,7 @@ def bench(
     out = out or default_out_dir(resolved.study.name, resolved.study.profile, quick)
     with hold_lock(out, "the output folder"):  # one benchmark at a time into one folder
         check_out_dir(out, overwrite)
-        summary = run_bench(resolved, BenchOptions(repeats=repeats, quick=quick, device=device),
+        summary = run_bench(resolved, BenchOptions(repeats=repeats, quick=quick, device=device, compile=compile_),
                             progress=_progress(json_out))
         write_results(summary, out, overwrite)
     if json_out:

@@ -60,8 +60,8 @@ def micro(*extra: str) -> Resolved:
 
 
 def strip_wall(seed_summary: dict) -> dict:
-    """A seed's summary without its timing (wall time, runs at once: what differs between equal runs)."""
-    return {k: v for k, v in seed_summary.items() if k not in ("wall_s", "concurrent_runs")}
+    """A seed's summary without its timing (wall time, throughput, runs at once: what differs between equal runs)."""
+    return {k: v for k, v in seed_summary.items() if k not in ("wall_s", "speed", "concurrent_runs")}
 
 
 def write(folder: Path, name: str, text: str) -> Path:

@@ -116,9 +116,10 @@ def test_recipes_pair_util_rank_with_lm_only_per_gate(quick_run):
 def test_targets_listed_and_not_applicable_in_quick_mode(quick_run):
     summary, _, _ = quick_run
     ids = [t["id"] for t in summary["targets"]]
-    assert ids == ["dense_vs_reference", "gather_efficiency", "cuda_bf16"]
+    assert ids == ["dense_vs_reference", "gather_efficiency", "recipe_vs_flops_proxy", "cuda_bf16"]
     status = {t["id"]: t["status"] for t in summary["targets"]}
     assert status["gather_efficiency"] == "n/a"  # quick mode: sizes too small for the width >= 512 target
+    assert status["recipe_vs_flops_proxy"] == "n/a"
     if not torch.cuda.is_available():
         assert status["cuda_bf16"] == "n/a"
 
@@ -131,9 +132,23 @@ def test_dense_vs_reference_figures_come_from_the_rounds(quick_run):
     if not ref:  # transformers not installed
         assert (target["figure"], target["paired_figure"]) == (None, None)
         return
-    assert target["figure"] == pytest.approx(statistics.median(dense) / statistics.median(ref) - 1)
-    paired = statistics.median([a / b for a, b in zip(dense, ref, strict=True)]) - 1
-    assert target["paired_figure"] == pytest.approx(paired)
+    # quick mode times no compiled case: ours is the eager dense step, paired by round with an interval
+    paired = [a / b for a, b in zip(dense, ref, strict=True)]
+    assert target["ours"] == "train/dense"
+    assert target["figure"] == pytest.approx(statistics.median(paired))
+    lo, hi = target["interval"]
+    assert min(paired) <= lo <= target["figure"] <= hi <= max(paired)
+
+
+def test_bootstrap_interval_brackets_the_rounds_and_is_reproducible():
+    from specroute.bench.figures import bootstrap_interval
+
+    rounds = [0.9, 1.1, 1.0, 0.95, 1.05, 1.2, 0.85]
+    iv = bootstrap_interval(rounds, statistics.median)
+    assert min(rounds) <= iv[0] < statistics.median(rounds) < iv[1] <= max(rounds)
+    assert bootstrap_interval(rounds, statistics.median) == iv  # seeded
+    assert bootstrap_interval([1.0], statistics.median) is None
+    assert bootstrap_interval([1.0] * 5, statistics.median) == [1.0, 1.0]
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="needs Linux /proc/stat")

@@ -134,7 +134,7 @@ def test_the_study_writes_them_to_metrics_summary_report_and_plot(study):
     assert arm["gate"]["jepa"]["mean"] == pytest.approx(sum(seeds) / 2)  # the arm's: mean over seeds
     assert set(s["arms"]["G1_lm_st"]["loss_grad_norm"]["gate"]) == {"lm", "total"}
     md = (out / "report.md").read_text()
-    section = md.split("### Which loss drives the controller")[1].split("\n## ")[0]
+    section = md.split("### Which loss drives the controller")[1].split("\n#")[0]
     rows = [l for l in section.splitlines() if l.startswith("| G")]
     assert len(rows) == 4  # 2 arms x (gate, cheap_ffn)
     assert rows[0].startswith("| G1, no util/rank, straight_through | gate |") and rows[0].endswith("| lm |")

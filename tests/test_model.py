@@ -205,10 +205,36 @@ def test_gather_under_bf16_autocast_keeps_the_branch_dtype():
             p = torch.sigmoid(routed.gate(h).score_BT)
             run = routed._masked if model is masked else routed._gather
             outs.append(run(x, block.ffn, full, p))
-        assert outs[0].dtype == outs[1].dtype == torch.bfloat16
+        # the gate's score (float32 under autocast: fp32_gate) scales the bf16 branch outputs, so both
+        # executions give its float32; what matters here is that they agree
+        assert outs[0].dtype == outs[1].dtype
         assert_close(outs[0].float(), outs[1].float(), rtol=2e-2, atol=2e-2)
         assert_close(masked(tokens(2, 7)).logits_BTV.float(), gather(tokens(2, 7)).logits_BTV.float(),
                      rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("kind", ["G1", "G3"])
+def test_gate_scores_are_float32_under_bf16_autocast(kind):
+    """Under bf16 autocast the gate runs in float32 (fp32_gate): its scores are the float32 scores exactly,
+    so top-k is decided as in float32, not by bf16 ties."""
+    spec = tiny_spec(G3 if kind == "G3" else None)
+    torch.manual_seed(0)
+    model = build_model(spec)
+    gate = model.blocks[1].routed_ffn.gate
+    h = torch.randn(4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = gate(h)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = gate(h)
+            outside = (gate.fc if kind == "G1" else gate.encoder)(h)  # the same layer outside the gate's forward
+    assert got.score_BT.dtype == torch.float32
+    assert_close(got.score_BT, ref.score_BT, rtol=0, atol=0)
+    if kind == "G3":
+        assert got.pred_full_BTK.dtype == torch.float32
+        assert_close(got.pred_full_BTK - got.pred_cheap_BTK, ref.pred_full_BTK - ref.pred_cheap_BTK, rtol=0, atol=0)
+    assert outside.dtype == torch.bfloat16  # autocast is on: only the gate's forward turns it off
+    budget = spec.routing.budget
+    assert torch.equal(decide(got.score_BT, budget), decide(ref.score_BT, budget))
 
 
 def test_context_length_is_enforced():

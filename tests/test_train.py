@@ -224,3 +224,20 @@ def test_sigint_or_sigterm_to_the_study_process_stops_its_workers_at_once(tmp_pa
     err = log.read_text()
     assert "continue with the same command plus --resume" in err
     assert "Traceback" not in err
+
+
+def test_deterministic_block_fixes_the_thread_count_it_is_given():
+    """A worker passes its share of the cores (one thread when the runs go one per core): the block must
+    keep it, not raise it to the machine's core count (more threads than cores stall every parallel op)."""
+    import torch
+
+    from specroute.train.device import Device, deterministic
+
+    before = torch.get_num_threads()
+    with deterministic(Device("cpu", None), threads=1):
+        assert torch.get_num_threads() == 1
+        assert torch.are_deterministic_algorithms_enabled()
+    with deterministic(Device("cpu", None)):
+        assert torch.get_num_threads() == (os.cpu_count() or 1)
+    assert torch.get_num_threads() == before
+    assert not torch.are_deterministic_algorithms_enabled()

@@ -21,6 +21,7 @@ from specroute.claims.paper import WALL_HOURS
 from specroute.flops.analytic import dense_step_macs, flops_proxy, step_macs
 from specroute.spec import Resolved, rebuild
 from specroute.spec.models import RunSpec, ceil_budget
+from specroute.train.compiled import compile_model
 from specroute.train.device import Device
 from specroute.train.stages import ControllerStage, DenseStage, seeded_model
 from specroute.train.step import lr_at
@@ -46,6 +47,12 @@ class BenchOptions:
     quick: bool = False
     device: str = "auto"
     reference: bool = True
+    compile: bool | None = None  # None: on except in quick mode
+
+    @property
+    def compiled_cases(self) -> bool:
+        """Whether the compiled training cases (dense, GPT-2 under torch.compile) are timed."""
+        return (not self.quick) if self.compile is None else self.compile
 
     @property
     def rounds(self) -> int:
@@ -279,6 +286,18 @@ def build_cases(resolved: Resolved, options: BenchOptions, device: Device) -> tu
     else:
         stage = DenseStage(hf, train, device, loss_of=functools.partial(hf_lm_loss, hf))
         cases += _lm_cases("hf_gpt2", "hf_gpt2", None, stage, dense_macs, batch, device, True)
+    if options.compiled_cases:  # the same two training steps with the model's forward compiled
+        cases += _lm_cases("dense+compile", "dense+compile", None,
+                           DenseStage(compile_model(model(masked_spec, routed=False)), train, device),
+                           dense_macs, batch, device, False)
+        hf_c = hf_reference(masked_spec, device) if options.reference else "skipped (--no-reference)"
+        if isinstance(hf_c, str):
+            cases.append(Case("train/hf_gpt2+compile", "train", "hf_gpt2+compile", None, dense_macs[0], None,
+                              status=hf_c))
+        else:
+            compile_model(hf_c)
+            stage = DenseStage(hf_c, train, device, loss_of=functools.partial(hf_lm_loss, hf_c))
+            cases += _lm_cases("hf_gpt2+compile", "hf_gpt2+compile", None, stage, dense_macs, batch, device, False)
 
     arms, pairs = recipe_pairs(resolved, options.quick)
     for name, s in arms.items():

@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from specroute import store
-from specroute.bench.figures import fmt_load, fmt_num, fmt_pct, fmt_share
+from specroute.bench.figures import fmt_load, fmt_num, fmt_pct, fmt_ratio, fmt_share, fmt_share_iv
 from specroute.claims.paper import WALL_HOURS
 from specroute.text import md_table, plural
 from specroute.store import (
@@ -40,17 +40,18 @@ def case_rows(summary: dict[str, Any]) -> list[list[str]]:
             c["name"], fmt_num(c["tokens_per_s"]) if ok else c["status"],
             fmt_num(c["median_s"] and c["median_s"] * 1e3, ",.1f"), fmt_num(c["spread"], ".0%"),
             fmt_num(c["peak_mb"], ",.1f"), fmt_num(c["predicted_macs"] and c["predicted_macs"] / 1e9, ",.2f"),
+            fmt_num(c.get("mfu"), ".1%"), fmt_num(c.get("compile_s"), ",.1f"),
         ])
     return rows
 
 
-CASE_COLS = ["case", "tokens/s", "median ms", "spread", "peak MB", "GMACs (pred.)"]
+CASE_COLS = ["case", "tokens/s", "median ms", "spread", "peak MB", "GMACs (pred.)", "MFU", "compile s"]
 BUDGET_COLS = ["budget", "full share", "train tokens/s", "time vs dense: measured", "predicted",
                "time vs masked: measured", "predicted", "saving realised/predicted"]
 RECIPE_COLS = ["gate", "util/rank arm", "LM-only arm", "util/rank mean step ms", "LM-only mean step ms",
                "measured ratio (change)", "FLOPs-proxy ratio (change)", f"paper {WALL_HOURS['lm']} h / {WALL_HOURS['utilrank']} h (change)",
                "util/rank peak MB", "LM-only peak MB"]
-TARGET_COLS = ["target", "figure", "threshold", "status", "by", "note"]
+TARGET_COLS = ["target", "figure [95% interval]", "threshold", "status", "settled", "by", "note"]
 
 
 def budget_rows(summary: dict[str, Any]) -> list[list[str]]:
@@ -71,11 +72,19 @@ def recipe_rows(summary: dict[str, Any]) -> list[list[str]]:
 def target_rows(summary: dict[str, Any]) -> list[list[str]]:
     rows = []
     for t in summary["targets"]:
-        fig = t["figure"]
-        shown = "—" if fig is None else (fmt_pct(fig) if t["id"] == "dense_vs_reference" else f"{fig:.0%}")
-        by = "—" if t["by"] is None else (f"{t['by']:+.1%}" if t["id"] == "dense_vs_reference"
+        fig, iv = t["figure"], t.get("interval")
+        if fig is None:
+            shown = "—"
+        elif t["id"] == "dense_vs_reference":
+            shown = fmt_ratio(fig, iv)
+        elif t["id"] == "recipe_vs_flops_proxy":
+            shown = f"{fig * 100:+.1f} pp" + (f" [{iv[0] * 100:+.1f}, {iv[1] * 100:+.1f}]" if iv else "")
+        else:
+            shown = fmt_share_iv(fig, iv)
+        by = "—" if t["by"] is None else (f"{t['by']:+.3f}x" if t["id"] == "dense_vs_reference"
                                           else f"{t['by'] * 100:+.0f} pp")
-        rows.append([t["id"], shown, t["threshold"], t["status"], by, t["note"]])
+        settled = "—" if "settled" not in t else ("yes" if t["settled"] else "no")
+        rows.append([t["id"], shown, t["threshold"], t["status"], settled, by, t["note"]])
     return rows
 
 
@@ -152,7 +161,12 @@ def markdown(summary: dict[str, Any]) -> str:
         f"- `recipe/*`: the study's controller-only step (backbone frozen; the arm's losses, backward, clip, "
         f"AdamW on the controller), execution {', '.join(st['recipe_execution'])}.",
         f"- Peak memory: {st['memory_method']}.",
-        "- Predicted figures: analytic multiply-adds of `specroute.flops.analytic` (matmuls only).",
+        "- Predicted figures: analytic multiply-adds of `specroute.flops.analytic` (matmuls only). MFU: 2 x those "
+        f"MACs per median step time over the peak, {summary.get('peak', {}).get('source')}. `+compile`: the "
+        "model's forward under torch.compile (`train.compile`); its first step compiles and is timed apart "
+        "(`compile s`).",
+        "- Targets are judged on paired per-round figures with a 95% percentile bootstrap interval over the "
+        "rounds; `settled`: the whole interval is on one side of the threshold.",
         "",
         *(f"> **Warning:** {w}.\n" for w in summary["warnings"]),
         "## Throughput and memory",

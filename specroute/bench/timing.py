@@ -43,8 +43,12 @@ def time_cases(cases: list[Case], options: BenchOptions, device: Device,
     """
     live = sorted((c for c in cases if c.step is not None), key=_timing_order)
     for c in live:
-        for _ in range(options.warmup_steps):
+        for i in range(max(options.warmup_steps, 1 if c.variant.endswith("+compile") else 0)):
+            t0 = time.perf_counter()
             c.step()
+            _sync(device)
+            if i == 0 and c.variant.endswith("+compile"):
+                c.extra["compile_s"] = time.perf_counter() - t0  # the first step compiles: timed apart
     _sync(device)
     for r in range(options.rounds):
         if progress:
@@ -61,7 +65,8 @@ def time_cases(cases: list[Case], options: BenchOptions, device: Device,
 
 def _timing_order(c: Case) -> tuple[int, int, tuple[int, float]]:
     family = ("train", "forward", "recipe").index(c.kind)
-    variant = {"dense": 0, "hf_gpt2": 1, "masked": 2, "gather": 3}.get(c.variant, 4)
+    variant = {"dense": 0, "hf_gpt2": 1, "dense+compile": 2, "hf_gpt2+compile": 3, "masked": 4,
+               "gather": 5}.get(c.variant, 6)
     first = c.budget == 0.5  # the target's budget right after masked
     return family, variant, (0 if first else 1, c.budget or 0.0)
 

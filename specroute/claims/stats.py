@@ -19,8 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scipy import stats as sps
-
 from specroute.claims.paper import CONFIDENCE, NOISE_Z
 from specroute.text import plural
 
@@ -103,12 +101,16 @@ def t_interval(values: Sequence[float], level: float = CONFIDENCE) -> tuple[floa
     if n < 2:
         return None
     m, sd = statistics.fmean(values), statistics.stdev(values)
+    from scipy import stats as sps  # here, not at import: scipy.stats takes ~1 s to import
+
     half = float(sps.t.ppf(0.5 + level / 2, n - 1)) * sd / math.sqrt(n)
     return (m - half, m + half)
 
 
 def sign_test(wins: int, losses: int) -> float:
     """Two-sided exact sign test of ``wins`` against ``losses`` (ties left out); 1.0 with none."""
+    from scipy import stats as sps
+
     return float(sps.binomtest(wins, wins + losses, 0.5).pvalue) if wins + losses else 1.0
 
 

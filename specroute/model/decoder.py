@@ -65,7 +65,9 @@ class Block(nn.Module):
         if self.routed_ffn is None:
             return h_BTD + self.ffn(self.ln2(h_BTD)), None
         full_BT, gate = self.routed_ffn.decide(h_BTD, force, threshold)  # score, decide
-        h_out = h_BTD + self.routed_ffn.execute(self.ln2(h_BTD), self.ffn, full_BT, gate)  # run full or cheap
+        fixed = force is None and threshold is None  # the budget's top-k, not a forced or threshold decision
+        n_full = self.routed_ffn.full_count(*h_BTD.shape[:2]) if fixed else None
+        h_out = h_BTD + self.routed_ffn.execute(self.ln2(h_BTD), self.ffn, full_BT, gate, n_full)  # run full or cheap
         return h_out, LayerRouting(self.index, full_BT, gate, h_BTD, h_out)
 
 

@@ -63,8 +63,9 @@ class G1Gate(nn.Module):
         self.score_init_std = g.score_init_std
 
     def forward(self, h_BTD: Tensor) -> GateOut:
-        """(B, T, D) -> GateOut(score_BT (B, T))."""
-        return GateOut(self.score_head(F.gelu(self.fc(self.ln(h_BTD)))).squeeze(-1))
+        """(B, T, D) -> GateOut(score_BT (B, T), float32 even under autocast: :func:`fp32_gate`)."""
+        with fp32_gate(h_BTD):
+            return GateOut(self.score_head(F.gelu(self.fc(self.ln(h_BTD.float())))).squeeze(-1))
 
 
 class G3Gate(nn.Module):
@@ -104,13 +105,16 @@ class G3Gate(nn.Module):
         return self.predictor(torch.cat([z_BTK, onehot], dim=-1))
 
     def forward(self, h_BTD: Tensor) -> GateOut:
-        """(B, T, D) -> GateOut(score_BT (B, T), predicted outcome latents (B, T, K) for full and cheap)."""
-        z = self.encoder(self.ln(h_BTD))
-        pred_full, pred_cheap = self.predict(z, FULL), self.predict(z, CHEAP)
-        d_BTK = pred_full - pred_cheap
-        if self.score_norm == "layernorm":
-            d_BTK = F.layer_norm(d_BTK, d_BTK.shape[-1:], eps=SCORE_NORM_EPS)
-        score = self.score_head(d_BTK).squeeze(-1)
+        """(B, T, D) -> GateOut(score_BT (B, T), predicted outcome latents (B, T, K) for full and cheap),
+        all float32 even under autocast (:func:`fp32_gate`): the score is built from the small difference
+        P(z, full) - P(z, cheap), which bf16 would round to ties."""
+        with fp32_gate(h_BTD):
+            z = self.encoder(self.ln(h_BTD.float()))
+            pred_full, pred_cheap = self.predict(z, FULL), self.predict(z, CHEAP)
+            d_BTK = pred_full - pred_cheap
+            if self.score_norm == "layernorm":
+                d_BTK = F.layer_norm(d_BTK, d_BTK.shape[-1:], eps=SCORE_NORM_EPS)
+            score = self.score_head(d_BTK).squeeze(-1)
         return GateOut(score, pred_full, pred_cheap)
 
     def target_latent(self, h_in_BTD: Tensor, h_after_BTD: Tensor) -> Tensor:
@@ -126,6 +130,14 @@ class G3Gate(nn.Module):
         if self.target_kind == "normalized":
             return self.target(F.layer_norm(h_after, h_after.shape[-1:]))
         return self.target(h_after)
+
+
+def fp32_gate(h_BTD: Tensor) -> torch.autocast:
+    """The block a gate computes in: autocast off, so that with the hidden state as float32
+    (``h_BTD.float()``) the scores (and G3's latents) are float32 under bf16 autocast too and top-k is not
+    decided by bf16 ties. The gate is a few small matmuls beside the block's, so full precision costs
+    little. (A plain autocast context, not a generator: torch.compile traces it without a graph break.)"""
+    return torch.autocast(h_BTD.device.type, enabled=False)
 
 
 def build_gate(m: ModelSpec, g: G1Spec | G3Spec) -> G1Gate | G3Gate:
@@ -226,12 +238,27 @@ class RoutedFFN(nn.Module):
             full_BT = torch.full(h_BTD.shape[:2], bool(force), dtype=torch.bool, device=h_BTD.device)
         return full_BT, gate
 
-    def execute(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, gate: GateOut | None) -> Tensor:
+    def full_count(self, B: int, T: int) -> int | None:
+        """How many tokens of a (B, T) batch the budget makes full, when that is fixed: B x ceil(bT)
+        (``topk_sequence``), ceil(bBT) (``topk_batch``); None under threshold routing (data-dependent)."""
+        if self.budget.enforcement == "topk_sequence":
+            return B * ceil_budget(self.budget.full_fraction, T)
+        if self.budget.enforcement == "topk_batch":
+            return ceil_budget(self.budget.full_fraction, B * T)
+        return None
+
+    def execute(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, gate: GateOut | None,
+                n_full: int | None = None) -> Tensor:
         """Run full or cheap per token: x_BTD = LN(h), (B, T, D) -> the executed branch's output (B, T, D),
-        with the estimator's gradient path to the gate's score. ``full_ffn`` is the block's full FFN."""
+        with the estimator's gradient path to the gate's score. ``full_ffn`` is the block's full FFN;
+        ``n_full``: the number of True in ``full_BT`` when the budget fixes it (:meth:`full_count`), which
+        gives gather static shapes (torch.compile); None: counted from ``full_BT``."""
         p_BT = torch.sigmoid(gate.score_BT) if gate is not None else None
-        run = self._masked if self.execution == "masked" else self._gather
-        return run(x_BTD, full_ffn, full_BT, p_BT)
+        if self.execution == "masked":
+            return self._masked(x_BTD, full_ffn, full_BT, p_BT)
+        if n_full is None:
+            return _eager_gather(self, x_BTD, full_ffn, full_BT, p_BT)
+        return self._gather(x_BTD, full_ffn, full_BT, p_BT, n_full)
 
     def cheap_branch(self, x_BTD: Tensor) -> Tensor:
         """FFN_cheap(x), or zeros when the cheap action is a skip; (B, T, D) -> (B, T, D)."""
@@ -255,12 +282,19 @@ class RoutedFFN(nn.Module):
         w_full, w_cheap = self._scales(p_BT)
         return torch.where(full_BT.unsqueeze(-1), full * w_full, cheap * w_cheap)
 
-    def _gather(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
-        """Each branch on its own tokens only (gather, run, scatter back)."""
+    def _gather(self, x_BTD: Tensor, full_ffn: FFN | SwiGLU, full_BT: Tensor, p_BT: Tensor | None,
+                n_full: int | None = None) -> Tensor:
+        """Each branch on its own tokens only (gather, run, scatter back). ``n_full``: the number of full
+        tokens when it is known (the full tokens' indices then come from a stable sort, static shapes; the
+        same indices in the same ascending order as ``nonzero``)."""
         B, T, D = x_BTD.shape
         x_ND = x_BTD.reshape(B * T, D)
         flat = full_BT.reshape(B * T)
-        sel, rest = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
+        if n_full is None:
+            sel, rest = flat.nonzero().squeeze(1), (~flat).nonzero().squeeze(1)
+        else:
+            order = torch.argsort((~flat).to(torch.uint8), stable=True)  # full tokens first, each part ascending
+            sel, rest = order[:n_full], order[n_full:]
         w_full, w_cheap = self._scales(p_BT)
         if isinstance(w_full, Tensor):
             w_full, w_cheap = w_full.reshape(B * T, 1), w_cheap.reshape(B * T, 1)
@@ -271,6 +305,13 @@ class RoutedFFN(nn.Module):
             cheap_ND = self.cheap(x_ND[rest]) * _rows(w_cheap, rest)
             out = out.index_copy(0, rest, cheap_ND.to(out.dtype))
         return out.view(B, T, D)
+
+
+@torch.compiler.disable
+def _eager_gather(routed: RoutedFFN, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
+    """:meth:`RoutedFFN._gather` with a data-dependent token count (threshold routing, forced decisions),
+    kept out of a compiled graph (torch.compile would recompile for every count)."""
+    return routed._gather(x_BTD, full_ffn, full_BT, p_BT)
 
 
 def _rows(w: Tensor | float, idx: Tensor) -> Tensor | float:

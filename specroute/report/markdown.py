@@ -12,6 +12,7 @@ from specroute.claims.paper import SEEDS
 from specroute.claims.paper import STEPS as PAPER_STEPS
 from specroute.claims.stats import fmt_interval
 from specroute.losses import LOSS_TERMS
+from specroute.flops.mfu import fmt_speed
 from specroute.report.summary import failed_runs, layer_diagnostics
 from specroute.report.sweeps import sweeps_section
 from specroute.train.trainer import last_finite_text
@@ -295,18 +296,23 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
         f"nats/token beside the corpus's unigram entropy **{ent:.3f}** "
         f"({abs(1 - bb['heldout_lm'] / ent) * 100:.0f}% {'lower' if bb['heldout_lm'] <= ent else 'higher'}"
         + (f"; {bb['initial_lm']:.3f} before training" if bb.get("initial_lm") is not None else "") + ")."
+        + (f" Training throughput {fmt_speed(bb['speed']['tokens_per_s'], bb['speed']['mfu'])} (peak "
+           f"{bb['speed']['peak_source']})." if bb.get("speed") else "")
     )
     lines += ["", *failed_section(summary)] if n_failed else []
     lines += ["", *missing_section(summary)] if summary.get("missing") else []
     lines += ["", "## Results per arm", "",
               "Mean ± standard deviation over seeds (ddof 1). LM losses are held-out nats/token; "
-              "`full` is the realised full fraction (mean over controlled layers, train).", ""]
+              "`full` is the realised full fraction (mean over controlled layers, train); tokens/s and MFU "
+              "(model FLOPs utilisation: analytic FLOP/s over the device's peak, specroute.flops.mfu) are "
+              "the training steps' throughput.", ""]
     lines += md_table(
         ("arm", "gate", "util/rank", "initial_lm", "best_lm", "avg_lm", "final_lm", "grad_norm (mean)", "flops_proxy",
-         "wall_s", "full (train)", "full (eval)"),
+         "wall_s", "tokens/s", "MFU", "full (train)", "full (eval)"),
         [(a["label"], a["gate"], "on" if a["loss"]["util"] > 0 or a["loss"]["rank"] > 0 else "off",
           pm(a, "initial_lm"), pm(a, "best_lm"), pm(a, "avg_lm"), pm(a, "final_lm"), pm(a, "grad_norm", 3),
-          pm(a, "flops_proxy", 3), pm(a, "wall_s", 1), pm(a, "full_fraction_train", 3),
+          pm(a, "flops_proxy", 3), pm(a, "wall_s", 1), pm(a, "tokens_per_s", 0), pm(a, "mfu", 3),
+          pm(a, "full_fraction_train", 3),
           pm(a, "full_fraction_eval", 3)) for a in arms.values()])
     lines += arms_section(arms)
     lines += ["", "### Threshold hits", ""]

@@ -84,6 +84,8 @@ AGGREGATES = {
     "grad_norm_median": lambda s: s["grad_norm"]["median"],
     "flops_proxy": lambda s: s["flops_proxy"],
     "wall_s": lambda s: s["wall_s"],
+    "tokens_per_s": lambda s: (s.get("speed") or {}).get("tokens_per_s"),
+    "mfu": lambda s: (s.get("speed") or {}).get("mfu"),
     "full_fraction_train": lambda s: _mean_or_none(s["full_fraction"]["train"].values()),
     "full_fraction_eval": lambda s: _mean_or_none(s["full_fraction"]["eval"].values()),
     "latent_variance": lambda s: (s.get("latent") or {}).get("variance"),
@@ -228,7 +230,7 @@ def inputs_record(data: Any, backbone: Any, environment: dict[str, Any]) -> dict
         "backbone": {"heldout_lm": info["heldout_lm"], "steps": info["steps"], "cache_key": info["cache_key"],
                      "wall_s": info["wall_s"], "initial_lm": info.get("initial_lm"), "source": info["source"],
                      "wall_s_trained": info.get("wall_s_trained", info["wall_s"]),
-                     "checkpoint": info.get("checkpoint")},
+                     "checkpoint": info.get("checkpoint"), "speed": info.get("speed")},
         "environment": environment,
     }
 

@@ -48,6 +48,11 @@ class TrainSpec(Strict):
     eval_every: int = Field(20, ge=1, le=MAX_STEPS, description="Steps between held-out evaluations.")
     eval_batches: int = Field(4, ge=1, le=MAX_BATCH, description="Held-out batches per evaluation.")
     checkpoint_every: int = Field(50, ge=1, le=MAX_STEPS, description="Steps between resumable checkpoints.")
+    compile: bool = Field(False, description=(
+        "Run the model's forward (training and evaluation steps) through torch.compile (inductor, static "
+        "shapes; specroute.train.compiled). Outputs equal eager within float tolerance; the first step of a "
+        "session pays the compile time, reported apart (a run's speed.compile_s). Under threshold routing "
+        "with gather execution the routed FFN step stays eager (its token count is data-dependent)."))
     grad_accum_steps: int = Field(
         1, ge=1, le=MAX_BATCH,
         description="Micro-batches one optimiser step is accumulated over (each batch_size / grad_accum_steps "

@@ -26,6 +26,7 @@ from torch import Tensor
 
 from specroute.data.sampler import WindowSampler
 from specroute.data.shards import TokenData
+from specroute.flops.analytic import dense_step_macs
 from specroute.spec.loader import dump_run
 from specroute.spec.models import ARCHITECTURE_DEFAULTS, RunSpec
 from specroute.locks import hold_lock
@@ -124,7 +125,9 @@ def _train(spec: RunSpec, data: TokenData, device: Device, folder: Path, key: st
     on_step = functools.partial(progress.update, "backbone") if progress else None
     trainer = Trainer(stage, WindowSampler(data.train, spec.backbone.train.seq_len, "train"),
                       {"data": derive_seed(BACKBONE_SEED, "data"), "loss": derive_seed(BACKBONE_SEED, "loss")},
-                      device, folder / "ckpt", sink, on_step, budget, "backbone")
+                      device, folder / "ckpt", sink, on_step, budget, "backbone",
+                      step_flops=2 * dense_step_macs(spec, "full_training", spec.backbone.train.batch_size,
+                                                     spec.backbone.train.seq_len))
     trainer.restore()
     if progress:
         progress.start_run("backbone", spec.backbone.train.steps, trainer.step)
@@ -140,7 +143,7 @@ def _train(spec: RunSpec, data: TokenData, device: Device, folder: Path, key: st
     info = {
         "heldout_lm": history["eval"][-1]["lm"], "initial_lm": history["initial"]["lm"],
         "steps": spec.backbone.train.steps, "cache_key": key, "wall_s": trainer.wall_s,
-        "lm": [[e["step"], e["lm"]] for e in history["eval"]],
+        "lm": [[e["step"], e["lm"]] for e in history["eval"]], "speed": trainer.speed(),
     }
     atomic_write_json(folder / "info.json", info)
     return Backbone(state, {**info, "source": "trained", "path": str(weights)})

@@ -59,22 +59,35 @@ def pick_device(name: str = "auto") -> Device:
 
 
 @contextlib.contextmanager
-def deterministic(device: Device) -> Iterator[None]:
+def deterministic(device: Device, threads: int | None = None) -> Iterator[None]:
     """Deterministic algorithms on CPU for the duration of the block (restored afterwards), with the
-    intra-op thread count fixed to the machine's core count: float reductions depend on it, so a run's
-    metrics would otherwise depend on whoever set the thread count before (worker processes set their own)."""
+    intra-op thread count fixed: float reductions depend on it, so a run's metrics would otherwise depend
+    on whoever set the thread count before. ``threads``: the count (None: the machine's core count; a
+    worker process passes its own share, one thread when the runs go one per core: more threads than
+    cores make every parallel region wait for a descheduled thread)."""
     if device.type != "cpu":
         yield
         return
     before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    threads = torch.get_num_threads()
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.set_num_threads(os.cpu_count() or 1)
+    was = torch.get_num_threads()
+    set_deterministic(True, warn_only=True)
+    torch.set_num_threads(threads or os.cpu_count() or 1)
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before, warn_only=warn)
-        torch.set_num_threads(threads)
+        set_deterministic(before, warn_only=warn)
+        torch.set_num_threads(was)
+
+
+def set_deterministic(mode: bool, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms(mode, warn_only=...)`` without its import of the compiler
+    (``torch._inductor``, ~2 s of start-up in every process): the compiler's ``deterministic`` setting
+    is set here only when it is already loaded; :func:`specroute.train.compiled.compile_module` sets it
+    from the flag when it loads it."""
+    inductor = sys.modules.get("torch._inductor.config")
+    if inductor is not None:
+        inductor.deterministic = mode
+    torch._C._set_deterministic_algorithms(mode, warn_only=warn_only)
 
 
 def git_commit(start: Path | None = None) -> str:

@@ -32,7 +32,7 @@ from torch import Tensor
 from specroute.flops.analytic import count_params
 from specroute.spec.models import RunSpec
 from specroute.store import UserError
-from specroute.train.device import Device
+from specroute.train.device import Device, deterministic
 from specroute.train.distributed import SINGLE, World
 from specroute.train.progress import StudyProgress
 from specroute.train.runs import init_worker, is_failed, run_controller, run_in_worker
@@ -62,6 +62,17 @@ def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
     if device.type != "cpu" or count_params(spec).total > PARALLEL_MAX_PARAMS:
         return 1
     return max(1, min(os.cpu_count() or 1, pending))
+
+
+def run_threads(device: Device, spec: RunSpec, workers: int) -> int:
+    """Intra-op threads of each controller run on a CPU: one for small models (the runs go one per core,
+    and the same count in this process and in workers keeps their metrics equal: float reductions depend
+    on it), else the cores shared among ``workers``. More threads than cores in all make every parallel
+    op wait for a descheduled thread (measured: a smoke step 20x slower on a loaded 2-core machine)."""
+    cores = os.cpu_count() or 1
+    if device.type == "cpu" and count_params(spec).total <= PARALLEL_MAX_PARAMS:
+        return 1
+    return max(1, cores // workers)
 
 
 def parse_devices(text: str, visible: int) -> list[int]:
@@ -126,7 +137,8 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
     ctx = multiprocessing.get_context("spawn")
     q = ctx.Queue()
     slots = Slots([f"cuda:{i}" if i is not None else "cpu" for i in cuda_indices])
-    threads = max(1, (os.cpu_count() or 1) // len(cuda_indices))
+    threads = (run_threads(device, jobs[0].spec, len(cuda_indices)) if device.type == "cpu"
+               else max(1, (os.cpu_count() or 1) // len(cuda_indices)))
     pools = []
     with _sigint_ignored():  # workers start ignoring Ctrl-C (inherited): this process ends them, quietly
         for index in cuda_indices:
@@ -202,8 +214,9 @@ def _in_process(job: Job, data: Any, device: Device, progress: StudyProgress, bu
                 on_start: Callable[[Job], None], world: World, tracking: TrackingFlags | None) -> dict[str, Any]:
     if not (job.folder / "result.json").is_file():
         on_start(job)
-    return run_controller(job.arm, job.spec, data, job.backbone, device, job.folder, progress, budget,
-                          world=world, tracking=tracking)
+    with deterministic(device, threads=run_threads(device, job.spec, 1)):
+        return run_controller(job.arm, job.spec, data, job.backbone, device, job.folder, progress, budget,
+                              world=world, tracking=tracking)
 
 
 @contextlib.contextmanager

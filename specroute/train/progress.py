@@ -1,4 +1,5 @@
-"""Progress display of a study: one bar for the study and one per run in flight, with loss and ETA.
+"""Progress display of a study: one bar for the study and one per run in flight, with loss, tokens/s,
+MFU (:mod:`specroute.flops.mfu`) and ETA.
 
 Trainers report through ``start_run(name, steps, done)``, ``update(name, step, record)`` and
 ``end_run(name)``. :class:`StudyProgress` draws them with rich (nothing without a console);
@@ -11,8 +12,14 @@ import queue
 from typing import Any
 
 from rich.console import Console
+from specroute.flops.mfu import fmt_speed
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
+
+
+#: What a run's progress line shows of a step's record: its losses, and the tokens/s and MFU of its last
+#: steps (:meth:`specroute.train.trainer.Trainer.speed`).
+PROGRESS_FIELDS = ("loss", "lm", "tokens_per_s", "mfu")
 
 
 class StudyProgress:
@@ -48,6 +55,8 @@ class StudyProgress:
         if self._progress is None or name not in self._runs:
             return
         loss = f"loss {record.get('loss', float('nan')):.3f} lm {record.get('lm', float('nan')):.3f}"
+        if record.get("tokens_per_s") is not None:
+            loss += f"  {fmt_speed(record['tokens_per_s'], record.get('mfu'))}"
         self._progress.update(self._runs[name], completed=step, loss=loss)
         self._progress.advance(self._study)
 
@@ -79,7 +88,7 @@ class QueueProgress:
         self.q.put(("start_run", (name, steps, done)))
 
     def update(self, name: str, step: int, record: dict[str, Any]) -> None:
-        self.q.put(("update", (name, step, {"loss": record.get("loss"), "lm": record.get("lm")})))
+        self.q.put(("update", (name, step, {k: record.get(k) for k in PROGRESS_FIELDS})))
 
     def end_run(self, name: str) -> None:
         self.q.put(("end_run", (name,)))

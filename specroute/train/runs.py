@@ -26,7 +26,9 @@ score spread per layer and G3's action dependence of predictor and target
 (:func:`specroute.train.stages.gate_diagnostics`) before training (``initial``) and at the last evaluation
 (``final``; each None for an older history); ``loss_grad_norm``, only
 when the spec logs them (``train.loss_grad_norm_every``), is the mean over the logged steps of each loss
-term's gradient norm (weighted as it enters the total) per trained group, {group: {term: x, "total": x}}.
+term's gradient norm (weighted as it enters the total) per trained group, {group: {term: x, "total": x}};
+``speed`` (beside ``wall_s``: timings, not metrics) is the run's training throughput this session, tokens/s,
+analytic FLOP/s and MFU (:meth:`specroute.train.trainer.Trainer.speed`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from torch import Tensor
 
 from specroute.data.sampler import WindowSampler
 from specroute.data.shards import TokenData, load_shards
-from specroute.flops.analytic import flops_proxy
+from specroute.flops.analytic import flops_proxy, step_macs
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
 from specroute.locks import hold_lock
@@ -125,7 +127,7 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
     trainer = Trainer(stage, train_windows,
                       {"data": derive_seed(spec.seed, "data"), "loss": derive_seed(spec.seed, "loss")},
                       device, folder / "ckpt", sink, functools.partial(progress.update, name) if progress else None,
-                      budget, name, world)
+                      budget, name, world, step_flops=2 * step_macs(spec)["total"])
     trainer.restore()
     if progress:
         progress.start_run(name, spec.train.steps, trainer.step)
@@ -135,7 +137,8 @@ def _train_run(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str, Ten
         causal = final_causal(stage, history)
         if causal is not None:
             sink.write({"event": "causal", "step": trainer.step, **causal})
-        summary = {**seed_summary(spec, history, trainer.wall_s, causal), "concurrent_runs": concurrent_runs}
+        summary = {**seed_summary(spec, history, trainer.wall_s, causal), "speed": trainer.speed(),
+                   "concurrent_runs": concurrent_runs}
         sink.write({"event": "end", **{k: v for k, v in summary.items() if k != "lm"}})
     except Diverged as e:
         summary = {"status": FAILED, "failure": e.as_dict(), "wall_s": trainer.wall_s,
@@ -197,9 +200,11 @@ def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, T
                   device_type: str = "cpu") -> dict[str, Any]:
     """:func:`run_controller` in a worker process (CPU, or the CUDA device :func:`init_worker` pinned),
     reporting progress through the queue."""
+    import torch
+
     device = Device("cpu", None) if device_type == "cpu" else pick_device(device_type)
     data = load_shards(Path(data_path))
-    with deterministic(device):
+    with deterministic(device, threads=torch.get_num_threads()):  # init_worker's share of the cores
         return run_controller(arm, spec, data, backbone, device, Path(folder), QueueProgress(_QUEUE),
                               concurrent_runs=concurrent_runs, tracking=tracking)
 

@@ -35,6 +35,7 @@ from specroute.model.decoder import Decoder, build_model
 from specroute.model.routing import G3Gate, LayerRouting
 from specroute.spec.models import RunSpec
 from specroute.spec.training import TrainSpec
+from specroute.train.compiled import compile_model
 from specroute.train.accumulate import controller_backward, dense_backward
 from specroute.train.calibration import calibrate, calibrates
 from specroute.train.device import Device
@@ -92,6 +93,8 @@ class DenseStage:
     def seeded(cls, spec: RunSpec, seed: int, heldout: WindowSampler, device: Device) -> DenseStage:
         """A study's stage 1: the dense model of ``spec`` initialised from ``seed``, ``backbone.train``."""
         model = build_seeded(spec, seed, routed=False).to(device.torch)
+        if spec.backbone.train.compile:
+            compile_model(model)
         return cls(model, spec.backbone.train, device, eval_batches(heldout, spec.backbone.train, device))
 
     def trainable(self) -> dict[str, nn.Parameter]:
@@ -161,6 +164,8 @@ class ControllerStage:
         if train_windows is not None and calibrates(spec):
             fixed = train_windows.fixed(spec.routing.budget.calibration_batches, spec.train.batch_size)
             calibration = [idx.to(device.torch) for idx, _ in fixed]
+        if spec.train.compile:
+            compile_model(model)
         return cls(spec, model, device, eval_batches(heldout, spec.train, device), calibration=calibration)
 
     def trainable(self) -> dict[str, nn.Parameter]:

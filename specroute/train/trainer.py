@@ -26,7 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from specroute.flops.mfu import Peak, device_peak, speed
 from specroute.spec.training import TrainSpec
+from specroute.train.compiled import is_compiled
 from specroute.store import (UserError, atomic_write_text, json_text, make_dir, nonfinite_paths, replace_dir,
                              temp_dir_beside, writing)
 from specroute.train.device import Device
@@ -79,6 +81,8 @@ def last_finite_text(last: dict[str, dict[str, float] | None]) -> str:
     return "; ".join(f"{k} {v['value']:.4g} at step {v['step']}" if v else f"{k}: none" for k, v in last.items())
 
 
+#: Steps the progress line's tokens/s and MFU are averaged over.
+PROGRESS_STEPS = 10
 #: The values the NaN guard checks, per record kind (the other non-finite floats are named in its message).
 GUARDED = {"train": ("loss", "grad_norm"), "eval": ("lm",)}
 
@@ -217,6 +221,8 @@ class Trainer:
         on_step: called after every step with (step, record) (progress display).
         budget: this session's step cap across stages.
         name: the training's name in messages (:class:`Diverged`).
+        step_flops: analytic FLOPs of one optimiser step (2 x :mod:`specroute.flops.analytic`'s MACs), for
+            the MFU of :meth:`speed` and of the progress line; None: tokens/s only.
         world: the data-parallel processes training this run (:mod:`specroute.train.distributed`): each
             samples the global batch and trains on its rows; only the main one saves checkpoints (pass the
             others no sink). Default one process.
@@ -228,8 +234,11 @@ class Trainer:
     def __init__(self, stage: Stage, sampler: Sampler, seeds: Mapping[str, int] | torch.Generator, device: Device,
                  ckpt_dir: Path | None = None, sink: MetricsSink | None = None,
                  on_step: Callable[[int, dict[str, Any]], None] | None = None, budget: StepBudget | None = None,
-                 name: str = "training", world: World = SINGLE):
+                 name: str = "training", world: World = SINGLE, step_flops: float | None = None):
         self.stage, self.sampler, self.device, self.name = stage, sampler, device, name
+        self.step_flops = step_flops
+        self.step_s: list[float] = []  # wall seconds of each step this session (batch, step, log)
+        self._peak: Peak | None = None
         self.spec = stage.train
         self.world = world
         self.split = BatchSplit(self.spec.batch_size, self.spec.grad_accum_steps, world)
@@ -274,9 +283,11 @@ class Trainer:
 
     def advance(self) -> dict[str, Any]:
         """One step of the loop: next batch, train step, log; returns the step's record."""
+        t0 = time.perf_counter()
         idx, targets = self.next_batch()
         record = self.train_step(idx, targets)
         self.step += 1
+        self.step_s.append(time.perf_counter() - t0)
         self.log(record)
         return record
 
@@ -322,7 +333,23 @@ class Trainer:
         self.history["train"].append(record)
         self.sink.write(record)
         if self.on_step is not None:
-            self.on_step(self.step, record)
+            self.on_step(self.step, {**record, **self.speed(last=PROGRESS_STEPS)})
+
+    def speed(self, last: int | None = None) -> dict[str, Any]:
+        """Training throughput of this session's steps (the ``last`` ones; None: all): tokens/s, analytic
+        FLOP/s and MFU against the device's peak (:func:`specroute.flops.mfu.speed`); evaluations and
+        checkpoints are not in the step times. With a compiled model (``train.compile``) the session's first
+        step, which compiles, is left out and given as ``compile_s`` (compile time plus one step). Not part
+        of the metrics (timings differ between equal runs)."""
+        compiled = is_compiled(self.stage.model)
+        times = self.step_s[1:] if compiled and len(self.step_s) > 1 else self.step_s  # the 1st: compile
+        times = times[-last:] if last else times
+        if self._peak is None:
+            self._peak = device_peak(self.device)
+        tokens = len(times) * self.spec.batch_size * self.spec.seq_len
+        flops = None if self.step_flops is None else len(times) * self.step_flops
+        return {**speed(tokens, flops, sum(times), self._peak), "compiled": compiled,
+                "compile_s": self.step_s[0] if compiled and self.step_s else None}
 
     def evaluate(self, log: bool = True) -> dict[str, Any]:
         self.stage.model.eval()
