@@ -59,9 +59,14 @@ def micro(*extra: str) -> Resolved:
     return load_study(SPECS / "a3.yaml", "smoke", [*MICRO, *extra])
 
 
+#: Keys of a seed's summary, an arm's means or a run's records that are timings, not metrics: what differs
+#: between two equal runs (wall time, throughput and MFU, runs at once).
+TIMING_KEYS = ("wall_s", "speed", "concurrent_runs", "tokens_per_s", "mfu")
+
+
 def strip_wall(seed_summary: dict) -> dict:
-    """A seed's summary without its timing (wall time, throughput, runs at once: what differs between equal runs)."""
-    return {k: v for k, v in seed_summary.items() if k not in ("wall_s", "speed", "concurrent_runs")}
+    """A seed's summary (or an arm's means) without its timings (:data:`TIMING_KEYS`)."""
+    return {k: v for k, v in seed_summary.items() if k not in TIMING_KEYS}
 
 
 def write(folder: Path, name: str, text: str) -> Path:

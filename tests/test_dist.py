@@ -43,8 +43,7 @@ def metrics(summary: dict) -> dict:
     """What two runs of one study must share: every arm's per-seed metrics, means and spreads (wall times
     aside), the comparisons, failed runs, the data and the backbone's held-out LM."""
     arms = {a: {"seeds": {s: strip_wall(v) for s, v in e["seeds"].items()},
-                "mean": {k: v for k, v in e["mean"].items() if k != "wall_s"},
-                "std": {k: v for k, v in e["std"].items() if k != "wall_s"}, "n": e["n"]}
+                "mean": strip_wall(e["mean"]), "std": strip_wall(e["std"]), "n": e["n"]}
             for a, e in summary["arms"].items()}
     return {"arms": arms, "comparisons": summary["comparisons"], "failed": summary["failed"],
             "data": summary["data"], "backbone_lm": summary["backbone"]["heldout_lm"]}

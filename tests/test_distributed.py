@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import micro
+from helpers import TIMING_KEYS, micro
 from specroute.train import StudyOptions, run_study
 
 ARM = "G3_utilrank"
@@ -31,7 +31,7 @@ def _assert_close(a, b, where: str = "") -> None:
     if isinstance(a, dict):
         assert set(a) == set(b), where
         for k in a:
-            if k != "wall_s":
+            if k not in TIMING_KEYS:
                 _assert_close(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, list):
         assert len(a) == len(b), where

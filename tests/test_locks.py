@@ -150,9 +150,17 @@ def test_two_concurrent_runs_one_refused_the_other_identical_to_a_lone_run(tmp_p
     cmd = [sys.executable, "-m", "specroute.cli", *RUN_ARGS, "--seed", "0", "--out", str(out),
            "--cache-dir", str(cache)]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)]
-    time.sleep(0.5)  # the second starts 0.5 s after the first, as in the issue
-    procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
-    outputs = [p.communicate(timeout=600) for p in procs]
+    metrics = out / "runs" / "G1_lm" / "seed0" / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while not metrics.is_file() and procs[0].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.kill(procs[0].pid, signal.SIGSTOP)  # the first is training (it holds the run): it stays so while
+    try:                                   # the second starts, however fast a micro run now is
+        procs.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT))
+        second = procs[1].communicate(timeout=300)
+    finally:
+        os.kill(procs[0].pid, signal.SIGCONT)
+    outputs = [procs[0].communicate(timeout=600), second]
     codes = [p.returncode for p in procs]
     assert sorted(codes) == [0, 2], outputs
     winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
