@@ -26,7 +26,9 @@ from specroute.spec import SpecError, load_study
 from specroute.locks import hold_lock
 from specroute.store import UserError, json_text
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Typed specs, training and verification for conditional depth routing in decoder-only "
+                  "language models (README.md; docs/DESIGN.md).")
 # Wide enough for the tables when output is piped (rich defaults to 80 columns there).
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
@@ -205,9 +207,10 @@ def run(
     console.print(f"wrote {escape(str(result.out))}/report.md, summary.json, plots/")
     missing = result.summary.get("missing") or {}
     if missing:
-        console.print("the report covers the runs finished so far; missing: "
-                      + "; ".join(f"{escape(a)} seeds {', '.join(map(str, s))}" for a, s in missing.items())
-                      + f" (`specroute report {escape(str(result.out))}` once they end)")
+        console.print("the report covers the runs finished in this folder; not there yet: "
+                      + "; ".join(f"{escape(a)} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}"
+                                  for a, s in missing.items())
+                      + f" (run them, or `specroute report {escape(str(result.out))}` once other processes end)")
     failed = result.failure_message()
     if failed:
         fail(failed, code=1)

@@ -43,6 +43,17 @@ MICRO = [
     "train.checkpoint_every=5", "train.lm_thresholds=[4.5, 3.5]", "seeds=[0, 1]",
 ]
 
+#: The repository root (where a subprocess runs ``python -m specroute.cli``).
+ROOT = Path(__file__).resolve().parent.parent
+#: ``specroute run`` of the micro A3 study's G1_lm arm (add --seed, --out, --cache-dir, ...).
+RUN_ARGS = ["run", str(SPECS / "a3.yaml"), "--profile", "smoke", *[x for s in MICRO for x in ("--set", s)],
+            "--arm", "G1_lm"]
+#: A process that holds the lock of the folder given as its first argument (its second: what the folder is)
+#: until it is killed; it prints "held" once it holds it.
+HOLDER = ("import sys, time; from pathlib import Path; from specroute.locks import hold_lock\n"
+          "with hold_lock(Path(sys.argv[1]), sys.argv[2]):\n"
+          "    print('held', flush=True); time.sleep(300)\n")
+
 
 def tiny_spec(update: dict[str, Any] | None = None) -> RunSpec:
     """The tiny run spec with ``update`` merged in (a gate ``kind`` change replaces the gate)."""

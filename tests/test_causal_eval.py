@@ -164,3 +164,7 @@ def test_generate_command(studies, tmp_path):
         assert r.exit_code == 2 and "Traceback" not in r.output and words in r.stderr, r.output
     r = CliRunner().invoke(app, ["generate", str(run), "--prompt", "x", "--cache-dir", str(tmp_path / "empty")])
     assert r.exit_code == 2 and "is not in the cache" in r.stderr
+    (copy / "thresholds.json").write_text((run / "thresholds.json").read_text())
+    (copy / "controller.safetensors").write_bytes(b"\xff" * 64)  # a damaged file: a message, not a traceback
+    r = CliRunner().invoke(app, ["generate", str(copy), "--prompt", "x", "--cache-dir", cache])
+    assert r.exit_code == 2 and "cannot be read as safetensors" in r.stderr, r.output

@@ -12,12 +12,11 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from helpers import MICRO, SPECS, micro, strip_wall
+from helpers import HOLDER, ROOT, RUN_ARGS, micro, strip_wall
 from specroute.cli import app
 from specroute.store import LOCK_NAME, UserError
 from specroute.train import StudyOptions, run_study
@@ -26,13 +25,6 @@ from specroute.train.sharing import parse_shard, shard_runs
 from specroute.train.study import spec_sha256
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
-RUN_ARGS = ["run", str(SPECS / "a3.yaml"), "--profile", "smoke", *[x for s in MICRO for x in ("--set", s)],
-            "--arm", "G1_lm"]
-#: A process that holds the lock of the folder given as its argument until it is killed.
-HOLDER = ("import sys, time; from pathlib import Path; from specroute.locks import hold_lock\n"
-          "with hold_lock(Path(sys.argv[1]), 'the run folder'):\n"
-          "    print('held', flush=True); time.sleep(300)\n")
 
 
 def cli(*args: object):
@@ -120,7 +112,7 @@ def test_a_shard_reports_what_has_finished_and_lists_the_rest(tmp_path, unsharde
     out = tmp_path / "out"
     r = cli("--shard", "1/2", "--out", out, "--cache-dir", cache)
     assert r.exit_code == 0, r.output
-    assert "G1_lm seeds 0;" in " ".join(r.stdout.split())
+    assert "G1_lm seed 0;" in " ".join(r.stdout.split())
     summary = json.loads((out / "summary.json").read_text())
     assert list(summary["arms"]["G1_lm"]["seeds"]) == ["1"]
     assert summary["missing"]["G1_lm"] == [0]
@@ -151,7 +143,7 @@ def test_a_run_claimed_by_another_process_is_refused_and_a_killed_claim_taken_ov
     _, cache = unsharded
     out = tmp_path / "out"
     folder = out / "runs" / "G1_lm" / "seed0"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder)], stdout=subprocess.PIPE, text=True,
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), "the run folder"], stdout=subprocess.PIPE, text=True,
                               cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"

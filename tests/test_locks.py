@@ -23,7 +23,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import MICRO, SPECS, micro
+from helpers import HOLDER, ROOT, RUN_ARGS, SPECS, micro
 from specroute.cli import app
 from specroute.locks import hold_lock
 from specroute.store import LOCK_NAME, UserError
@@ -31,13 +31,6 @@ from specroute.train import study as study_module
 from specroute.train.study import prepare_out, spec_sha256
 
 runner = CliRunner()
-ROOT = Path(__file__).resolve().parent.parent
-RUN_ARGS = ["run", str(SPECS / "a3.yaml"), "--profile", "smoke", *[x for s in MICRO for x in ("--set", s)],
-            "--arm", "G1_lm"]
-#: A process that holds the lock of the folder given as its argument until it is killed.
-HOLDER = ("import sys, time; from pathlib import Path; from specroute.locks import hold_lock\n"
-          "with hold_lock(Path(sys.argv[1]), sys.argv[2]):\n"
-          "    print('held', flush=True); time.sleep(300)\n")
 
 
 def cli(*args: str):

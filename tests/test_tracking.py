@@ -145,3 +145,11 @@ def test_a_tracker_not_installed_is_a_user_error(tmp_path, monkeypatch, flag, pa
 def test_a_bad_wandb_mode_is_refused(tmp_path):
     r = _run("--out", str(tmp_path / "out"), "--wandb", "cloud")
     assert r.exit_code == 2 and "--wandb cloud: use offline, online or off" in r.output
+
+
+def test_a_tensorboard_folder_that_cannot_be_made_is_refused_before_anything_is_written(tmp_path):
+    (tmp_path / "a_file").write_text("mine")
+    r = _run("--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"),
+             "--tensorboard", str(tmp_path / "a_file" / "tb"))
+    assert r.exit_code == 2 and "a_file exists and is not a folder" in r.output, r.output
+    assert not (tmp_path / "out").exists() and (tmp_path / "a_file").read_text() == "mine"

@@ -75,8 +75,9 @@ def missing_section(summary: dict[str, Any]) -> list[str]:
         return []
     n = sum(len(seeds) for seeds in missing.values())
     lines = ["## Missing runs", "",
-             (f"{plural(n, 'run')} of the study had no result when this report was written (another process "
-              "sharing this folder may still be training them); every mean, comparison and claim below rests on "
+             (f"{plural(n, 'run')} of the study had no result in this folder when this report was written (not "
+              "selected by --arm / --seed, or another process sharing the folder is still training them); every "
+              "mean, comparison and claim below rests on "
               "the runs that had. `specroute report` on this folder rewrites the report from the runs finished "
               "by then."), ""]
     lines += md_table(("arm", "seeds"), [(arm, ", ".join(str(s) for s in seeds)) for arm, seeds in missing.items()])

@@ -4,7 +4,8 @@ A run folder (``<out>/runs/<arm>/seed<k>/``, :mod:`specroute.train.runs`) holds 
 (``spec.json``), the trained parameters (``controller.safetensors``) and, for a top-k gate, its calibrated
 causal thresholds (``thresholds.json``, :mod:`specroute.train.calibration`). The backbone is the study's:
 ``<out>/summary.json`` names its cache key (``<cache>/backbones/<key>/backbone.safetensors``), or the spec's
-``backbone.checkpoint`` names the file. The routed model is that backbone with the run's parameters loaded
+``backbone.checkpoint`` names the file, or ``backbone.pretrained`` the checkpoint (the folder the summary
+recorded, else looked up again). The routed model is that backbone with the run's parameters loaded
 over it, which is the model the run evaluated.
 """
 
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from specroute.data.tokenizer import Tokenizer, load_tokenizer
 from specroute.model.decoder import Decoder, NonCausalRoutingError, Thresholds, build_model
+from specroute.model.pretrained import Checkpoint, load_backbone_state, resolve_checkpoint
 from specroute.spec.models import RunSpec
 from specroute.store import UserError, cache_dir
 from specroute.train.calibration import THRESHOLDS_FILE, load_thresholds
@@ -64,6 +67,30 @@ def backbone_file(folder: Path, spec: RunSpec, cache: str | Path | None = None) 
                     "backbone.checkpoint file in its spec (a run folder is <out>/runs/<arm>/seed<k>)")
 
 
+def _load_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors. Raises UserError naming the file when it cannot be read."""
+    try:
+        return load_file(str(path))
+    except (OSError, SafetensorError) as e:
+        raise UserError(f"{path}: cannot be read as safetensors ({e}); rerun the run to write it again") from None
+
+
+def pretrained_checkpoint(folder: Path, spec: RunSpec, cache: str | Path | None = None) -> Checkpoint | None:
+    """The pretrained checkpoint of a run on ``backbone.pretrained`` (None for a run on a trained or loaded
+    backbone): the folder its study recorded in ``<out>/summary.json`` if it is still there, else the
+    spec's source looked up again (:func:`specroute.model.pretrained.resolve_checkpoint`; a relative
+    local folder is read from the study's spec folder). Raises CheckpointUnavailable when it cannot be had."""
+    if not spec.backbone.pretrained:
+        return None
+    summary = folder.parent.parent.parent / "summary.json"
+    recorded = ((_read_json(summary, "the study's summary").get("backbone") or {}).get("checkpoint") or {}
+                if summary.is_file() else {})
+    path = recorded.get("path")
+    if path and (Path(path) / "config.json").is_file():
+        return Checkpoint(spec.backbone.pretrained, Path(path), recorded.get("repo_id"), recorded.get("revision"))
+    return resolve_checkpoint(spec.backbone.pretrained, spec.backbone.revision, None, cache)
+
+
 def load_run(folder: Path, cache: str | Path | None = None) -> SavedRun:
     """Load the finished run in ``folder`` (see the module docstring). Raises UserError for a folder that is
     not a finished run's, a failed run, a missing backbone or weights that do not fit the spec."""
@@ -78,8 +105,10 @@ def load_run(folder: Path, cache: str | Path | None = None) -> SavedRun:
     if not (folder / "controller.safetensors").is_file():
         raise UserError(f"{folder}: no controller.safetensors (the run is not finished)")
     model = build_model(spec)
-    trained = load_file(str(folder / "controller.safetensors"))
-    backbone = load_file(str(backbone_file(folder, spec, cache)))
+    trained = _load_weights(folder / "controller.safetensors")
+    checkpoint = pretrained_checkpoint(folder, spec, cache)
+    backbone = (load_backbone_state(checkpoint, spec.model) if checkpoint is not None
+                else _load_weights(backbone_file(folder, spec, cache)))
     try:
         model.load_backbone(backbone)
         unexpected = set(trained) - set(model.state_dict())
@@ -90,7 +119,9 @@ def load_run(folder: Path, cache: str | Path | None = None) -> SavedRun:
         raise UserError(f"{folder}: its weights do not fit its spec's model ({e})") from None
     path = folder / THRESHOLDS_FILE
     thresholds = load_thresholds(path) if path.is_file() and not spec.routing.budget.causal else None
-    return SavedRun(spec, model.eval(), thresholds, load_tokenizer(spec.data.tokenizer, cache))
+    pretrained = checkpoint.tokenizer_file if checkpoint and spec.data.tokenizer == "pretrained" else None
+    tokenizer = load_tokenizer(spec.data.tokenizer, cache, pretrained)
+    return SavedRun(spec, model.eval(), thresholds, tokenizer)
 
 
 def generate_text(run: SavedRun, prompt: str, max_new_tokens: int, temperature: float = 0.0,

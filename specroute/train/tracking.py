@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from specroute.spec.training import TrackingSpec
-from specroute.store import UserError
+from specroute.store import UserError, make_dir
 
 INSTALL = "pip install 'specroute[tracking]'"
 
@@ -113,12 +113,19 @@ def tracking_on(flags: TrackingFlags | None, spec: TrackingSpec) -> bool:
 
 
 def check_available(flags: TrackingFlags, specs: list[TrackingSpec]) -> None:
-    """Raise UserError, before anything trains, when a tracker that is switched on is not installed."""
-    if any(flags.tensorboard_root(s) is not None for s in specs):
+    """Raise UserError, before anything trains or is written, when a tracker that is switched on is not
+    installed or its TensorBoard folder cannot be created (the folder is made here)."""
+    roots = {root for s in specs if (root := flags.tensorboard_root(s)) is not None}
+    if roots:
         try:
             import torch.utils.tensorboard  # noqa: F401
         except ImportError:
             raise UserError(f"TensorBoard tracking needs the tensorboard package: {INSTALL}") from None
+        for root in sorted(roots):
+            try:
+                make_dir(root)
+            except UserError as e:
+                raise UserError(f"--tensorboard / train.tracking.tensorboard: {e}") from None
     if any(flags.wandb_mode(s) != "off" for s in specs):
         try:
             import wandb  # noqa: F401
