@@ -298,3 +298,14 @@ def test_training_cases_take_the_study_step_with_the_study_optimiser():
         expected = make_optimizer(trainer.params, trainer.spec.optimizer)
         assert [(len(g["params"]), g["weight_decay"]) for g in trainer.optimizer.param_groups] == \
             [(len(g["params"]), g["weight_decay"]) for g in expected.param_groups]
+
+
+def test_a_band_target_is_settled_only_by_an_interval_inside_it_or_wholly_beyond_an_edge():
+    from specroute.bench.figures import _settled_within
+
+    assert _settled_within([-0.02, 0.03], 0.05)          # wholly inside: a settled PASS
+    assert _settled_within([0.06, 0.09], 0.05)           # wholly beyond +5 pp: a settled MISS
+    assert _settled_within([-0.09, -0.06], 0.05)
+    assert not _settled_within([-0.059, 0.053], 0.05)    # pokes out on both sides (the endpoints both fail)
+    assert not _settled_within([0.01, 0.08], 0.05)
+    assert not _settled_within(None, 0.05)
