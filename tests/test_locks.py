@@ -404,3 +404,17 @@ def test_study_layout_names_every_plot_the_report_writes():
     from specroute.report.plots import PLOTS
 
     assert set(PLOTS.values()) <= set(study_module.study_layout()["plots"])
+
+
+def test_overwrite_of_a_selection_never_deletes_finished_runs_outside_it(tmp_path):
+    """--overwrite replaces the whole folder: with --arm / --seed it is refused while the folder holds finished
+    runs the selection leaves out, and nothing is touched."""
+    out = tmp_path / "out"
+    (out / "runs" / "G3_lm" / "seed1").mkdir(parents=True)
+    (out / "runs" / "G3_lm" / "seed1" / "result.json").write_text("{}")
+    (out / "study.json").write_text('{"spec_sha256": "x"}')
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    r = cli("--out", out, "--seed", "0", "--overwrite", "--cache-dir", tmp_path / "cache")
+    assert r.exit_code == 2 and "G3_lm seed 1" in r.output and "nothing was changed" in r.output, r.output
+    assert "Traceback" not in r.output
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before

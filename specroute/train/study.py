@@ -281,6 +281,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
     checkpoint = checkpoint_of(specs[0], resolved.source.parent, options.cache)
     waiting = (lambda message: note(f"[dim]{escape(message)}[/]"))
     def claim() -> str | None:  # the main process checks the folder and claims the runs (the others wait)
+        if options.overwrite and (options.arms or options.seeds):
+            _refuse_partial_overwrite(out, {(a, s) for a, s, _ in runs})
         taken = claims.probe(run_dir(out, a, s) for a, s, _ in runs)
         notice = prepare_out(out, sha, options.resume or options.shard is not None, options.overwrite,
                              "--shard" if options.shard is not None else "--resume")
@@ -359,6 +361,20 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         summary = json.loads((out / "summary.json").read_text())
     note(f"report: {escape(str(out / 'report.md'))}")
     return StudyResult(out, summary)
+
+
+def _refuse_partial_overwrite(out: Path, selected: set[tuple[str, int]]) -> None:
+    """Raise UserError when ``--overwrite`` with ``--arm`` / ``--seed`` would delete finished runs of ``out``
+    outside the selection (``--overwrite`` replaces the whole folder, not the selected runs)."""
+    others = sorted(f"{d.parent.name} seed {d.name.removeprefix('seed')}"
+                    for d in (out / "runs").glob("*/seed*") if d.name.removeprefix("seed").isdigit()
+                    and (d / "result.json").is_file()
+                    and (d.parent.name, int(d.name.removeprefix("seed"))) not in selected)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise UserError(f"--overwrite replaces the whole folder {out}, which holds finished runs outside the "
+                        f"selected --arm / --seed ({shown}); nothing was changed. Rerun without --arm / --seed "
+                        "to replace the whole study, or give another --out")
 
 
 def write_study_json(out: Path, record: dict[str, Any]) -> None:
