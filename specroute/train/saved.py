@@ -22,9 +22,10 @@ from safetensors.torch import load_file
 
 from specroute.data.tokenizer import Tokenizer, load_tokenizer
 from specroute.model.decoder import Decoder, NonCausalRoutingError, Thresholds, build_model
-from specroute.model.pretrained import Checkpoint, load_backbone_state, resolve_checkpoint
+from specroute.model.pretrained import Checkpoint, load_backbone_state
 from specroute.spec.models import RunSpec
 from specroute.store import UserError, cache_dir
+from specroute.train.backbone import checkpoint_of
 from specroute.train.calibration import THRESHOLDS_FILE, load_thresholds
 
 
@@ -78,7 +79,7 @@ def _load_weights(path: Path) -> dict[str, torch.Tensor]:
 def pretrained_checkpoint(folder: Path, spec: RunSpec, cache: str | Path | None = None) -> Checkpoint | None:
     """The pretrained checkpoint of a run on ``backbone.pretrained`` (None for a run on a trained or loaded
     backbone): the folder its study recorded in ``<out>/summary.json`` if it is still there, else the
-    spec's source looked up again (:func:`specroute.model.pretrained.resolve_checkpoint`; a relative
+    spec's source looked up again (:func:`specroute.train.backbone.checkpoint_of`; a relative
     local folder is read from the study's spec folder). Raises CheckpointUnavailable when it cannot be had."""
     if not spec.backbone.pretrained:
         return None
@@ -88,7 +89,7 @@ def pretrained_checkpoint(folder: Path, spec: RunSpec, cache: str | Path | None 
     path = recorded.get("path")
     if path and (Path(path) / "config.json").is_file():
         return Checkpoint(spec.backbone.pretrained, Path(path), recorded.get("repo_id"), recorded.get("revision"))
-    return resolve_checkpoint(spec.backbone.pretrained, spec.backbone.revision, None, cache)
+    return checkpoint_of(spec, None, cache)
 
 
 def load_run(folder: Path, cache: str | Path | None = None) -> SavedRun:
