@@ -257,7 +257,7 @@ class RoutedFFN(nn.Module):
         if self.execution == "masked":
             return self._masked(x_BTD, full_ffn, full_BT, p_BT)
         if n_full is None:
-            return _eager_gather(self, x_BTD, full_ffn, full_BT, p_BT)
+            return eager_gather(self, x_BTD, full_ffn, full_BT, p_BT)
         return self._gather(x_BTD, full_ffn, full_BT, p_BT, n_full)
 
     def cheap_branch(self, x_BTD: Tensor) -> Tensor:
@@ -307,11 +307,16 @@ class RoutedFFN(nn.Module):
         return out.view(B, T, D)
 
 
-@torch.compiler.disable
 def _eager_gather(routed: RoutedFFN, x_BTD: Tensor, full_ffn: FFN, full_BT: Tensor, p_BT: Tensor | None) -> Tensor:
-    """:meth:`RoutedFFN._gather` with a data-dependent token count (threshold routing, forced decisions),
-    kept out of a compiled graph (torch.compile would recompile for every count)."""
+    """:meth:`RoutedFFN._gather` with a data-dependent token count (threshold routing, forced decisions)."""
     return routed._gather(x_BTD, full_ffn, full_BT, p_BT)
+
+
+#: What runs the gather step of a data-dependent token count. :func:`specroute.train.compiled.compile_model`
+#: replaces it with a ``torch.compiler.disable`` copy, which keeps it out of a compiled graph (torch.compile
+#: would recompile for every count); set there, not here, because ``torch.compiler.disable`` imports the
+#: compiler (about 1.5 s of start-up in every process that never compiles).
+eager_gather = _eager_gather
 
 
 def _rows(w: Tensor | float, idx: Tensor) -> Tensor | float:

@@ -27,7 +27,11 @@ def compile_model(model: nn.Module) -> nn.Module:
     :func:`specroute.train.device.set_deterministic`)."""
     import torch._inductor.config as inductor_config
 
+    from specroute.model import routing
+
     inductor_config.deterministic = torch.are_deterministic_algorithms_enabled()
+    if routing.eager_gather is routing._eager_gather:
+        routing.eager_gather = torch.compiler.disable(routing._eager_gather)
     model.compile(dynamic=False)
     return model
 

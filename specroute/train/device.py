@@ -69,13 +69,18 @@ def deterministic(device: Device, threads: int | None = None) -> Iterator[None]:
         yield
         return
     before, warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    was = torch.get_num_threads()
+    was, filled = torch.get_num_threads(), torch.utils.deterministic.fill_uninitialized_memory
     set_deterministic(True, warn_only=True)
+    # Deterministic mode also fills every new tensor with NaN (a guard against reading uninitialised memory,
+    # which no specroute op does: runs with equal seeds give equal metrics, tests check it); ~5% of a smoke
+    # controller step on a CPU, so it is off.
+    torch.utils.deterministic.fill_uninitialized_memory = False
     torch.set_num_threads(threads or os.cpu_count() or 1)
     try:
         yield
     finally:
         set_deterministic(before, warn_only=warn)
+        torch.utils.deterministic.fill_uninitialized_memory = filled
         torch.set_num_threads(was)
 
 

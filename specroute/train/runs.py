@@ -36,11 +36,11 @@ from __future__ import annotations
 import functools
 import json
 import math
+import multiprocessing
 import os
 import signal
 import statistics
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -171,10 +171,10 @@ def _write_run(folder: Path, spec: RunSpec, summary: dict[str, Any], trainer: Tr
 _QUEUE: Any = None
 
 
-def init_worker(q: Any, threads: int, parent: int | None = None, cuda_index: int | None = None) -> None:
-    """Initialiser of a worker process: its progress queue, its intra-op thread count, (``parent``,
-    the study process's pid) a watch that ends the worker as soon as the study process is gone, and
-    (``cuda_index``) the CUDA device it trains on for its whole life."""
+def init_worker(q: Any, threads: int, watch_parent: bool = False, cuda_index: int | None = None) -> None:
+    """Initialiser of a worker process: its progress queue, its intra-op thread count, (``watch_parent``)
+    a watch that ends the worker as soon as the study process is gone, and (``cuda_index``) the CUDA device
+    it trains on for its whole life."""
     global _QUEUE
     import torch
 
@@ -183,15 +183,19 @@ def init_worker(q: Any, threads: int, parent: int | None = None, cuda_index: int
     torch.set_num_threads(threads)
     if cuda_index is not None:
         torch.cuda.set_device(cuda_index)
-    if parent is not None:
-        threading.Thread(target=_exit_without_parent, args=(parent,), daemon=True, name="parent-watch").start()
+    if watch_parent:
+        threading.Thread(target=_exit_without_parent, daemon=True, name="parent-watch").start()
 
 
-def _exit_without_parent(parent: int) -> None:
-    """End this worker once ``parent`` is no longer its parent (killed, e.g. SIGKILL or out of memory):
-    otherwise it would train on unseen into the output folder, racing a ``--resume``, and then hang."""
-    while os.getppid() == parent:
-        time.sleep(0.5)
+def _exit_without_parent() -> None:
+    """End this worker once the process that asked for it (the study process, under spawn and under the
+    fork server alike: ``multiprocessing.parent_process()``'s sentinel) is gone, killed by SIGKILL or out of
+    memory: otherwise it would train on unseen into the output folder, racing a ``--resume``, and then
+    hang."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    parent.join()
     os._exit(1)
 
 

@@ -60,7 +60,7 @@ from specroute.train.memory import check_memory
 from specroute.train.distributed import join_world, main_only, on_main
 from specroute.train.tracking import TrackingFlags, check_available
 from specroute.train.progress import StudyProgress, TokenisingProgress
-from specroute.train.parallel import Job, auto_workers, parse_devices, run_controllers
+from specroute.train.parallel import Job, auto_workers, parse_devices, run_controllers, start_worker_server, uses_workers
 from specroute.train.runs import RUN_LAYOUT, RUN_LOCK_WAIT_S, run_dir, run_steps_left
 from specroute.train.sharing import STUDY_LOCK_WAIT_S, RunClaims, shard_runs
 from specroute.train.trainer import Diverged, StepBudget
@@ -292,6 +292,9 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             note(f"[yellow]{escape(taken_note)}[/]")
         return notice
 
+    slots = len(cuda) if device.type == "cuda" else per_device
+    if world.is_main and uses_workers(slots, len(runs), options.max_steps_this_session is not None, world):
+        start_worker_server()  # it imports the workers' code while this process prepares the data
     with _removed_if_empty(out), RunClaims() as claims:
         with main_only(world, hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting)) as lock_note:
             if lock_note:
