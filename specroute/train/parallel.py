@@ -178,10 +178,15 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
     slots = Slots([f"cuda:{i}" if i is not None else "cpu" for i in cuda_indices])
     threads = (run_threads(device, jobs[0].spec, len(cuda_indices)) if device.type == "cpu"
                else max(1, (os.cpu_count() or 1) // len(cuda_indices)))
+    backbones: dict[int, dict[str, Tensor]] = {}  # each distinct backbone once, by id, to every worker
+    for job in jobs:
+        if not any(b is job.backbone for b in backbones.values()):
+            backbones[len(backbones)] = job.backbone
+    backbone_id = {id(b): i for i, b in backbones.items()}
     pools = []
     with _sigint_ignored():  # workers start ignoring Ctrl-C (inherited): this process ends them, quietly
         for index in cuda_indices:
-            pools.append(ctx.Pool(1, initializer=init_worker, initargs=(q, threads, True, index)))
+            pools.append(ctx.Pool(1, initializer=init_worker, initargs=(q, threads, True, index, backbones)))
     at_once = min(len(cuda_indices), len(jobs))
     pending, running = list(range(len(jobs))), {}
     try:
@@ -190,8 +195,8 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
                 job = jobs[pending.pop(0)]
                 on_start(job)
                 running[slot] = pools[slot].apply_async(
-                    run_in_worker, (job.arm, job.spec, str(data_path), job.backbone, str(job.folder), at_once,
-                                    tracking, device.type))
+                    run_in_worker, (job.arm, job.spec, str(data_path), backbone_id[id(job.backbone)],
+                                    str(job.folder), at_once, tracking, device.type))
             done = [slot for slot, res in running.items() if res.ready()]
             progress.drain(q)
             if not done:

@@ -169,16 +169,22 @@ def _write_run(folder: Path, spec: RunSpec, summary: dict[str, Any], trainer: Tr
 # worker processes (CPU): several runs at once, one intra-op thread each
 
 _QUEUE: Any = None
+#: The backbones of the study, by id, as :func:`init_worker` received them.
+_BACKBONES: dict[int, dict[str, Tensor]] = {}
 
 
-def init_worker(q: Any, threads: int, watch_parent: bool = False, cuda_index: int | None = None) -> None:
+def init_worker(q: Any, threads: int, watch_parent: bool = False, cuda_index: int | None = None,
+                backbones: dict[int, dict[str, Tensor]] | None = None) -> None:
     """Initialiser of a worker process: its progress queue, its intra-op thread count, (``watch_parent``)
-    a watch that ends the worker as soon as the study process is gone, and (``cuda_index``) the CUDA device
-    it trains on for its whole life."""
-    global _QUEUE
+    a watch that ends the worker as soon as the study process is gone, (``cuda_index``) the CUDA device it
+    trains on for its whole life, and the study's ``backbones`` by id (:func:`run_in_worker` names one).
+    The backbones come with the process's start, not with each run: tensors sent later would be fetched
+    from the study process's fd server, which a Ctrl-C can cut mid-transfer (a traceback from its thread)."""
+    global _QUEUE, _BACKBONES
     import torch
 
     _QUEUE = q
+    _BACKBONES = backbones or {}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the study ends us
     torch.set_num_threads(threads)
     if cuda_index is not None:
@@ -199,17 +205,18 @@ def _exit_without_parent() -> None:
     os._exit(1)
 
 
-def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: dict[str, Tensor], folder: str,
+def run_in_worker(arm: str, spec: RunSpec, data_path: str, backbone: int, folder: str,
                   concurrent_runs: int, tracking: TrackingFlags | None = None,
                   device_type: str = "cpu") -> dict[str, Any]:
-    """:func:`run_controller` in a worker process (CPU, or the CUDA device :func:`init_worker` pinned),
-    reporting progress through the queue."""
+    """:func:`run_controller` in a worker process (CPU, or the CUDA device :func:`init_worker` pinned) on
+    backbone ``backbone`` (an id of :func:`init_worker`'s ``backbones``), reporting progress through the
+    queue."""
     import torch
 
     device = Device("cpu", None) if device_type == "cpu" else pick_device(device_type)
     data = load_shards(Path(data_path))
     with deterministic(device, threads=torch.get_num_threads()):  # init_worker's share of the cores
-        return run_controller(arm, spec, data, backbone, device, Path(folder), QueueProgress(_QUEUE),
+        return run_controller(arm, spec, data, _BACKBONES[backbone], device, Path(folder), QueueProgress(_QUEUE),
                               concurrent_runs=concurrent_runs, tracking=tracking)
 
 
