@@ -394,3 +394,17 @@ def test_causal_plot_names_each_arm_once_on_its_x_axis_without_overlap(study, mo
     assert all(not a.overlaps(b) for a, b in itertools.pairwise(boxes)), boxes
     for box in boxes:  # the layout keeps every arm's name on the canvas
         assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0, (box, fig.bbox)
+
+
+def test_a_report_without_comparisons_says_so_instead_of_an_empty_table(study):
+    from specroute.report.markdown import render
+
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    section = render(s, {}).split("## Per-seed comparisons")[1].split("\n## ")[0]
+    assert len(_tables(section)) == 1 and len(_tables(section)[0]) == 2 + len(s["comparisons"])
+    assert "No comparison to show" not in section
+    section = render({**s, "comparisons": []}, {}).split("## Per-seed comparisons")[1].split("\n## ")[0]
+    assert _tables(section) == []
+    assert "No comparison to show: the spec declares none (`comparisons:`), or none has both its arms " \
+           "finished." in section
