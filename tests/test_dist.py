@@ -133,10 +133,29 @@ def test_a_shard_of_another_study_is_refused_naming_both_hashes(tmp_path, unshar
     r = cli("--shard", "0/2", "--out", out, "--cache-dir", cache)
     text = message(r)
     assert f"--shard: {out} holds a study with another resolved spec (sha256 000000000000, now " \
-           f"{spec_sha256(micro())[:12]})" in text and "must run the same spec" in text
+           f"{spec_sha256(micro())[:12]})" in text and "every shard of a study must use the same spec" in text
     assert sorted(p.name for p in out.iterdir()) == before
     r = cli("--shard", "0/2", "--overwrite", "--out", out, "--cache-dir", cache)
     assert "--shard and --overwrite exclude each other" in message(r)
+
+
+def test_a_shard_with_other_overrides_is_sent_to_another_out_not_to_overwrite(tmp_path, unsharded):
+    _, cache = unsharded
+    out = tmp_path / "out"
+    r = cli("--shard", "0/2", "--out", out, "--cache-dir", cache, "--set", "train.steps=6")
+    assert r.exit_code == 0, r.output
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    t = time.perf_counter()
+    r = cli("--shard", "1/2", "--out", out, "--cache-dir", cache, "--set", "train.steps=7")
+    text = message(r)
+    assert time.perf_counter() - t < 10
+    assert f"--shard: {out} holds a study with another resolved spec (sha256 " in text
+    assert "every shard of a study must use the same spec and overrides (the spec file, --profile and every " \
+           "--set)" in text and "give another --out" in text
+    assert "--overwrite" not in text  # it would delete the runs the first shard finished
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    r = cli("--resume", "--out", out, "--cache-dir", cache, "--set", "train.steps=7")
+    assert "must run the same spec" in message(r) and "use --overwrite or another --out" in message(r)
 
 
 def test_a_run_claimed_by_another_process_is_refused_and_a_killed_claim_taken_over(tmp_path, unsharded):

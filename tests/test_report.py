@@ -3,6 +3,7 @@ and the sanity of its values; parallel worker runs equal in-process runs."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import math
@@ -340,3 +341,70 @@ def test_validate_names_parameter_groups_as_train_trainable():
     assert r.exit_code == 0, r.output
     assert "gate params" in r.output and "trained params" in r.output and "controller params" not in r.output
     assert "gate params (the controller) counted apart" in r.output
+
+
+def _drawn(study, monkeypatch) -> dict:
+    """The score, gate-scale and causal figures of the micro study, drawn (their layout done), by file name."""
+    from specroute.report import plots
+
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.__setitem__(path.name, fig))
+    plots.plot_scores(s, out / "scores.png")
+    plots.plot_gate_scale(s, out / "gate.png")
+    plots.plot_causal(s, out / "causal.png")
+    for fig in figures.values():
+        fig.canvas.draw()
+    return s, figures
+
+
+def test_plot_legends_name_every_arm_below_the_panels_never_over_them(study, monkeypatch):
+    s, figures = _drawn(study, monkeypatch)
+    labels = [a["label"] for a in s["arms"].values()]
+    for name, fig in figures.items():
+        renderer = fig.canvas.get_renderer()
+        assert len(fig.legends) == 1 and all(ax.get_legend() is None for ax in fig.axes), name
+        legend = fig.legends[0]
+        texts = [t.get_text() for t in legend.get_texts()]
+        assert texts[:len(labels)] == labels, (name, texts)
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            panel = ax.get_tightbbox(renderer)  # the panel with its tick labels and axis labels
+            assert not box.overlaps(panel), (name, box, panel)
+            assert box.y1 <= panel.y0, (name, box, panel)  # below
+    gate = figures["gate.png"]
+    renderer = gate.canvas.get_renderer()
+    for ax, words in zip(gate.axes, ("gate score", "latent")):
+        label = ax.yaxis.label
+        assert words in label.get_text() and "log scale" in label.get_text(), label.get_text()
+        assert label.get_window_extent(renderer).height <= ax.get_window_extent(renderer).height  # not cut
+    marks = [t.get_text() for t in gate.legends[0].get_texts()][len(labels):]
+    assert marks == ["after training (left), predictor P (right)", "before training (left), target T (right)"]
+
+
+def test_causal_plot_names_each_arm_once_on_its_x_axis_without_overlap(study, monkeypatch):
+    s, figures = _drawn(study, monkeypatch)
+    fig = figures["causal.png"]
+    renderer = fig.canvas.get_renderer()
+    ticks = fig.axes[0].get_xticklabels()
+    assert [t.get_text().replace("\n", " ") for t in ticks] == [a["label"] for a in s["arms"].values()]
+    assert all(t.get_rotation() == 40 for t in ticks)  # 4 arms: slanted
+    boxes = [t.get_window_extent(renderer) for t in ticks]
+    assert all(not a.overlaps(b) for a, b in itertools.pairwise(boxes)), boxes
+    for box in boxes:  # the layout keeps every arm's name on the canvas
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and fig.bbox.y0 <= box.y0, (box, fig.bbox)
+
+
+def test_a_report_without_comparisons_says_so_instead_of_an_empty_table(study):
+    from specroute.report.markdown import render
+
+    out, _ = study
+    s = json.loads((out / "summary.json").read_text())
+    section = render(s, {}).split("## Per-seed comparisons")[1].split("\n## ")[0]
+    assert len(_tables(section)) == 1 and len(_tables(section)[0]) == 2 + len(s["comparisons"])
+    assert "No comparison to show" not in section
+    section = render({**s, "comparisons": []}, {}).split("## Per-seed comparisons")[1].split("\n## ")[0]
+    assert _tables(section) == []
+    assert "No comparison to show: the spec declares none (`comparisons:`), or none has both its arms " \
+           "finished." in section

@@ -52,6 +52,19 @@ def test_sweep_table_and_plot(tmp_path):
     assert sweeps_section({"arms": arms}) == []
 
 
+def test_every_column_of_a_sweep_table_has_a_header():
+    sweeps = [{"name": "budget", "label": "", "grid": ["routing.budget.full_fraction"],
+               "arms": {f"b{b}": {"routing.budget.full_fraction": b} for b in (0.25, 0.5)}}]
+    arms = {f"b{b}": _arm(f"G1 b={b}", 2.34 - 0.01 * i, 0.001) for i, b in enumerate((0.25, 0.5))}
+    lines = sweeps_section({"arms": arms, "sweeps": sweeps})
+    header = next(line for line in lines if line.startswith("| routing.budget.full_fraction"))
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert all(cells) and cells[-1] == "note", header
+    rows = [line for line in lines if line.startswith("| 0.")]
+    assert [len(row.strip("|").split("|")) for row in rows] == [len(cells)] * 2
+    assert rows[1].endswith("| lowest avg_lm |")  # the column the header names
+
+
 def test_what_each_arm_runs():
     arms = {"joint": _arm("G1 joint", 2.3, 0.0, trainable=["gate", "cheap_ffn", "backbone"]),
             "on": _arm("G1 on-policy", 2.3, 0.0, loss={"util": 1.0, "rank": 1.0, "jepa": 0.0, "budget": 0.0},

@@ -69,7 +69,7 @@ def _merge_laughs(levels: int) -> str:
         ("profiles:\n" + "".join(f"  p{i}: {{seed: {i}}}\n" for i in range(65)), ":1:", "profiles",
          "65 profiles: over the limit of 64"),
         ("arms:\n" + "".join(f"  a{i}: {{}}\n" for i in range(65)), ":1:", "arms", "at most 64 items"),
-        ("train:\n  optimizer:\n    lr_peak: .inf\n", ":3:", "train.optimizer.lr_peak", "finite number (got inf)"),
+        ("train:\n  optimizer:\n    lr_peak: .inf\n", ":3:", "train.optimizer.lr_peak", "finite number (got inf; "),
         ("train:\n  optimizer:\n    lr_peak: 1e400\n", ":3:", "train.optimizer.lr_peak", "finite number"),
         ("train:\n  lm_thresholds: [.nan]\n", ":2:", "train.lm_thresholds.0", "finite number (got nan)"),
         ("gate: {kind: G1, init_bias: -.inf}\n", ":1:", "gate.init_bias", "finite number"),

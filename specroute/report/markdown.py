@@ -346,9 +346,13 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
               "Per seed, *better* against *worse*: a win or loss when the difference (better - worse) exceeds "
               "1.96 standard errors of the per-batch differences on the shared held-out batches, else a tie; "
               "threshold hits win when every threshold is reached no later and one strictly sooner. Over "
-              "seeds: the mean difference with its 95% t interval and a two-sided sign-test p-value.", "",
-              *md_table(("comparison", "better", "worse", "metric", "wins / ties / losses", "mean diff [95% interval]",
-                         "sign p", "paper"), [])]
+              "seeds: the mean difference with its 95% t interval and a two-sided sign-test p-value.", ""]
+    if summary["comparisons"]:
+        lines += md_table(("comparison", "better", "worse", "metric", "wins / ties / losses",
+                           "mean diff [95% interval]", "sign p", "paper"), [])
+    else:
+        lines.append("No comparison to show: the spec declares none (`comparisons:`), or none has both its arms "
+                     "finished.")
     for c in summary["comparisons"]:
         paper = PAPER_WINS.get((c["claim"], c["metric"]), "–")
         unit = "steps" if c["metric"] == "threshold_hits" else "nats"

@@ -72,6 +72,35 @@ def _legend(ax: Any, **kwargs: Any) -> None:
         ax.legend(**kwargs)
 
 
+#: Characters per line of an arm's label under a plot's x axis or in a legend (longer labels are wrapped).
+LABEL_WRAP_CHARS = 28
+
+
+def _wrapped(label: str) -> str:
+    """An arm's label broken into lines of at most :data:`LABEL_WRAP_CHARS` characters (at spaces)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(label, LABEL_WRAP_CHARS, break_long_words=False, break_on_hyphens=False)) or label
+
+
+def _arm_legend(fig: Any, summary: dict[str, Any], arms: list[str], extra: list[Any] = (), marker: bool = False,
+                ) -> None:
+    """One legend for the whole figure, below its panels (never over the data): a swatch (or, with
+    ``marker``, a filled dot) in each arm's colour with its label, then the ``extra`` handles (what the
+    markers or lines mean). The figure must use the constrained layout, which makes room for it."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    colours = arm_colours(summary)
+    handles = [Line2D([], [], ls="none", marker="o", color=colours[arm], label=summary["arms"][arm]["label"])
+               if marker else Patch(color=colours[arm], label=summary["arms"][arm]["label"]) for arm in arms]
+    handles += list(extra)
+    if handles:
+        longest = max(len(h.get_label()) for h in handles)
+        fig.legend(handles=handles, loc="outside lower center", fontsize=7, frameon=False,
+                   ncol=max(1, min(len(handles), 4, 120 // max(1, longest))))
+
+
 def read_train_records(path: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
@@ -173,9 +202,10 @@ def plot_scores(summary: dict[str, Any], path: Path) -> None:
     arms = [(arm, a) for arm, a in summary["arms"].items()
             if any(s.get("score_quantiles") for s in a["seeds"].values())]
     layers = _layers([a for _, a in arms], lambda s: s.get("score_quantiles"))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    fig, ax = plt.subplots(figsize=(7, 4.2), layout="constrained")
     width = 0.8 / max(1, len(arms))
     for i, (arm, a) in enumerate(arms):
+        labelled = False
         for k, l in enumerate(layers):
             qs = [s["score_quantiles"][l] for s in a["seeds"].values() if (s.get("score_quantiles") or {}).get(l)]
             if not qs:
@@ -184,14 +214,20 @@ def plot_scores(summary: dict[str, Any], path: Path) -> None:
             x = k + i * width - 0.4 + width / 2
             ax.vlines(x, q05, q95, color=colours[arm], lw=1)
             ax.bar(x, q75 - q25, width * 0.8, bottom=q25, color=colours[arm], alpha=0.6,
-                   label=a["label"] if k == 0 else None)
+                   label=None if labelled else a["label"])
+            labelled = True
             ax.hlines(q50, x - width * 0.4, x + width * 0.4, color="k", lw=1)
             ax.plot([x], [q50], marker="o", ms=4, color=colours[arm])  # visible when the box is thin
     ax.axhline(0, color="grey", ls=":", lw=1)
     ax.set_xticks(np.arange(len(layers)), [f"layer {l}" for l in layers])
     ax.set_ylabel("gate score (routing logit)")
-    ax.set_title("gate scores per controlled layer, last evaluation: 5/25/50/75/95% (mean over seeds)")
-    _legend(ax, fontsize=7, ncol=2)
+    ax.set_title("gate scores per controlled layer, last evaluation: 5/25/50/75/95% (mean over seeds)", fontsize=10)
+    from matplotlib.lines import Line2D
+
+    key = [Line2D([], [], color="grey", lw=6, alpha=0.6, label="25-75% (box)"),
+           Line2D([], [], color="k", lw=1, marker="o", ms=4, mfc="grey", mec="grey", label="median"),
+           Line2D([], [], color="grey", lw=1, marker="|", ms=8, label="5-95% (whisker)")]
+    _arm_legend(fig, summary, [arm for arm, _ in arms], key if arms else [])
     _save(fig, path)
 
 
@@ -217,8 +253,9 @@ def plot_gate_scale(summary: dict[str, Any], path: Path) -> None:
     colours = arm_colours(summary)
     arms = list(summary["arms"].items())
     layers = _layers([a for _, a in arms], lambda s: layer_diagnostics(s, "final").get("score_std"))
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
     width = 0.8 / max(1, len(arms))
+    drawn: dict[Any, set[str]] = {left: set(), right: set()}
     for i, (arm, a) in enumerate(arms):
         for k, l in enumerate(layers):
             x = k + i * width - 0.4 + width / 2
@@ -226,18 +263,33 @@ def plot_gate_scale(summary: dict[str, Any], path: Path) -> None:
                                        (right, "pred_gap", ("final", "target_gap"))):
                 top = _diagnostic_mean(a, "final", filled, l)
                 if top is not None and top > 0:
-                    ax.plot([x], [top], "o", color=colours[arm], label=a["label"] if k == 0 else None)
+                    ax.plot([x], [top], "o", color=colours[arm])
+                    drawn[ax].add(arm)
                 low = _diagnostic_mean(a, *hollow, l)
                 if low is not None and low > 0:
                     ax.plot([x], [low], "o", mfc="none", color=colours[arm])
-    titles = ((left, "score std over tokens", "score spread: before (o) / after (●) training"),
-              (right, "latent L2 norm", "G3, last evaluation: ‖P(full) − P(cheap)‖ (●), ‖T(full) − T(cheap)‖ (o)"))
+                    drawn[ax].add(arm)
+    titles = ((left, "gate score std over tokens\n(logit, log scale)",
+               "gate score spread per controlled layer: before (o) / after (●) training"),
+              (right, "latent gap ‖full − cheap‖₂\n(log scale)",
+               "G3, last evaluation: predictor ‖P(z, full) − P(z, cheap)‖ (●),\ntarget ‖T(full) − T(cheap)‖ (o)"))
     for ax, ylabel, title in titles:
         ax.set_xticks(np.arange(len(layers)), [f"layer {l}" for l in layers])
-        ax.set_yscale("log")
-        ax.set_ylabel(ylabel)
+        ax.set_xlim(-0.5, len(layers) - 0.5)  # both panels place an arm at the same x
+        if drawn[ax]:
+            ax.set_yscale("log")
+        ax.set_ylabel(ylabel, fontsize=9)
         ax.set_title(title, fontsize=9)
-    _legend(left, fontsize=7)
+    if not drawn[right]:
+        right.text(0.5, 0.5, "no G3 arm recorded the latent gaps", ha="center", va="center",
+                   transform=right.transAxes, color="grey")
+    from matplotlib.lines import Line2D
+
+    key = [Line2D([], [], ls="none", marker="o", color="grey", label="after training (left), predictor P (right)"),
+           Line2D([], [], ls="none", marker="o", mfc="none", color="grey",
+                  label="before training (left), target T (right)")]
+    shown = [arm for arm, _ in arms if arm in drawn[left] | drawn[right]]
+    _arm_legend(fig, summary, shown, key if shown else [], marker=True)
     _save(fig, path)
 
 
@@ -315,7 +367,8 @@ def plot_causal(summary: dict[str, Any], path: Path) -> None:
     colours = arm_colours(summary)
     arms = [(arm, summary["arms"][arm]) for arm in causal_arms(summary)]
     layers = _layers([a for _, a in arms], lambda s: (s.get("causal") or {}).get("full_fraction"))
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2), width_ratios=[1, 1.2])
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(max(11.0, 4 + 0.9 * len(arms)), 4.8), layout="constrained",
+                                 width_ratios=[1, 1.2] if len(arms) <= 4 else [1.3, 1])
     for i, (arm, a) in enumerate(arms):
         seeds = [s for s in a["seeds"].values() if s.get("causal")]
         topk, causal = [s["final_lm"] for s in seeds], [s["causal"]["final_lm"] for s in seeds]
@@ -325,11 +378,14 @@ def plot_causal(summary: dict[str, Any], path: Path) -> None:
         ax.scatter(np.full(len(topk), x[0]), topk, facecolors="none", edgecolors=colours[arm], zorder=3)
         ax.scatter(np.full(len(causal), x[1]), causal, color=colours[arm], zorder=3, label=a["label"])
         ax.hlines([np.mean(topk), np.mean(causal)], x - 0.25, x + 0.25, color="k", lw=1.5)
-    ax.set_xticks([3 * i + d for i in range(len(arms)) for d in (0, 1.2)],
-                  ["top-k", "causal"] * len(arms), fontsize=7, rotation=60)
+    # one tick per arm, at the middle of its pair, named by the arm (wrapped, slanted: long sweep names fit)
+    ax.set_xticks([3 * i + 0.6 for i in range(len(arms))], [_wrapped(a["label"]) for _, a in arms], fontsize=7,
+                  rotation=40 if len(arms) > 2 else 0, ha="right" if len(arms) > 2 else "center",
+                  rotation_mode="anchor")
+    ax.set_xlim(-0.8, 3 * max(1, len(arms)) - 1.0)
     ax.set_ylabel("final held-out LM (nats/token)")
-    ax.set_title("top-k (open) vs calibrated causal threshold (filled)", fontsize=10)
-    _legend(ax, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    ax.set_title("per arm: top-k (o, left) vs calibrated causal threshold (●, right);\n"
+                 "a line per seed, a bar at the mean", fontsize=10)
     width = 0.8 / max(1, len(arms))
     xl = np.arange(len(layers))
     for i, (arm, a) in enumerate(arms):
@@ -339,13 +395,20 @@ def plot_causal(summary: dict[str, Any], path: Path) -> None:
         err = np.stack([mean - np.nanmin(shares, 0), np.nanmax(shares, 0) - mean])
         bx.bar(xl + i * width - 0.4 + width / 2, mean, width, yerr=err, color=colours[arm], label=a["label"],
                capsize=2)
+    from matplotlib.lines import Line2D
+
+    budgets = []
     for b in sorted({a["full_fraction_budget"] for _, a in arms}):
-        bx.axhline(b, color="k", ls="--", lw=1, label=f"budget b = {b:g} (top-k)")
+        bx.axhline(b, color="k", ls="--", lw=1)
+        bx.annotate(f"b = {b:g}", (1.0, b), xycoords=("axes fraction", "data"), xytext=(2, 0),
+                    textcoords="offset points", fontsize=7, va="center")
+        budgets.append(b)
     bx.set_xticks(xl, [f"layer {l}" for l in layers])
     bx.set_ylim(0, 1)
     bx.set_ylabel("held-out full share, causal threshold")
     bx.set_title("realised full share per controlled layer (mean, min-max over seeds)", fontsize=10)
-    _legend(bx, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=2)
+    key = [Line2D([], [], color="k", ls="--", lw=1, label="budget b (top-k's full share)")] if budgets else []
+    _arm_legend(fig, summary, [arm for arm, _ in arms], key)
     _save(fig, path)
 
 

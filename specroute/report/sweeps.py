@@ -13,6 +13,8 @@ from specroute.text import md_table
 
 #: The arm metrics shown per swept arm (report table and plot panels), with their headers.
 SWEEP_METRICS = {"avg_lm": "avg_lm", "final_lm": "final_lm", "causal_final_lm": "final_lm causal"}
+#: The header of a sweep table's last column, which marks the arm of lowest avg_lm.
+SWEEP_NOTE = "note"
 
 
 def sweeps_of(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -46,7 +48,7 @@ def sweeps_section(summary: dict[str, Any]) -> list[str]:
         lines += ["", f"### Sweep `{sw['name']}`" + (f" ({sw['label']})" if sw["label"] else ""), "",
                   f"{len(sw['done'])} of {len(sw['arms'])} arms finished; mean ± std over seeds. Plot: "
                   + "`plots/sweeps.png`.", "",
-                  *md_table((*sw["grid"], *(SWEEP_METRICS[m] for m in metrics), ""), rows)]
+                  *md_table((*sw["grid"], *(SWEEP_METRICS[m] for m in metrics), SWEEP_NOTE), rows)]
     return lines
 
 

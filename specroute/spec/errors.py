@@ -8,6 +8,7 @@ carries (an arm's, ``--set``), so that each error is blamed where the user can f
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -147,8 +148,8 @@ def problems_of(err: ValidationError, raw: dict[str, Any], origin: Origin,
         if e["type"] == "extra_forbidden":
             reason = _extra_reason(raw, loc)
         value = e.get("input")
-        if e["type"] in ("float_type", "int_type") and _is_number_text(value):
-            reason += _number_text_hint(value)
+        if (hint := number_hint(e["type"], value)) is not None:
+            reason += hint
         elif e["type"] not in NOT_ON_ITS_OWN + ("extra_forbidden",) and _short_scalar(value):
             reason += f" (got {value!r})"
         where = lookup(o.provenance, o.layer + loc)
@@ -218,22 +219,47 @@ def _set_items(set_tree: Mapping[str, Any]) -> str:
     return ", ".join(items)
 
 
-def _is_number_text(value: Any) -> bool:
-    if not isinstance(value, str):
-        return False
-    try:
-        float(value)
-    except ValueError:
-        return False
-    return True
-
-
 def _short_scalar(value: Any) -> bool:
     return isinstance(value, (str, int, float, bool)) and len(repr(value)) <= 40
 
 
-def _number_text_hint(text: str) -> str:
-    return f" (got the text {text!r}: write the number without quotes)"
+#: Largest float shown rewritten as an integer in a hint (``1e3`` -> ``1000``); larger ones are only called
+#: "not an integer" (their digits would say nothing).
+_MAX_INT_SHOWN = 10**15
+#: What a float of infinite size may have been written as (YAML reads a number beyond the float range as inf).
+_INF_NOTE = "a number beyond the range of a float, such as 1e400, reads as infinity"
+
+
+def number_hint(error_type: str, value: Any) -> str | None:
+    """What to add to pydantic's message for a number field given ``value``, or None when nothing helps.
+
+    ``error_type`` is pydantic's: ``int_type`` / ``float_type`` (a value of another type), ``finite_number``
+    (``inf`` or ``nan`` for a float field). Text that spells a finite number (``"4"``) is told to drop its
+    quotes; text or a float that is not a finite number (``nan``, ``inf``, ``1e400``, ``.nan``) is called
+    so; a finite float for an integer field is "not an integer" (with its integer spelling when whole).
+    """
+    is_int = error_type == "int_type"
+    takes = "the field takes an integer" if is_int else "the field takes a finite number"
+    if error_type in ("int_type", "float_type") and isinstance(value, str) and _short_scalar(value):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        if not math.isfinite(number):
+            return f" (got the text {value!r}, which is not a finite number; {takes})"
+        return f" (got the text {value!r}: write the number without quotes)"
+    if not isinstance(value, float) or error_type not in ("int_type", "finite_number"):
+        return None
+    if not math.isfinite(value):
+        note = f"; {_INF_NOTE}" if math.isinf(value) else ""
+        if not is_int:  # pydantic's message already says "finite number"
+            return f" (got {value!r}{note})"
+        return f" (got {value!r}, which is not a finite number{note}; {takes})"
+    if not is_int:
+        return None
+    if value.is_integer() and abs(value) <= _MAX_INT_SHOWN:
+        return f" (got {value!r}, a float, not an integer: write {int(value)})"
+    return f" (got {value!r}, a float, not an integer)"
 
 
 def sets(tree: Mapping[str, Any] | None, loc: Path_) -> bool:

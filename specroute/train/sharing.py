@@ -57,6 +57,21 @@ def shard_runs(runs: list[tuple[str, int, R]], index: int, count: int) -> list[t
     return [r for r in runs if (r[0], r[1]) in mine]
 
 
+def other_spec_refusal(flag: str, out: Path, recorded_sha: str | None, sha: str) -> UserError:
+    """The refusal of a process that would join or continue the study in ``out`` (``flag``: ``--shard`` or
+    ``--resume``) with another resolved spec: ``recorded_sha`` is the hash in its ``study.json`` (None when
+    absent), ``sha`` this process's. A shard is told that every shard of a study must use the same spec and
+    overrides, and to choose another ``--out`` for a study of its own: ``--overwrite`` would delete the runs
+    the other shards finished there (and is refused with ``--shard``)."""
+    found = f"{out} holds a study with another resolved spec (sha256 {str(recorded_sha)[:12]}, now {sha[:12]})"
+    if flag == "--shard":
+        return UserError(f"--shard: {found}; every shard of a study must use the same spec and overrides (the spec "
+                         "file, --profile and every --set) as the shards that started it: run this shard with "
+                         "theirs, or give another --out to run these overrides as a study of their own")
+    return UserError(f"{flag}: {found}; processes that share an output folder must run the same spec (file, "
+                     "--profile and --set); use --overwrite or another --out")
+
+
 class RunClaims(contextlib.ExitStack):
     """The run folders this process will train, held (their locks) from the folder check until each run
     starts (:meth:`release`, then the trainer takes the lock itself) or the process ends."""

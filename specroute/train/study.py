@@ -62,7 +62,7 @@ from specroute.train.tracking import TrackingFlags, check_available
 from specroute.train.progress import StudyProgress, TokenisingProgress
 from specroute.train.parallel import Job, auto_workers, parse_devices, run_controllers, start_worker_server, uses_workers
 from specroute.train.runs import RUN_LAYOUT, RUN_LOCK_WAIT_S, run_dir, run_steps_left
-from specroute.train.sharing import STUDY_LOCK_WAIT_S, RunClaims, shard_runs
+from specroute.train.sharing import STUDY_LOCK_WAIT_S, RunClaims, other_spec_refusal, shard_runs
 from specroute.train.trainer import Diverged, StepBudget
 
 if TYPE_CHECKING:
@@ -206,9 +206,7 @@ def prepare_out(out: Path, sha: str, resume: bool, overwrite: bool, flag: str = 
         raise UserError(f"{flag}: cannot read {meta} ({e}); use --overwrite or another --out") from None
     old = recorded.get("spec_sha256") if isinstance(recorded, dict) else None
     if old != sha:
-        raise UserError(f"{flag}: {out} holds a study with another resolved spec (sha256 {str(old)[:12]}, "
-                        f"now {sha[:12]}); processes that share an output folder must run the same spec (file, "
-                        "--profile and --set); use --overwrite or another --out")
+        raise other_spec_refusal(flag, out, old, sha)
     return None
 
 
