@@ -61,9 +61,10 @@ class Job(NamedTuple):
     folder: Path
 
 
-#: What the fork server imports before it forks the first worker (:func:`worker_context`): the trainer,
-#: and the compiler's front end, which the first ``torch.optim`` optimiser of every process imports.
-WORKER_MODULES = ["specroute.train.runs", "torch._dynamo"]
+#: What the fork server imports before it forks the first worker (:func:`worker_context`): the trainer, the
+#: compiler's front end (which the first ``torch.optim`` optimiser of a process imports) and the CLI (each
+#: worker runs the ``specroute`` script's imports again, as multiprocessing does with the main module).
+WORKER_MODULES = ["specroute.train.runs", "torch._dynamo", "specroute.cli"]
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
