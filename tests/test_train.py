@@ -261,3 +261,15 @@ def test_deterministic_block_fixes_the_thread_count_it_is_given():
         assert torch.get_num_threads() == (os.cpu_count() or 1)
     assert torch.get_num_threads() == before
     assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_a_study_started_from_standard_input_trains_in_process_not_in_workers(tmp_path):
+    """Workers import the main module again; a script read from standard input cannot be imported, so
+    its workers would fail at their start, again and again: such a study runs its runs in this process."""
+    script = ("import sys\nfrom specroute.train.distributed import SINGLE\n"
+              "from specroute.train.parallel import uses_workers\nprint(uses_workers(2, 4, False, SINGLE))\n")
+    from_stdin = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, check=True)
+    path = tmp_path / "study.py"
+    path.write_text(script)
+    from_file = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, check=True)
+    assert (from_stdin.stdout.strip(), from_file.stdout.strip()) == ("False", "True")

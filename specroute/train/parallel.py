@@ -91,8 +91,13 @@ def start_worker_server() -> None:
 
 def uses_workers(slots: int, pending: int, one_at_a_time: bool, world: World) -> bool:
     """Whether :func:`run_controllers` trains in worker processes: more than one slot and pending run, no
-    step budget (``one_at_a_time``) and no data parallel (``world``)."""
-    return slots > 1 and pending > 1 and not one_at_a_time and world.size == 1
+    step budget (``one_at_a_time``), no data parallel (``world``), and a main module that a worker can
+    import again (multiprocessing does; a script read from standard input, ``python -``, cannot be: every
+    worker would fail at its start, and the pool start another, without end)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    reimportable = getattr(main, "__spec__", None) is not None or path is None or Path(path).is_file()
+    return slots > 1 and pending > 1 and not one_at_a_time and world.size == 1 and reimportable
 
 
 def auto_workers(device: Device, spec: RunSpec, pending: int) -> int:
