@@ -168,3 +168,29 @@ def test_generate_command(studies, tmp_path):
     (copy / "controller.safetensors").write_bytes(b"\xff" * 64)  # a damaged file: a message, not a traceback
     r = CliRunner().invoke(app, ["generate", str(copy), "--prompt", "x", "--cache-dir", cache])
     assert r.exit_code == 2 and "cannot be read as safetensors" in r.stderr, r.output
+
+
+@pytest.mark.parametrize("gate", ["G1", "G3"])
+def test_evaluations_from_the_kept_frozen_prefix_equal_whole_forwards_bitwise(gate):
+    """The stage keeps the hidden state entering the first controlled layer of its fixed batches (nothing
+    before it trains): every figure of an evaluation and of the causal evaluation equals the one computed
+    by whole forwards; in joint training (the blocks before it train) nothing is kept."""
+    from specroute.train.device import Device
+    from specroute.train.stages import ControllerStage
+
+    spec = tiny_spec({"gate": {"kind": gate}, "routing": {"controlled_layers": [1, 2]}})
+    batches = [(tokens(2, 16, seed=s), tokens(2, 16, seed=s + 10)) for s in range(2)]
+    calibration = [tokens(2, 16, seed=20 + s) for s in range(2)]
+    torch.manual_seed(0)
+    model = build_model(spec).eval()
+    stage = ControllerStage(spec, model, Device("cpu", None), batches, calibration=calibration)
+    assert stage.prefix.on and stage.prefix.start == 1
+    with torch.no_grad():
+        kept = [stage.evaluate(), stage.evaluate(), stage.evaluate_causal()]
+        stage.prefix.on = False
+        whole = [stage.evaluate(), stage.evaluate(), stage.evaluate_causal()]
+    assert len(stage.prefix._h) == len(batches) + len(calibration)
+    assert kept == whole
+    joint = tiny_spec({"gate": {"kind": gate}, "routing": {"controlled_layers": [1, 2]},
+                       "train": {"trainable": ["gate", "cheap_ffn", "backbone"]}})
+    assert not ControllerStage(joint, build_model(joint), Device("cpu", None), batches).prefix.on

@@ -217,14 +217,15 @@ class Decoder(nn.Module):
 
     def run_blocks(
         self, h_BTD: Tensor, start: int = 0, force: Force | None = None, all_full: bool = False,
-        thresholds: Thresholds | None = None, cache: KVCache | None = None,
+        thresholds: Thresholds | None = None, cache: KVCache | None = None, stop: int | None = None,
     ) -> tuple[Tensor, list[LayerRouting]]:
-        """Run blocks ``start..L-1``. ``force`` fixes decisions per controlled layer; ``all_full``
-        forces every controlled layer from ``start`` on to full (the off-policy continuation);
-        ``thresholds`` decides the layers it names by score > tau_l (the calibrated causal rule);
-        ``cache``: the attention cache, one :class:`LayerKV` per block (extended, not advanced)."""
+        """Run blocks ``start..L-1`` (``stop``: up to ``stop - 1`` only). ``force`` fixes decisions per
+        controlled layer; ``all_full`` forces every controlled layer from ``start`` on to full (the
+        off-policy continuation); ``thresholds`` decides the layers it names by score > tau_l (the
+        calibrated causal rule); ``cache``: the attention cache, one :class:`LayerKV` per block (extended,
+        not advanced)."""
         routing = []
-        for block in self.blocks[start:]:
+        for block in self.blocks[start:stop]:
             f = True if (all_full and block.controlled) else (force or {}).get(block.index)
             kv = cache.layers[block.index] if cache is not None else None
             h_BTD, rec = block(h_BTD, f, (thresholds or {}).get(block.index), kv)

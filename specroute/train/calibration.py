@@ -17,6 +17,7 @@ Shape legend: B batch, T tokens, N calibration tokens (all batches' B * T).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from specroute.model.decoder import Decoder, Thresholds
+from specroute.model.decoder import Decoder, DecoderOutput, Thresholds
 from specroute.spec.models import RunSpec
 from specroute.store import UserError
 
@@ -62,12 +63,16 @@ class Calibration:
 
 
 @torch.no_grad()
-def calibrate(model: Decoder, batches: list[Tensor], full_fraction: float) -> Calibration:
+def calibrate(model: Decoder, batches: list[Tensor], full_fraction: float,
+              forward: Callable[..., DecoderOutput] | None = None) -> Calibration:
     """Calibrate tau_l layer by layer (see the module docstring) on token ids ``batches`` ((B, T) each).
 
     ``full_fraction``: the budget b; tau_l = quantile(scores_l, 1 - b) (linear interpolation, over at most
-    :data:`QUANTILE_MAX` scores). Costs one no-grad forward per batch and controlled layer.
+    :data:`QUANTILE_MAX` scores). Costs one no-grad forward per batch and controlled layer. ``forward``:
+    ``(idx_BT, thresholds=...) -> DecoderOutput``, the model's own forward by default (a stage's forward
+    from cached frozen hidden states: :class:`specroute.train.stages.FrozenPrefix`).
     """
+    forward = forward or model
     thresholds: dict[int, float] = {}
     shares: dict[int, float] = {}
     n = 0
@@ -75,7 +80,7 @@ def calibrate(model: Decoder, batches: list[Tensor], full_fraction: float) -> Ca
     for block in model.controlled_blocks():
         scores = []
         for idx_BT in batches:
-            out = model(idx_BT, thresholds=thresholds)  # this layer's scores depend on the earlier ones only
+            out = forward(idx_BT, thresholds=thresholds)  # this layer's scores depend on the earlier ones only
             rec = next(r for r in out.routing if r.layer == block.index)
             scores.append(rec.gate.score_BT.reshape(-1).float().cpu())
         score_N = torch.cat(scores)[:QUANTILE_MAX]

@@ -31,11 +31,11 @@ from torch import Tensor, nn
 from specroute.data.sampler import WindowSampler
 from specroute.losses import compute_losses, executed_latent, head_token_ce
 from specroute.metrics import effective_rank, latent_variance
-from specroute.model.decoder import Decoder, build_model
+from specroute.model.decoder import Decoder, DecoderOutput, build_model
 from specroute.model.routing import G3Gate, LayerRouting
 from specroute.spec.models import RunSpec
 from specroute.spec.training import TrainSpec
-from specroute.train.compiled import compile_model
+from specroute.train.compiled import compile_model, is_compiled
 from specroute.train.accumulate import controller_backward, dense_backward
 from specroute.train.calibration import calibrate, calibrates
 from specroute.train.device import Device
@@ -44,6 +44,8 @@ from specroute.train.step import term_grad_norms
 
 #: Tokens (rows) of predicted latents used for the collapse metrics at each evaluation.
 LATENT_TOKENS = 8192
+#: The most hidden-state memory :class:`FrozenPrefix` keeps (bytes; beyond it every forward runs whole).
+PREFIX_MAX_BYTES = 64 << 20
 
 
 def derive_seed(seed: int, purpose: str) -> int:
@@ -129,6 +131,40 @@ def trainable_params(model: nn.Module) -> dict[str, nn.Parameter]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
+class FrozenPrefix:
+    """The hidden state entering the first controlled layer, kept for fixed token batches (the held-out
+    and calibration batches, evaluated again and again): when nothing before that layer trains (the
+    embeddings and the blocks before it are frozen, as in controller-only training), every evaluation
+    would compute the same tensors. :meth:`forward` is the model's forward (no grad, the model in eval
+    mode), bitwise: the same blocks on the same tensors, only not recomputed.
+
+    Off (every forward runs whole) for a compiled model, when a parameter before the first controlled layer
+    requires a gradient (joint training), or when the batches' hidden states would take more than
+    :data:`PREFIX_MAX_BYTES`."""
+
+    def __init__(self, model: Decoder, batches: list[Tensor]):
+        self.model = model
+        controlled = model.controlled_blocks()
+        self.start = controlled[0].index if controlled else len(model.blocks)
+        before = [model.wte, *([model.wpe] if model.wpe is not None else []), *model.blocks[:self.start]]
+        frozen = not any(p.requires_grad for m in before for p in m.parameters())
+        size = sum(idx.numel() for idx in batches) * model.spec.model.d_model * 4
+        self.on = self.start > 0 and frozen and not is_compiled(model) and size <= PREFIX_MAX_BYTES
+        self._h: dict[int, Tensor] = {}  # by id() of the batch tensors, which the stage keeps
+
+    def forward(self, idx_BT: Tensor, thresholds: dict[int, float] | None = None) -> DecoderOutput:
+        """The routed forward of token ids (B, T) (``thresholds``: as :meth:`Decoder.forward`'s)."""
+        if not self.on:
+            return self.model(idx_BT, thresholds=thresholds)
+        h_BTD = self._h.get(id(idx_BT))
+        if h_BTD is None:
+            h_BTD, _ = self.model.run_blocks(self.model.embed(idx_BT), 0, force=None, all_full=False,
+                                             thresholds=None, cache=None, stop=self.start)
+            self._h[id(idx_BT)] = h_BTD
+        h_BTD, routing = self.model.run_blocks(h_BTD, self.start, thresholds=thresholds)
+        return DecoderOutput(h_BTD, routing, self.model.head)
+
+
 class ControllerStage:
     """Stage 2: controller training on the backbone (the parameters that require a gradient, as
     ``train.trainable`` set them: frozen backbone by default, trained with the controller when ``backbone``
@@ -150,6 +186,7 @@ class ControllerStage:
         self.train = train or spec.train
         self.batches = batches or []
         self.calibration = calibration or []
+        self.prefix = FrozenPrefix(model, [idx for idx, _ in self.batches] + self.calibration)
 
     @classmethod
     def on_backbone(cls, spec: RunSpec, backbone: Mapping[str, Tensor], heldout: WindowSampler,
@@ -216,7 +253,7 @@ class ControllerStage:
         gaps: dict[str, list[Tensor]] = {}
         with torch.no_grad(), self.device.autocast():
             for idx, targets in self.batches:
-                out = self.model(idx)
+                out = self.prefix.forward(idx)
                 lm_batches.append(head_token_ce(self.model, out.h_BTD, targets).mean().item())
                 for rec in out.routing:
                     full[str(rec.layer)] += rec.full_fraction
@@ -245,10 +282,10 @@ class ControllerStage:
         ``calibration_full_fraction`` (the share on the calibration data) and ``tokens`` (calibration
         tokens). Layer keys are strings. Needs calibration and held-out batches."""
         with torch.no_grad(), self.device.autocast():
-            cal = calibrate(self.model, self.calibration, self.spec.routing.budget.full_fraction)
+            cal = calibrate(self.model, self.calibration, self.spec.routing.budget.full_fraction, self.prefix.forward)
             lm_batches, full = [], {str(l): 0.0 for l in cal.thresholds}
             for idx, targets in self.batches:
-                out = self.model(idx, thresholds=cal.thresholds)
+                out = self.prefix.forward(idx, thresholds=cal.thresholds)
                 lm_batches.append(head_token_ce(self.model, out.h_BTD, targets).mean().item())
                 for rec in out.routing:
                     full[str(rec.layer)] += rec.full_fraction
