@@ -273,3 +273,21 @@ def test_a_study_started_from_standard_input_trains_in_process_not_in_workers(tm
     path.write_text(script)
     from_file = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, check=True)
     assert (from_stdin.stdout.strip(), from_file.stdout.strip()) == ("False", "True")
+
+
+def test_workers_see_the_study_process_environment_as_it_is_when_they_start(tmp_path):
+    """A fork server's workers would see its environment from when it started; they get the study's."""
+    script = tmp_path / "env.py"
+    script.write_text(textwrap.dedent("""
+        import os
+        from specroute.train.parallel import start_worker_server, worker_context
+        from specroute.train.runs import init_worker
+        if __name__ == "__main__":
+            start_worker_server()  # started before the variable is set, as in a study
+            os.environ["SPECROUTE_TEST_VALUE"] = "set after the server started"
+            ctx = worker_context()
+            with ctx.Pool(1, initializer=init_worker, initargs=(ctx.Queue(), 1, True, None, {}, dict(os.environ))) as pool:
+                print(pool.apply(os.getenv, ("SPECROUTE_TEST_VALUE",)))
+    """))
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=True)
+    assert r.stdout.strip() == "set after the server started"

@@ -192,7 +192,8 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
     pools = []
     with _sigint_ignored():  # workers start ignoring Ctrl-C (inherited): this process ends them, quietly
         for index in cuda_indices:
-            pools.append(ctx.Pool(1, initializer=init_worker, initargs=(q, threads, True, index, backbones)))
+            initargs = (q, threads, True, index, backbones, dict(os.environ))
+            pools.append(ctx.Pool(1, initializer=init_worker, initargs=initargs))
     at_once = min(len(cuda_indices), len(jobs))
     pending, running = list(range(len(jobs))), {}
     try:

@@ -174,15 +174,20 @@ _BACKBONES: dict[int, dict[str, Tensor]] = {}
 
 
 def init_worker(q: Any, threads: int, watch_parent: bool = False, cuda_index: int | None = None,
-                backbones: dict[int, dict[str, Tensor]] | None = None) -> None:
+                backbones: dict[int, dict[str, Tensor]] | None = None, environ: dict[str, str] | None = None) -> None:
     """Initialiser of a worker process: its progress queue, its intra-op thread count, (``watch_parent``)
     a watch that ends the worker as soon as the study process is gone, (``cuda_index``) the CUDA device it
-    trains on for its whole life, and the study's ``backbones`` by id (:func:`run_in_worker` names one).
+    trains on for its whole life, the study's ``backbones`` by id (:func:`run_in_worker` names one) and
+    (``environ``) the study process's environment variables, which a fork server's worker would otherwise
+    take from the server, as they were when it started.
     The backbones come with the process's start, not with each run: tensors sent later would be fetched
     from the study process's fd server, which a Ctrl-C can cut mid-transfer (a traceback from its thread)."""
     global _QUEUE, _BACKBONES
     import torch
 
+    if environ is not None:
+        os.environ.clear()
+        os.environ.update(environ)
     _QUEUE = q
     _BACKBONES = backbones or {}
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the study ends us
