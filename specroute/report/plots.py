@@ -30,9 +30,11 @@ TERM_COLOURS = {**{t: f"C{i}" for i, t in enumerate(LOSS_TERMS)}, "total": "k"}
 GROUP_STYLES = {"gate": "-", "cheap_ffn": "--", "backbone": ":"}
 
 
-def import_matplotlib() -> None:
-    """Import matplotlib now (seconds on a busy machine), e.g. before taking a lock to write the plots."""
+def import_report_libraries() -> None:
+    """Import matplotlib and scipy.stats (the report's intervals and tests) now: seconds on a busy machine,
+    better spent before taking a lock to write the report, or while a study's last runs train."""
     _plt()
+    import scipy.stats  # noqa: F401
 
 
 def _plt():

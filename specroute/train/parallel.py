@@ -173,12 +173,15 @@ class Slots:
 
 def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_indices: Sequence[int | None],
                  progress: StudyProgress, on_start: Callable[[Job], None] = lambda job: None,
-                 tracking: TrackingFlags | None = None) -> Iterator[tuple[Job, dict[str, Any]]]:
+                 tracking: TrackingFlags | None = None,
+                 on_tail: Callable[[], None] | None = None) -> Iterator[tuple[Job, dict[str, Any]]]:
     """Run controller jobs in one worker process per slot; yield (job, result) as each run ends.
 
     ``cuda_indices``: per slot, the CUDA device its worker is pinned to (None for CPU workers, which split
     the cores between them). ``on_start`` is called with each job just before it goes to its worker;
-    ``tracking``: the study's tracking flags (:class:`specroute.train.tracking.TrackingFlags`)."""
+    ``tracking``: the study's tracking flags (:class:`specroute.train.tracking.TrackingFlags`);
+    ``on_tail`` is called once, in this process, when a slot frees with no run left to start (the report's
+    imports, on a core that would wait for the last runs)."""
     ctx = worker_context()
     q = ctx.Queue()
     slots = Slots([f"cuda:{i}" if i is not None else "cpu" for i in cuda_indices])
@@ -213,6 +216,9 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
                 result, index = running.pop(slot).get(), slots.busy[slot]
                 slots.finish(index)
                 yield jobs[index], result
+            if on_tail is not None and not pending and running:
+                on_tail()
+                on_tail = None
     except BaseException:
         for pool in pools:
             pool.terminate()
@@ -228,13 +234,15 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
 def run_controllers(jobs: list[Job], data: Any, device: Device, workers: int | None,
                     cuda_indices: Sequence[int], progress: StudyProgress, budget: StepBudget,
                     on_start: Callable[[Job], None] = lambda job: None, one_at_a_time: bool = False,
-                    world: World = SINGLE, tracking: TrackingFlags | None = None) -> dict[str, dict[int, dict[str, Any]]]:
+                    world: World = SINGLE, tracking: TrackingFlags | None = None,
+                    on_tail: Callable[[], None] | None = None) -> dict[str, dict[int, dict[str, Any]]]:
     """Every controller run, in this process or in worker processes (CPU: ``workers``, None for
     :func:`auto_workers`; CUDA: one per entry of ``cuda_indices``); {arm: {seed: result}}.
     ``one_at_a_time`` (a step budget: tests) keeps every run in this process, and so does data parallel
     (``world``: every process trains each run together, :mod:`specroute.train.distributed`). ``tracking``:
     the study's tracking flags. ``on_start`` is called with each job before it
-    starts (the study hands the run folder's lock over to whoever trains it)."""
+    starts (the study hands the run folder's lock over to whoever trains it); ``on_tail``: see
+    :func:`run_parallel` (workers only)."""
     done_before = {j.folder: (j.folder / "result.json").is_file() for j in jobs}
     finished = [j for j in jobs if done_before[j.folder]]
     todo = [j for j in jobs if not done_before[j.folder]]
@@ -245,7 +253,7 @@ def run_controllers(jobs: list[Job], data: Any, device: Device, workers: int | N
     done: Iterator[tuple[Job, dict[str, Any]]]
     if uses_workers(len(slots), len(todo), one_at_a_time, world):
         done = itertools.chain(((j, json.loads((j.folder / "result.json").read_text())) for j in finished),
-                               run_parallel(todo, data.path, device, slots, progress, on_start, tracking))
+                               run_parallel(todo, data.path, device, slots, progress, on_start, tracking, on_tail))
     else:
         if device.type == "cuda" and slots[0] is not None:
             torch.cuda.set_device(slots[0])

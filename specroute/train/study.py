@@ -51,7 +51,7 @@ from specroute.report.aggregate import INPUTS
 from specroute.store import (ANY, FILE, LOCK_NAME, UserError, atomic_write_json, check_out_dir, clear_out_dir,
                              listed_entries,
                              sha256_json)
-from specroute.report.plots import PLOTS, import_matplotlib
+from specroute.report.plots import PLOTS, import_report_libraries
 from specroute.text import plural
 from specroute.train import estimate
 from specroute.train.backbone import backbone_key, backbone_steps_left, checkpoint_of, get_backbone
@@ -348,10 +348,10 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
                 run_controllers(jobs, data, device, options.workers, cuda, progress, budget,
                                 on_start=lambda job: claims.release(job.folder),
                                 one_at_a_time=options.max_steps_this_session is not None, world=world,
-                                tracking=tracking)
+                                tracking=tracking, on_tail=import_report_libraries if world.is_main else None)
         inputs = inputs_record(data, next(iter(backbones.values())), environment(device))
     if world.is_main:
-        import_matplotlib()  # seconds on a busy machine: before the lock, not under it
+        import_report_libraries()  # seconds on a busy machine: before the lock, not under it (or done)
         with hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting):
             sessions = with_session(out, t_start, "complete")
             with interrupted_session(out, t_start):  # a report that cannot be written (disk full) is a failed session
