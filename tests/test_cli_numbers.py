@@ -25,12 +25,15 @@ FINITE = "which is not a finite number"
         ("train.steps=1e3", ["got 1000.0, a float, not an integer: write 1000"]),
         ("train.steps=-3", ["greater than or equal to 1 (got -3)"]),
         ("train.steps='12'", ["got the text '12': write the number without quotes"]),
+        ("routing.budget.full_fraction=.5e0", ["got the text '.5e0', which YAML reads as text: write the number "
+                                               "as 0.5)"]),
         ("routing.budget.full_fraction=nan", ["got the text 'nan', " + FINITE, "the field takes a finite number"]),
         ("routing.budget.full_fraction=1e400", ["finite number (got inf; a number beyond the range of a float"]),
         ("routing.budget.full_fraction=.nan", ["Input should be a finite number (got nan)"]),
     ],
     ids=["nan-text", "inf-text", "minus-inf-text", "yaml-nan-for-int", "overflow-int", "fraction-for-int",
-         "exponent-for-int", "negative-steps", "quoted-number", "nan-fraction", "overflow-fraction",
+         "exponent-for-int", "negative-steps", "quoted-number", "yaml-text-number", "nan-fraction",
+         "overflow-fraction",
          "yaml-nan-fraction"],
 )
 def test_bad_numbers_in_set_name_the_field_and_the_fault(item, words):

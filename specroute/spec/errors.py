@@ -235,7 +235,7 @@ def number_hint(error_type: str, value: Any) -> str | None:
 
     ``error_type`` is pydantic's: ``int_type`` / ``float_type`` (a value of another type), ``finite_number``
     (``inf`` or ``nan`` for a float field). Text that spells a finite number (``"4"``) is told to drop its
-    quotes; text or a float that is not a finite number (``nan``, ``inf``, ``1e400``, ``.nan``) is called
+    quotes (and, when YAML reads even the bare spelling as text, ``.5e0``, to write it as ``0.5``); text or a float that is not a finite number (``nan``, ``inf``, ``1e400``, ``.nan``) is called
     so; a finite float for an integer field is "not an integer" (with its integer spelling when whole).
     """
     is_int = error_type == "int_type"
@@ -247,7 +247,10 @@ def number_hint(error_type: str, value: Any) -> str | None:
             return None
         if not math.isfinite(number):
             return f" (got the text {value!r}, which is not a finite number; {takes})"
-        return f" (got the text {value!r}: write the number without quotes)"
+        plain = repr(int(number)) if number.is_integer() and abs(number) <= _MAX_INT_SHOWN else repr(number)
+        if plain == value.strip():
+            return f" (got the text {value!r}: write the number without quotes)"
+        return f" (got the text {value!r}, which YAML reads as text: write the number as {plain})"
     if not isinstance(value, float) or error_type not in ("int_type", "finite_number"):
         return None
     if not math.isfinite(value):
