@@ -10,10 +10,11 @@ asked. A run takes the lowest free slot; a run finishing frees its slot for the 
 On any exception (a failed run, SIGINT, SIGTERM) every worker is terminated at once: their last
 checkpoints are what ``--resume`` continues from, and waiting would mean waiting for their runs.
 
-Where workers come from (:func:`worker_context`): on Linux a fork server that has imported the worker's
-code once (torch, the trainer and what torch.optim imports: about 3 s of CPU); :func:`start_worker_server` starts it at the start of
-a study, so that the import overlaps the data preparation and the backbone, and every worker is a fork of
-it, ready in milliseconds. Elsewhere each worker is a fresh interpreter (spawn) that imports it all itself.
+Where workers come from (:func:`worker_context`): on Linux a fork server that has imported the workers'
+code once (torch, the trainer, the CLI and what torch.optim imports: about 3 s of CPU).
+:func:`start_worker_server` starts it at the start of a study, so that the import overlaps the data
+preparation and the backbone, and every worker is a fork of it, ready in milliseconds. Elsewhere each
+worker is a fresh interpreter (spawn) that imports it all itself.
 """
 
 from __future__ import annotations

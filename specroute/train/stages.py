@@ -282,7 +282,8 @@ class ControllerStage:
         ``calibration_full_fraction`` (the share on the calibration data) and ``tokens`` (calibration
         tokens). Layer keys are strings. Needs calibration and held-out batches."""
         with torch.no_grad(), self.device.autocast():
-            cal = calibrate(self.model, self.calibration, self.spec.routing.budget.full_fraction, self.prefix.forward)
+            cal = calibrate(self.model, self.calibration, self.spec.routing.budget.full_fraction,
+                            self.prefix.forward)
             lm_batches, full = [], {str(l): 0.0 for l in cal.thresholds}
             for idx, targets in self.batches:
                 out = self.prefix.forward(idx, thresholds=cal.thresholds)
