@@ -28,11 +28,12 @@ FINITE = "which is not a finite number"
         ("routing.budget.full_fraction=.5e0", ["got the text '.5e0', which YAML reads as text: write the number "
                                                "as 0.5)"]),
         ("routing.budget.full_fraction=nan", ["got the text 'nan', " + FINITE, "the field takes a finite number"]),
+        ("train.steps=", ["got no value", "the field takes an integer"]),
         ("routing.budget.full_fraction=1e400", ["finite number (got inf; a number beyond the range of a float"]),
         ("routing.budget.full_fraction=.nan", ["Input should be a finite number (got nan)"]),
     ],
     ids=["nan-text", "inf-text", "minus-inf-text", "yaml-nan-for-int", "overflow-int", "fraction-for-int",
-         "exponent-for-int", "negative-steps", "quoted-number", "yaml-text-number", "nan-fraction",
+         "exponent-for-int", "negative-steps", "quoted-number", "yaml-text-number", "nan-fraction", "empty-steps",
          "overflow-fraction",
          "yaml-nan-fraction"],
 )
