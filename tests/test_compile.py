@@ -47,3 +47,30 @@ def test_compiled_gather_step_equals_eager_without_recompiling():
     assert graphs > frames_before
     assert sorted(compiled.state_dict()) == sorted(eager.state_dict())  # checkpoints keep their names
     print(f"compile + 2 steps: {time.perf_counter() - t0:.1f} s")
+
+
+@pytest.mark.slow
+def test_compiled_threshold_routing_runs_its_gather_eager_without_recompiling_per_count():
+    """Under threshold routing the full-token count changes from batch to batch: compile_model puts the
+    gather step out of the graph (routing.eager_gather), so the outputs equal eager and nothing recompiles."""
+    import torch._dynamo
+
+    from specroute.model import routing
+
+    spec = tiny_spec({"routing": {"execution": "gather", "budget": {"enforcement": "threshold"}},
+                      "loss": {"budget": 1.0}})
+    torch.manual_seed(0)
+    eager = build_model(spec)
+    compiled = build_model(spec)
+    compiled.load_state_dict(eager.state_dict())
+    compile_model(compiled)
+    assert routing.eager_gather is not routing._eager_gather
+    counts, graphs = [], []
+    for seed in range(3):
+        idx = tokens(2, 16, seed=seed, vocab=spec.model.vocab_size)
+        out_e, out_c = eager(idx), compiled(idx)
+        assert_close(out_c.logits_BTV, out_e.logits_BTV, rtol=1e-4, atol=1e-5)
+        counts.append(tuple(int(r.full_BT.sum()) for r in out_e.routing))
+        graphs.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert len(set(counts)) > 1  # the batches route different numbers of tokens full
+    assert graphs[1:] == graphs[:1] * 2  # ... through the graphs of the first batch
