@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +81,6 @@ LABEL_WRAP_CHARS = 28
 
 def _wrapped(label: str) -> str:
     """An arm's label broken into lines of at most :data:`LABEL_WRAP_CHARS` characters (at spaces)."""
-    import textwrap
-
     return "\n".join(textwrap.wrap(label, LABEL_WRAP_CHARS, break_long_words=False, break_on_hyphens=False)) or label
 
 

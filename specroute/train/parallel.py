@@ -188,11 +188,10 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
     slots = Slots([f"cuda:{i}" if i is not None else "cpu" for i in cuda_indices])
     threads = (run_threads(device, jobs[0].spec, len(cuda_indices)) if device.type == "cpu"
                else max(1, (os.cpu_count() or 1) // len(cuda_indices)))
-    backbones: dict[int, dict[str, Tensor]] = {}  # each distinct backbone once, by id, to every worker
+    backbone_id: dict[int, int] = {}  # each distinct backbone once, numbered, to every worker
+    backbones: dict[int, dict[str, Tensor]] = {}
     for job in jobs:
-        if not any(b is job.backbone for b in backbones.values()):
-            backbones[len(backbones)] = job.backbone
-    backbone_id = {id(b): i for i, b in backbones.items()}
+        backbones[backbone_id.setdefault(id(job.backbone), len(backbone_id))] = job.backbone
     pools = []
     with _sigint_ignored():  # workers start ignoring Ctrl-C (inherited): this process ends them, quietly
         for index in cuda_indices:

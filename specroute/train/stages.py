@@ -158,8 +158,7 @@ class FrozenPrefix:
             return self.model(idx_BT, thresholds=thresholds)
         h_BTD = self._h.get(id(idx_BT))
         if h_BTD is None:
-            h_BTD, _ = self.model.run_blocks(self.model.embed(idx_BT), 0, force=None, all_full=False,
-                                             thresholds=None, cache=None, stop=self.start)
+            h_BTD, _ = self.model.run_blocks(self.model.embed(idx_BT), 0, stop=self.start)
             self._h[id(idx_BT)] = h_BTD
         h_BTD, routing = self.model.run_blocks(h_BTD, self.start, thresholds=thresholds)
         return DecoderOutput(h_BTD, routing, self.model.head)
