@@ -42,17 +42,12 @@ def make_optimizer(params: Mapping[str, nn.Parameter], opt: OptimizerSpec) -> to
     gains (GPT-2 / nanoGPT habit: the token and position embeddings are matrices and are decayed; a tied LM
     head is the embedding, counted once). ``params``: the trained parameters by name, any of the
     ``train.trainable`` groups (the backbone's too in a joint run), an empty decay group left out. Returns
-    the optimiser with the decayed group first.
-
-    torch's fused implementation (one kernel per parameter for the whole update, on CPU and CUDA) where
-    every parameter is a floating-point tensor on one of those: the same update as the per-tensor loop up
-    to float rounding, in fewer passes over each parameter."""
+    the optimiser with the decayed group first."""
     decay = [p for p in params.values() if p.dim() >= 2]
     no_decay = [p for p in params.values() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": opt.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params.values())
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=opt.lr_peak, betas=opt.betas,
-                             eps=opt.eps, fused=fused or None)
+                             eps=opt.eps)
 
 
 def optimizer_step(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
