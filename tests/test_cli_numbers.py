@@ -20,7 +20,7 @@ FINITE = "which is not a finite number"
         ("train.steps=inf", ["got the text 'inf', " + FINITE, "the field takes an integer"]),
         ("train.steps=-inf", ["got the text '-inf', " + FINITE]),
         ("train.steps=.nan", ["got nan, " + FINITE]),
-        ("train.steps=1e400", ["got inf, " + FINITE, "1e400, reads as infinity", "the field takes an integer"]),
+        ("train.steps=1e400", ["got inf, " + FINITE, "such as 1e400, as infinity", "the field takes an integer"]),
         ("train.steps=1.5", ["got 1.5, a float, not an integer"]),
         ("train.steps=1e3", ["got 1000.0, a float, not an integer: write 1000"]),
         ("train.steps=-3", ["greater than or equal to 1 (got -3)"]),
@@ -29,7 +29,8 @@ FINITE = "which is not a finite number"
                                                "as 0.5)"]),
         ("routing.budget.full_fraction=nan", ["got the text 'nan', " + FINITE, "the field takes a finite number"]),
         ("train.steps=", ["got no value", "the field takes an integer"]),
-        ("routing.budget.full_fraction=1e400", ["finite number (got inf; a number beyond the range of a float"]),
+        ("routing.budget.full_fraction=1e400", ["finite number (got inf; YAML reads .inf, and a number beyond the "
+                                                "range of a float"]),
         ("routing.budget.full_fraction=.nan", ["Input should be a finite number (got nan)"]),
     ],
     ids=["nan-text", "inf-text", "minus-inf-text", "yaml-nan-for-int", "overflow-int", "fraction-for-int",

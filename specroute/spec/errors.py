@@ -227,7 +227,7 @@ def _short_scalar(value: Any) -> bool:
 #: "not an integer" (their digits would say nothing).
 _MAX_INT_SHOWN = 10**15
 #: What a float of infinite size may have been written as (YAML reads a number beyond the float range as inf).
-_INF_NOTE = "a number beyond the range of a float, such as 1e400, reads as infinity"
+_INF_NOTE = "YAML reads .inf, and a number beyond the range of a float such as 1e400, as infinity"
 
 
 def number_hint(error_type: str, value: Any) -> str | None:

@@ -2,14 +2,18 @@
 
 The probe times a few study steps (:class:`specroute.train.trainer.Trainer`, the stage's optimiser and
 clip) of the dense stage and of the most expensive controller arm on random tokens (random weights), on
-the study's device. On a CPU the probe uses a small batch (at most
-:data:`CPU_PROBE_TOKENS` tokens of at most 256 positions) so that even the paper profile's probe takes
-seconds; the MACs of the probed batch come from the same cost model, so the throughput carries over.
+the study's device, the controller step at the thread count each controller run will have. On a CPU a
+stage whose step costs more than :data:`CPU_PROBE_MACS` is probed on a smaller batch (at most
+:data:`CPU_PROBE_TOKENS` tokens of at most 256 positions), so that even the paper profile's probe takes
+seconds; the MACs of the probed batch come from the same cost model, so the throughput carries over (a
+small batch runs at a lower rate, so such an estimate errs long).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +24,8 @@ from specroute.train.device import Device
 from specroute.train.stages import ControllerStage, DenseStage, build_seeded
 from specroute.train.trainer import FixedBatch, Stage, Trainer
 
+#: MACs of one step up to which a CPU probe runs the stage's own batch (a smoke step: ~2.5e9).
+CPU_PROBE_MACS = 8e9
 CPU_PROBE_TOKENS = 512
 PROBE_STEPS = 2
 
@@ -32,9 +38,11 @@ class Throughput:
     controller_macs_per_s: float
 
 
-def _probe_shape(train_batch: int, train_seq: int, device: Device) -> tuple[int, int]:
-    """(B, T) of the probe: the stage's own on CUDA; on a CPU at most CPU_PROBE_TOKENS tokens, T <= 256."""
-    if device.type == "cuda":
+def probe_shape(train_batch: int, train_seq: int, device: Device,
+                macs: Callable[[int, int], float]) -> tuple[int, int]:
+    """(B, T) of the probe: the stage's own on CUDA, or on a CPU when its step costs at most
+    :data:`CPU_PROBE_MACS` (``macs(B, T)``: one step's MACs); else at most CPU_PROBE_TOKENS tokens, T <= 256."""
+    if device.type == "cuda" or macs(train_batch, train_seq) <= CPU_PROBE_MACS:
         return train_batch, train_seq
     T = min(train_seq, 256)
     return max(1, min(train_batch, CPU_PROBE_TOKENS // T)), T
@@ -56,25 +64,42 @@ def _seconds_per_step(stage: Stage, B: int, T: int, vocab: int, device: Device) 
     return (time.perf_counter() - t0) / PROBE_STEPS
 
 
-def probe(dense_spec: RunSpec, controller_spec: RunSpec, device: Device) -> Throughput:
-    """Time a few steps of each stage on random data; see the module docstring."""
+def probe(dense_spec: RunSpec, controller_spec: RunSpec, device: Device,
+          run_threads: int | None = None) -> Throughput:
+    """Time a few steps of each stage on random data; see the module docstring. ``run_threads``: a CPU
+    controller run's intra-op threads (:func:`specroute.train.parallel.run_threads`; None: as set now)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        return Throughput(_dense_rate(dense_spec, device), _controller_rate(controller_spec, device))
+        dense = _dense_rate(dense_spec, device)
+        with _threads(run_threads if device.type == "cpu" else None):
+            controller = _controller_rate(controller_spec, device)
+        return Throughput(dense, controller)
+
+
+@contextlib.contextmanager
+def _threads(count: int | None) -> Iterator[None]:
+    was = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(was)
 
 
 def _dense_rate(spec: RunSpec, device: Device) -> float:
     train = spec.backbone.train
-    B, T = _probe_shape(train.batch_size, train.seq_len, device)
+    macs = lambda B, T: dense_step_macs(spec, "full_training", B, T)  # noqa: E731
+    B, T = probe_shape(train.batch_size, train.seq_len, device, macs)
     stage = DenseStage(build_seeded(spec, 0, routed=False).to(device.torch), train, device)
-    return dense_step_macs(spec, "full_training", B, T) / _seconds_per_step(stage, B, T, spec.model.vocab_size, device)
+    return macs(B, T) / _seconds_per_step(stage, B, T, spec.model.vocab_size, device)
 
 
 def _controller_rate(spec: RunSpec, device: Device) -> float:
-    B, T = _probe_shape(spec.train.batch_size, spec.train.seq_len, device)
+    macs = lambda B, T: step_macs(spec, batch_size=B, seq_len=T)["total"]  # noqa: E731
+    B, T = probe_shape(spec.train.batch_size, spec.train.seq_len, device, macs)
     stage = ControllerStage(spec, build_seeded(spec, 0, routed=True).to(device.torch), device)
-    seconds = _seconds_per_step(stage, B, T, spec.model.vocab_size, device)
-    return step_macs(spec, batch_size=B, seq_len=T)["total"] / seconds
+    return macs(B, T) / _seconds_per_step(stage, B, T, spec.model.vocab_size, device)
 
 
 def heaviest(specs: list[RunSpec]) -> RunSpec:
@@ -94,6 +119,17 @@ def run_seconds(spec: RunSpec, steps: int, rate: Throughput) -> float:
     evals = steps // t.eval_every + 2
     forward = step_macs(spec)["routed_forward"] * t.eval_batches
     return (steps * step_macs(spec)["total"] + evals * forward) / rate.controller_macs_per_s
+
+
+def runs_wall_seconds(seconds: list[float], slots: int) -> float:
+    """Wall seconds of runs taking ``seconds`` each (in the study's order) when ``slots`` run at once, each
+    next run starting in the first slot to free up (as :func:`specroute.train.parallel.run_parallel`
+    hands them out)."""
+    free = [0.0] * max(1, slots)
+    for s in seconds:
+        i = free.index(min(free))
+        free[i] += s
+    return max(free)
 
 
 def human(seconds: float) -> str:

@@ -60,7 +60,8 @@ from specroute.train.memory import check_memory
 from specroute.train.distributed import join_world, main_only, on_main
 from specroute.train.tracking import TrackingFlags, check_available
 from specroute.train.progress import StudyProgress, TokenisingProgress
-from specroute.train.parallel import Job, auto_workers, parse_devices, run_controllers, start_worker_server, uses_workers
+from specroute.train.parallel import (Job, auto_workers, parse_devices, run_controllers, run_threads, start_worker_server,
+                                      uses_workers)
 from specroute.train.runs import RUN_LAYOUT, RUN_LOCK_WAIT_S, run_dir, run_steps_left
 from specroute.train.sharing import STUDY_LOCK_WAIT_S, RunClaims, other_spec_refusal, shard_runs
 from specroute.train.trainer import Diverged, StepBudget
@@ -291,7 +292,8 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
         return notice
 
     slots = len(cuda) if device.type == "cuda" else per_device
-    if world.is_main and uses_workers(slots, len(runs), options.max_steps_this_session is not None, world):
+    at_once = slots if uses_workers(slots, len(runs), options.max_steps_this_session is not None, world) else 1
+    if world.is_main and at_once > 1:
         start_worker_server()  # it imports the workers' code while this process prepares the data
     with _removed_if_empty(out), RunClaims() as claims:
         with main_only(world, hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting)) as lock_note:
@@ -309,7 +311,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
              f"({device.dtype_name}); output {escape(str(out))}")
         with deterministic(device):
             confirm_sweep(resolved.raw_base, runs, options.yes, confirm)
-            rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm)
+            rate = probe_and_confirm(study.profile, runs, device, options.yes, confirm, at_once)
             note(f"data: {first.data.kind} (tokenizer {first.data.tokenizer}) ...")
             if any(s.data != first.data for _, _, s in runs):
                 raise UserError("arms with different data are not supported in one study")
@@ -321,7 +323,7 @@ def run_study(resolved: Resolved, options: StudyOptions, console: Console | None
             backbone_specs = {backbone_key(s, data): s for _, _, s in runs}
             steps_left = {k: backbone_steps_left(s, data, options.cache) for k, s in backbone_specs.items()}
             runs_left = {(a, s): run_steps_left(run_dir(out, a, s), spec) for a, s, spec in runs}
-            note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate))
+            note(describe_estimate(backbone_specs, steps_left, runs, runs_left, rate, at_once))
             with main_only(world, hold_lock(out, "the output folder", STUDY_LOCK_WAIT_S, waiting)):
                 on_main(world, lambda: write_study_json(out, study_record(resolved, sha)))
             budget = StepBudget(options.max_steps_this_session)
@@ -409,17 +411,19 @@ def _removed_if_empty(out: Path) -> Iterator[None]:
 
 
 def probe_and_confirm(profile: str, runs: list[tuple[str, int, RunSpec]], device: Device, yes: bool,
-                      confirm: Callable[[str], bool] | None) -> estimate.Throughput:
-    """Measure throughput; for the paper profile without a GPU ask first (refuse when nobody can answer)."""
+                      confirm: Callable[[str], bool] | None, at_once: int = 1) -> estimate.Throughput:
+    """Measure throughput (the controller step at the threads each of ``at_once`` concurrent runs gets); for
+    the paper profile without a GPU ask first (refuse when nobody can answer)."""
     needs_confirm = profile == "paper" and device.type != "cuda" and not yes
     if needs_confirm and confirm is None:
         raise UserError(f"the paper profile on {device.type} (no GPU) takes days; nobody can confirm here "
                         "(no terminal). Pass --yes to run it anyway, or run on a CUDA machine.")
-    first = runs[0][2]
-    rate = estimate.probe(first, estimate.heaviest([s for _, _, s in runs]), device)
+    first, heaviest = runs[0][2], estimate.heaviest([s for _, _, s in runs])
+    rate = estimate.probe(first, heaviest, device, run_threads(device, heaviest, at_once))
     if needs_confirm:
         rough = (estimate.backbone_seconds(first, first.backbone.train.steps, rate)
-                 + sum(estimate.run_seconds(s, s.train.steps, rate) for _, _, s in runs))
+                 + estimate.runs_wall_seconds([estimate.run_seconds(s, s.train.steps, rate) for _, _, s in runs],
+                                              at_once))
         if not confirm(f"the paper profile on {device.type} (no GPU) needs about {estimate.human(rough)} "
                        "(backbone included unless cached). Continue?"):
             raise UserError("cancelled: the paper profile needs a GPU to finish in reasonable time")
@@ -428,11 +432,13 @@ def probe_and_confirm(profile: str, runs: list[tuple[str, int, RunSpec]], device
 
 def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, int],
                       runs: list[tuple[str, int, RunSpec]], runs_left: dict[tuple[str, int], int],
-                      rate: estimate.Throughput) -> str:
+                      rate: estimate.Throughput, at_once: int = 1) -> str:
+    """The study's estimated time: the backbones left, then the runs left, ``at_once`` at a time."""
     secs_bb = sum(estimate.backbone_seconds(backbone_specs[k], n, rate) for k, n in steps_left.items())
-    secs_runs = sum(estimate.run_seconds(spec, runs_left[(a, s)], rate) for a, s, spec in runs)
+    per_run = [estimate.run_seconds(spec, runs_left[(a, s)], rate) for a, s, spec in runs if runs_left[(a, s)]]
+    secs_runs = estimate.runs_wall_seconds(per_run, at_once)
+    how = "one at a time" if at_once == 1 or len(per_run) <= 1 else f"{min(at_once, len(per_run))} at a time"
     return (f"estimated time: {estimate.human(secs_bb + secs_runs)} (backbone {estimate.human(secs_bb)}, "
-            f"{plural(sum(1 for n in runs_left.values() if n), 'run')} {estimate.human(secs_runs)} if run one at a "
-            "time; "
+            f"{plural(len(per_run), 'run')} {estimate.human(secs_runs)}, {how}; "
             f"throughput probe {rate.dense_macs_per_s / 1e9:.1f} GMAC/s dense, "
             f"{rate.controller_macs_per_s / 1e9:.1f} GMAC/s controller)")
