@@ -148,12 +148,21 @@ def test_schema_is_a_json_schema_of_the_spec_file():
         ("model:\n  tie_embeddings: \"yes\"\n", ":2:", "model.tie_embeddings", "valid boolean"),
         ("gates:\n  G1: 3\n", ":2:", "gates.G1", "valid dictionary"),
         ("arms:\n  a: {overrides: {gate: 3}}\n", ":2:", "arms.a.overrides.gate", "valid dictionary"),
+        ("arms:\n  ../../../victim: {}\n", ":1:", "arms", "arm name '../../../victim' is used as a folder name"),
+        ("arms:\n  a/b: {}\n", ":1:", "arms", "arm name 'a/b' is used as a folder name"),
+        ("arms:\n  '': {}\n", ":1:", "arms", "arm name '' is used as a folder name"),
+        ("arms:\n  G1a: {}\n  g1A: {}\n", ":1:", "arms", "arms 'G1a' and 'g1A' differ only in case"),
+        ("name: ../../trav\n", ":1:", "name", "name '../../trav' is used as a folder name"),
+        ("name: /tmp/abs\n", ":1:", "name", "name '/tmp/abs' is used as a folder name"),
+        ("profiles:\n  ../up: {}\n", ":2:", "profiles.../up", "profile name '../up' is used as a folder name"),
     ],
     ids=["unknown-key", "unknown-nested-key", "wrong-type", "budget-above-1", "budget-below-0",
          "layer-beyond-depth", "g3-field-under-g1", "unknown-gate-kind", "unknown-enforcement",
          "tag-object-apply", "tag-python-name", "tag-object-new", "yaml-syntax", "duplicate-key",
          "arm-jepa-under-g1", "arm-unknown-key", "comparison-unknown-arm", "bool-for-int", "quoted-number",
-         "text-for-bool", "gate-preset-not-a-table", "arm-gate-not-a-table"],
+         "text-for-bool", "gate-preset-not-a-table", "arm-gate-not-a-table", "arm-name-climbs-out",
+         "arm-name-path", "arm-name-empty", "arm-names-differ-in-case", "study-name-climbs-out",
+         "study-name-absolute", "profile-name-climbs-out"],
 )
 def test_bad_spec_exits_2_naming_file_field_and_line(tmp_path, monkeypatch, text, where, field, words):
     monkeypatch.chdir(tmp_path)

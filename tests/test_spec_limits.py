@@ -194,10 +194,13 @@ def test_long_fields_and_reasons_are_clipped():
 
 def test_markup_in_names_is_printed_as_text(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    write(tmp_path, "s.yaml", "name: '[/bold] [red'\ndescription: '[link=x]'\narms:\n  '[/]': {}\n")
+    write(tmp_path, "s.yaml", "name: s\ndescription: '[/bold] [red [link=x]'\n")
     result = invoke("validate", "s.yaml")
     assert result.exit_code == 0, result.output
-    assert "[/bold] [red" in result.stdout and "[link=x]" in result.stdout and "[/]" in result.stdout
+    assert "[/bold] [red [link=x]" in result.stdout
+    write(tmp_path, "s.yaml", "name: '[/bold] [red'\narms:\n  '[/]': {}\n")  # names are folders: refused
+    assert_exit_2(invoke("validate", "s.yaml"), "name '[/bold] [red' is used as a folder name",
+                  "arm name '[/]' is used as a folder name")
 
 
 def test_parameter_counts_are_readable_at_any_size():

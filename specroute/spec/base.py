@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict
 
 # Upper bounds on sizes (model, routing, gates, training stages, data, study): far above any study this toolkit
@@ -33,6 +35,24 @@ MAX_THRESHOLDS = 64
 #: Most arms of a study and most seeds (every arm x seed is a run).
 MAX_ARMS = 64
 MAX_SEEDS = 1000
+
+#: A study's name and its arms' names each name a folder (``reports/<name>/``, ``<out>/runs/<arm>/``):
+#: letters, digits, ``_``, ``.`` and ``-``, starting with a letter, digit or ``_``, at most 200 characters
+#: (so never empty, ``..``, a path or hidden).
+FOLDER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,199}")
+
+
+def folder_name(name: str, what: str) -> str:
+    """``name`` if it matches :data:`FOLDER_NAME`. Raises ValueError naming ``what`` (e.g. "arm name")."""
+    if not FOLDER_NAME.fullmatch(name):
+        raise ValueError(folder_name_reason(name, what))
+    return name
+
+
+def folder_name_reason(name: str, what: str) -> str:
+    """Why ``name`` (``what``: "arm name", ...) is not a :data:`FOLDER_NAME`."""
+    return (f"{what} {name!r} is used as a folder name: use letters, digits, _, . and - (starting with a letter, "
+            "digit or _; at most 200 characters)")
 
 
 class Strict(BaseModel):

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from specroute.spec.base import FOLDER_NAME, folder_name_reason
 from specroute.spec.errors import (NOT_ON_ITS_OWN, Origin, Path_, Problem, SpecError, clip, leaf_paths, lookup,
                                    problems_of, sets, unique, validate)
 from specroute.spec.models import DEFAULT_KINDS, RunSpec, with_default_kinds
@@ -183,6 +184,10 @@ def load_study(
             where = lookup(provenance, ("profiles", str(pname))) or (str(source), None)
             raise SpecError([Problem(where[0], f"profiles.{pname}", where[1],
                                      f"a profile name must be text, got {type(pname).__name__} (quote it)")])
+        if not FOLDER_NAME.fullmatch(pname):  # the default output folder is reports/<name>/<profile>
+            where = lookup(provenance, ("profiles", pname)) or (str(source), None)
+            raise SpecError([Problem(where[0], f"profiles.{pname}", where[1],
+                                     folder_name_reason(pname, "profile name"))])
         if body is not None and not isinstance(body, dict):
             where = lookup(provenance, ("profiles", str(pname)))
             raise SpecError([Problem(where[0] if where else str(source), f"profiles.{pname}",

@@ -21,10 +21,10 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, computed_field, model_validator
+from pydantic import Field, computed_field, field_validator, model_validator
 
 from specroute.spec.base import (MAX_BATCH, MAX_DATA_TOKENS, MAX_HIDDEN, MAX_LAYERS, MAX_POSITIONS, MAX_VOCAB,
-                                 MAX_WIDTH, Strict)
+                                 MAX_WIDTH, Strict, folder_name)
 from specroute.spec.controller import G1Spec, GateSpec, LossSpec
 from specroute.spec.training import BackboneSpec, ControllerTrainSpec
 
@@ -327,8 +327,10 @@ DataSpec = Annotated[EmbeddedData | FinewebEduData | LocalData, Field(discrimina
 class RunSpec(Strict):
     """Everything that determines one run (one arm, one seed)."""
 
-    name: str = Field("run", description="Name of the study (or run).")
+    name: str = Field("run", description="Name of the study (or run); the default output folder is "
+                      "reports/<name>/<profile> (letters, digits, _, . and -).")
     description: str = Field("", description="One line on what the study tests (shown in reports).")
+
     model: ModelSpec = Field(default_factory=ModelSpec, description="The dense decoder.")
     routing: RoutingSpec = Field(
         default_factory=RoutingSpec, description="Controlled layers, budget, cheap FFN, execution, estimator."
@@ -347,6 +349,11 @@ class RunSpec(Strict):
         default_factory=ControllerTrainSpec, description="Stage 2: controller training (backbone frozen)."
     )
     seed: int = Field(0, description="Controller init and data order seed.")
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, name: str) -> str:
+        return folder_name(name, "name")
 
     @model_validator(mode="before")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from specroute.spec.base import MAX_ARMS, MAX_SEEDS, Strict
+from specroute.spec.base import MAX_ARMS, MAX_SEEDS, Strict, folder_name
 from specroute.spec.controller import GateSpec
 from specroute.spec.models import RunSpec
 from specroute.spec.roles import RolesSpec
@@ -73,6 +73,21 @@ class StudySpec(RunSpec):
         description="LM difference (nats/token) within which two arms count as equivalent: C6's margin, "
         "and the 'no effect' bound of the seed claims (default: the paper's 0.005, C4).",
     )
+
+    @field_validator("arms")
+    @classmethod
+    def _arm_folders(cls, arms: dict[str, ArmSpec]) -> dict[str, ArmSpec]:
+        """Each arm names its runs' folder (``runs/<arm>/``): a folder name, and no two that differ only in
+        case (one folder on a case-insensitive filesystem: macOS, Windows)."""
+        for arm in arms:
+            folder_name(arm, "arm name")
+        by_case: dict[str, str] = {}
+        for arm in arms:
+            other = by_case.setdefault(arm.lower(), arm)
+            if other != arm:
+                raise ValueError(f"arms {other!r} and {arm!r} differ only in case: on a case-insensitive "
+                                 "filesystem they would share one folder; rename one")
+        return arms
 
     @field_validator("seeds")
     @classmethod

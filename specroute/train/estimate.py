@@ -4,9 +4,9 @@ The probe times a few study steps (:class:`specroute.train.trainer.Trainer`, the
 clip) of the dense stage and of the most expensive controller arm on random tokens (random weights), on
 the study's device, the controller step at the thread count each controller run will have. On a CPU a
 stage whose step costs more than :data:`CPU_PROBE_MACS` is probed on a smaller batch (at most
-:data:`CPU_PROBE_TOKENS` tokens of at most 256 positions), so that even the paper profile's probe takes
-seconds; the MACs of the probed batch come from the same cost model, so the throughput carries over (a
-small batch runs at a lower rate, so such an estimate errs long).
+:data:`CPU_PROBE_TOKENS` tokens of at most 256 positions; the paper profile's dense step on 512 tokens still
+costs ~2.4e11 MACs, tens of seconds a step on a CPU); the MACs of the probed batch come from the same cost
+model, so the throughput carries over (a small batch runs at a lower rate, so such an estimate errs long).
 """
 
 from __future__ import annotations
@@ -78,6 +78,7 @@ def probe(dense_spec: RunSpec, controller_spec: RunSpec, device: Device,
 
 @contextlib.contextmanager
 def _threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` (None: left as it is) inside the block."""
     was = torch.get_num_threads()
     if count is not None:
         torch.set_num_threads(count)
