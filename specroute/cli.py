@@ -63,7 +63,9 @@ def command(fn: Callable[..., None]) -> Callable[..., None]:
 
 
 def _progress(quiet: bool) -> Callable[[str], None] | None:
-    return None if quiet or not sys.stderr.isatty() else lambda msg: err_console.print(f"[dim]{msg}[/]")
+    """Progress lines of a long command on stderr (in a terminal or not: a log under nohup or CI shows the
+    work going on); None with ``--json`` (``quiet``)."""
+    return None if quiet else lambda msg: err_console.print(f"[dim]{escape(msg)}[/]")
 
 
 def _passive_threads() -> None:
@@ -119,7 +121,7 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Tiny sizes, 1 warm-up, 2 rounds: seconds.")] = False,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder; default reports/bench/<study>_<profile>[_quick].")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing result in the output folder.")] = False,
-    repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, help="Timed rounds (default 5; quick 2).")] = None,
+    repeats: Annotated[Optional[int], typer.Option("--repeats", min=1, max=1000, help="Timed rounds (default 5; quick 2).")] = None,
     device: DeviceOpt = "auto",
     compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="Also time dense and GPT-2 training under torch.compile (default: on, off with --quick).")] = None,
 ):
@@ -317,6 +319,9 @@ def verify(
     report, specs = _split_paths(list(paths or []), claims, only)
     ctx = Context(examples=examples)
     if regression is not None:
+        if report is not None:
+            fail(f"--regression recomputes the committed micro study's verdicts; it judges no report ({report}): "
+                 "judge a report with --claims alone")
         _verify_regression(regression, specs, ctx, json_out, update_reference)
         return
     if update_reference:
@@ -429,7 +434,7 @@ def _verify_regression(reference: Path, specs: list[Path], ctx: Any, json_out: b
         console.print(f"wrote {reference} and {micro_summary}; fragile verdicts: "
                       f"{', '.join(current['micro']['fragile']) or 'none'}")
         return
-    current = collect(specs, micro_summary, micro_spec, ctx)
+    current = collect(specs, micro_summary, micro_spec, ctx, progress=_progress(json_out))
     problems, notes = compare(ref, current), fragile(ref, current)
     if json_out:
         typer.echo(json_text({"reference": str(reference), "problems": problems, "fragile": notes}, indent=2))

@@ -263,6 +263,12 @@ def test_missing_transformers_is_reported_cleanly(tmp_path, monkeypatch):
     target = next(t for t in summary["targets"] if t["id"] == "dense_vs_reference")
     assert (target["status"], target["figure"]) == ("n/a", None)
     assert "train/dense" in result.stdout  # the tables still print
+    assert "round 1/1" in result.stderr  # progress on stderr, in a terminal or not (a log under nohup, CI)
+
+
+def test_repeats_are_bounded(tmp_path):
+    result = bench("--out", tmp_path / "x", "--repeats", "1001")
+    assert result.exit_code == 2 and "less than or equal to 1000" in result.output and not (tmp_path / "x").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -21,6 +21,7 @@ def test_verify_prints_the_table_and_exits_0():
     assert r.exit_code == 0, r.output
     assert "budget.topk_exact" in r.output and "a3.yaml" in r.output and "pass" in r.output
     assert "157.52M" in r.output
+    assert "budget.topk_exact a3.yaml" in r.stderr and ": pass" in r.stderr  # progress, without a terminal too
 
 
 def test_verify_json_and_failure_exit_code(monkeypatch):
@@ -41,6 +42,11 @@ def test_verify_user_errors_exit_2(tmp_path):
     assert runner.invoke(app, ["verify", A3, "--only", "no.such.check"]).exit_code == 2
     assert runner.invoke(app, ["verify", str(tmp_path / "missing.yaml")]).exit_code == 2
     assert runner.invoke(app, ["verify", str(tmp_path)]).exit_code == 2  # a folder needs --claims
+
+
+def test_verify_regression_refuses_a_report_it_would_not_judge(tmp_path):
+    r = runner.invoke(app, ["verify", "--claims", str(tmp_path), "--regression", str(tmp_path / "ref.json")])
+    assert r.exit_code == 2 and "it judges no report" in r.output and "--claims alone" in r.output
 
 
 def test_verify_claims_refuses_what_is_not_a_report(tmp_path):

@@ -18,6 +18,7 @@ reviewed like code).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,14 @@ LM_VALUES = ("avg_lm", "best_lm", "final_lm")
 
 
 def collect(specs: list[Path] | None = None, micro_summary: Path | None = None, micro_spec: Path | None = None,
-            ctx: Context | None = None, reports: list | None = None) -> dict[str, Any]:
+            ctx: Context | None = None, reports: list | None = None,
+            progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Recompute every value the reference holds (see the module docstring). ``reports``: verifier
-    results already computed for ``specs`` (:func:`run_verification`), to avoid running them twice."""
+    results already computed for ``specs`` (:func:`run_verification`), to avoid running them twice.
+    ``progress``: called with a line as each part starts (the whole takes minutes on a CPU)."""
     specs = specs or default_specs()
+    say = progress or (lambda _msg: None)
+    say(f"paper-scale parameters and FLOPs proxies of {len(specs)} specs ...")
     values: dict[str, dict[str, Any]] = {}
     for path in specs:
         try:
@@ -65,7 +70,7 @@ def collect(specs: list[Path] | None = None, micro_summary: Path | None = None, 
                 for den, v in proxies.items():
                     values[f"proxy.paper.{path.name}:{arm}.{execution}.{den}"] = {"value": v, "rtol": ANALYTIC_RTOL}
     statuses: dict[str, str] = {}
-    for report in reports if reports is not None else run_verification(specs, ctx=ctx or Context()):
+    for report in reports if reports is not None else run_verification(specs, ctx=ctx or Context(), progress=progress):
         statuses[f"{report.check}@{report.spec}"] = report.status
         for arm in report.arms:
             for key in CHECK_VALUES.get(report.check, ()):
@@ -75,6 +80,7 @@ def collect(specs: list[Path] | None = None, micro_summary: Path | None = None, 
                     values[name] = {"value": v, "max": ERROR_TOLERANCE[key]}
     out: dict[str, Any] = {"format": FORMAT, "values": values, "checks": statuses}
     if micro_summary is not None:
+        say(f"claim verdicts of the micro study {micro_summary} (C10's mechanism measured on its spec) ...")
         out["micro"] = micro_verdicts(micro_summary, micro_spec)
     return out
 
