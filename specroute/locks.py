@@ -131,3 +131,22 @@ def _locked(folder: Path, what: str, wait_s: float, waiting: Callable[[str], Non
             with contextlib.suppress(OSError):  # while still held, so no one can lock the removed file
                 path.unlink()
             lock.release()
+
+
+def clear_abandoned(folder: Path) -> None:
+    """Remove ``folder``'s lock file when no process holds its lock: the one a worker that its study ended
+    (Ctrl-C, SIGTERM) leaves behind, so that the next ``--resume`` does not report a lock "left by a
+    process that ended without releasing it". A lock still held, or a file that cannot be locked, stays."""
+    path = folder / LOCK_NAME
+    if not path.is_file():
+        return
+    lock = filelock.UnixFileLock(path, timeout=0)
+    try:
+        lock.acquire()
+    except (filelock.Timeout, OSError):
+        return
+    try:
+        with contextlib.suppress(OSError):  # while held, as in hold_lock
+            path.unlink()
+    finally:
+        lock.release()

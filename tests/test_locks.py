@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 
 from helpers import HOLDER, ROOT, RUN_ARGS, SPECS, micro
 from specroute.cli import app
-from specroute.locks import hold_lock
+from specroute.locks import clear_abandoned, hold_lock
 from specroute.store import LOCK_NAME, UserError
 from specroute.train import study as study_module
 from specroute.train.study import prepare_out, spec_sha256
@@ -135,6 +135,17 @@ def test_a_lock_left_by_a_killed_process_is_taken_over(tmp_path, holder):
     r = cli("--out", out, "--overwrite")
     assert_user_error(r, "holds no study (no study.json)")
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_an_abandoned_lock_file_is_cleared_and_a_held_one_kept(tmp_path, holder):
+    live, dead = tmp_path / "live", tmp_path / "dead"
+    h_live, h_dead = holder(live), holder(dead)
+    h_dead.kill()
+    clear_abandoned(live)
+    clear_abandoned(dead)
+    clear_abandoned(tmp_path / "never_locked")  # nothing to clear: no error
+    assert json.loads((live / LOCK_NAME).read_text())["pid"] == h_live.pid  # still held: kept
+    assert list(dead.iterdir()) == []
 
 
 def test_two_concurrent_runs_one_refused_the_other_identical_to_a_lone_run(tmp_path, lone):

@@ -244,6 +244,7 @@ def test_sigint_or_sigterm_to_the_study_process_stops_its_workers_at_once(tmp_pa
     err = log.read_text()
     assert "continue with the same command plus --resume" in err
     assert "Traceback" not in err
+    assert list(out.glob("runs/*/*/.specroute.lock")) == []  # the ended workers' locks are cleared
 
 
 def test_deterministic_block_fixes_the_thread_count_it_is_given():

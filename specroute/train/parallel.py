@@ -37,6 +37,7 @@ from rich.markup import escape
 from torch import Tensor
 
 from specroute.flops.analytic import count_params
+from specroute.locks import clear_abandoned
 from specroute.spec.models import RunSpec
 from specroute.store import UserError
 from specroute.train.device import Device, deterministic
@@ -222,6 +223,9 @@ def run_parallel(jobs: list[Job], data_path: Path | None, device: Device, cuda_i
     except BaseException:
         for pool in pools:
             pool.terminate()
+            pool.join()
+        for index in slots.busy.values():  # their workers were ended holding the run folders' locks
+            clear_abandoned(jobs[index].folder)
         raise
     else:
         for pool in pools:
