@@ -68,3 +68,7 @@ def test_the_estimate_counts_the_runs_left_at_the_study_concurrency():
     assert f"11 runs {estimate.human(runs_wall_seconds(per_run, 2))}, 2 at a time" in two
     assert f"11 runs {estimate.human(sum(per_run))}, one at a time" in one
     assert runs_wall_seconds(per_run, 2) < 0.6 * sum(per_run)
+    done = {k: 0 for k in left}
+    assert describe_estimate(bb, {"key": 0}, runs, done, rate, 2) == ("estimated time: nothing left to train (the "
+                                                                      "backbone is cached and every run has finished)")
+    assert estimate.backbone_seconds(runs[0][2], 0, rate) == 0.0

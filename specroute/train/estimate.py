@@ -109,6 +109,9 @@ def heaviest(specs: list[RunSpec]) -> RunSpec:
 
 
 def backbone_seconds(spec: RunSpec, steps: int, rate: Throughput) -> float:
+    """Seconds of ``steps`` backbone steps and their evaluations (0 with no step left: a cached backbone)."""
+    if steps <= 0:
+        return 0.0
     t = spec.backbone.train
     evals = steps // t.eval_every + 2
     forward = dense_step_macs(spec, "forward_only") * t.eval_batches
@@ -116,6 +119,9 @@ def backbone_seconds(spec: RunSpec, steps: int, rate: Throughput) -> float:
 
 
 def run_seconds(spec: RunSpec, steps: int, rate: Throughput) -> float:
+    """Seconds of ``steps`` controller steps and their evaluations (0 with no step left: a finished run)."""
+    if steps <= 0:
+        return 0.0
     t = spec.train
     evals = steps // t.eval_every + 2
     forward = step_macs(spec)["routed_forward"] * t.eval_batches

@@ -436,6 +436,8 @@ def describe_estimate(backbone_specs: dict[str, RunSpec], steps_left: dict[str, 
     """The study's estimated time: the backbones left, then the runs left, ``at_once`` at a time."""
     secs_bb = sum(estimate.backbone_seconds(backbone_specs[k], n, rate) for k, n in steps_left.items())
     per_run = [estimate.run_seconds(spec, runs_left[(a, s)], rate) for a, s, spec in runs if runs_left[(a, s)]]
+    if not per_run and not secs_bb:
+        return "estimated time: nothing left to train (the backbone is cached and every run has finished)"
     secs_runs = estimate.runs_wall_seconds(per_run, at_once)
     how = "one at a time" if at_once == 1 or len(per_run) <= 1 else f"{min(at_once, len(per_run))} at a time"
     return (f"estimated time: {estimate.human(secs_bb + secs_runs)} (backbone {estimate.human(secs_bb)}, "
