@@ -142,7 +142,8 @@ def make_dir(path: Path) -> list[Path]:
         if not p.exists():
             created.append(p)
         elif not p.is_dir():
-            raise UserError(f"{p} exists and is not a folder; choose another location")
+            raise UserError(f"{p} exists and is not a folder; choose another location (--out, --cache-dir or "
+                            "$SPECROUTE_CACHE)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:

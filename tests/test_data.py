@@ -239,3 +239,10 @@ def test_fineweb_rows_must_hold_string_texts(monkeypatch):
     assert [next(docs), next(docs)] == ["a", "b"]
     with pytest.raises(DataUnavailable, match=r"config sample-10BT\) row 3: 'text' is null, not a string"):
         next(docs)
+
+
+def test_a_folder_given_as_a_data_file_is_named_so(tmp_path):
+    from specroute.data.sources import local_documents
+
+    with pytest.raises(DataUnavailable, match=f"data file {tmp_path} is a folder: list its files in data.paths"):
+        list(local_documents([tmp_path]))

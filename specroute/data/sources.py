@@ -63,6 +63,8 @@ def local_documents(paths: list[Path], text_column: str = "text") -> Iterator[st
             the line (jsonl, csv) or row (parquet, counted from 1) where known.
     """
     for path in paths:
+        if path.is_dir():
+            raise DataUnavailable(f"data file {path} is a folder: list its files in data.paths")
         if not path.is_file():
             raise DataUnavailable(f"data file not found: {path}")
         suffix = path.suffix.lower()
