@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from specroute.spec import SpecError, load_study
+from specroute.spec.errors import MAX_PROBLEMS_SHOWN, MAX_REASON_CHARS, clip
 from specroute.locks import hold_lock
 from specroute.store import UserError, json_text
 
@@ -82,9 +83,16 @@ def validate(spec: SpecArg, profile: ProfileOpt = None, set_: SetOpt = None, arm
     from specroute.flops.analytic import count_params
     from specroute.spec.loader import dump_run
 
-    resolved = load_study(spec, profile, set_ or [])
-    study = resolved.study
-    arms = {a: resolved.arm_spec(a) for a in (arm or study.arms)}
+    try:
+        resolved = load_study(spec, profile, set_ or [])
+        study = resolved.study
+        arms = {a: resolved.arm_spec(a) for a in (arm or study.arms)}
+    except SpecError as e:
+        if json_out:  # a script reads the problems from stdout; the message still goes to stderr
+            typer.echo(json_text({"valid": False, "problems": [
+                {"file": p.file, "field": clip(p.field), "line": p.line, "reason": clip(p.reason, MAX_REASON_CHARS)}
+                for p in e.problems[:MAX_PROBLEMS_SHOWN]], "problems_total": len(e.problems)}, indent=2))
+        raise
     from specroute.report.console import print_spec  # torch, scipy: only once the spec is valid
     from specroute.train.device import pick_device
     from specroute.train.memory import available, estimate_study, judge
@@ -96,7 +104,7 @@ def validate(spec: SpecArg, profile: ProfileOpt = None, set_: SetOpt = None, arm
         raise UserError(fit.message)
     if json_out:
         typer.echo(json_text({
-            "study": study.name, "profile": study.profile, "seeds": study.seeds,
+            "valid": True, "study": study.name, "profile": study.profile, "seeds": study.seeds,
             "arms": {a: {"spec": dump_run(s), "params": count_params(s).as_dict()} for a, s in arms.items()},
             "memory": {**memory.as_dict(), "fits": fit.status, "message": fit.message},
         }, indent=2))

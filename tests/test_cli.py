@@ -82,6 +82,17 @@ def test_validate_json_is_the_resolved_spec_of_every_arm():
     assert arm["params"]["total"] == sum(arm["params"][k] for k in ("backbone", "cheap_ffn", "gate", "target_head"))
 
 
+def test_validate_json_of_a_bad_spec_lists_its_problems_on_stdout(tmp_path):
+    write(tmp_path, "bad.yaml", "name: t\nmodle: {}\nseed: x\n")
+    result = invoke("validate", tmp_path / "bad.yaml", "--json")
+    assert result.exit_code == 2
+    payload = json.loads(result.stdout)
+    assert payload["valid"] is False and payload["problems_total"] == 2
+    assert {(p["field"], p["line"]) for p in payload["problems"]} == {("modle", 2), ("seed", 3)}
+    assert "unknown field 'modle'" in result.stderr  # the message as without --json
+    assert json.loads(invoke("validate", SPECS / "a3.yaml", "--json").stdout)["valid"] is True
+
+
 def test_validate_one_arm():
     result = invoke("validate", SPECS / "a3.yaml", "--arm", "G3_lm", "--json")
     assert result.exit_code == 0, result.output
