@@ -164,6 +164,11 @@ def test_generate_command(studies, tmp_path):
         assert r.exit_code == 2 and "Traceback" not in r.output and words in r.stderr, r.output
     r = CliRunner().invoke(app, ["generate", str(run), "--prompt", "x", "--cache-dir", str(tmp_path / "empty")])
     assert r.exit_code == 2 and "is not in the cache" in r.stderr
+    alone = tmp_path / "alone" / "seed0"  # a run folder copied out of its study: no summary.json above it
+    shutil.copytree(run, alone)
+    r = CliRunner().invoke(app, ["generate", str(alone), "--prompt", "x", "--cache-dir", cache])
+    assert r.exit_code == 2 and "not in a study's output folder" in r.stderr, r.output
+    assert f"looked for {alone.resolve().parent.parent.parent / 'summary.json'}" in " ".join(r.stderr.split())
     (copy / "thresholds.json").write_text((run / "thresholds.json").read_text())
     (copy / "controller.safetensors").write_bytes(b"\xff" * 64)  # a damaged file: a message, not a traceback
     r = CliRunner().invoke(app, ["generate", str(copy), "--prompt", "x", "--cache-dir", cache])

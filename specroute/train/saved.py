@@ -52,6 +52,7 @@ def _read_json(path: Path, what: str) -> dict:
 def backbone_file(folder: Path, spec: RunSpec, cache: str | Path | None = None) -> Path:
     """The backbone weights of the run in ``folder``: the study's cached backbone (its key from
     ``<out>/summary.json``) or the spec's ``backbone.checkpoint``. Raises UserError when neither is found."""
+    folder = folder.resolve()
     summary = folder.parent.parent.parent / "summary.json"
     key = None
     if summary.is_file():
@@ -64,8 +65,9 @@ def backbone_file(folder: Path, spec: RunSpec, cache: str | Path | None = None) 
                         "(pass the cache it was trained into with --cache-dir, or rerun the study)")
     if spec.backbone.checkpoint and Path(spec.backbone.checkpoint).expanduser().is_file():
         return Path(spec.backbone.checkpoint).expanduser()
-    raise UserError(f"{folder}: cannot find its backbone: no {summary} naming a cached backbone and no "
-                    "backbone.checkpoint file in its spec (a run folder is <out>/runs/<arm>/seed<k>)")
+    raise UserError(f"{folder}: cannot find its backbone: the run is not in a study's output folder whose "
+                    f"summary.json names a cached backbone (looked for {summary}) and its spec names no "
+                    "backbone.checkpoint file (a run folder is <out>/runs/<arm>/seed<k>, beside <out>/summary.json)")
 
 
 def _load_weights(path: Path) -> dict[str, torch.Tensor]:
