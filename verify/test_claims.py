@@ -151,6 +151,8 @@ def test_a_paper_like_report_reproduces_every_claim():
     assert {k: x.verdict for k, x in v.items()} == {f"C{i}": REPRODUCED for i in range(1, 13)}, \
         {k: x.reason for k, x in v.items() if x.verdict != REPRODUCED}
     assert v["C3"].effect == pytest.approx(10.3, rel=1e-3)
+    assert re.fullmatch(r"10\.3\d*x \[\d+\.?\d*x, \d+\.?\d*x\]", v["C3"].effect_text), v["C3"].effect_text
+    assert v["C1"].effect_text.startswith("-") and " nats [" in v["C1"].effect_text
     assert v["C1"].n == 3 and v["C1"].interval[1] < 0 and v["C1"].p_value == pytest.approx(0.25)
     assert v["C12"].values["saving"] == pytest.approx(1 - 6.3 / 10.3)
     for x in v.values():

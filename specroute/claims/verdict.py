@@ -49,8 +49,12 @@ class Verdict:
 
     @property
     def effect_text(self) -> str:
+        """``+0.0162 nats [+0.0011, +0.0313]``; a ratio (unit ``x``) unsigned, ``10.3x [6.1x, 17.4x]``."""
         if self.effect is None:
             return "–"
+        if self.effect_unit == "x":
+            iv = f"[{self.interval[0]:.4g}x, {self.interval[1]:.4g}x]" if self.interval else fmt_interval(None)
+            return f"{self.effect:.4g}x {iv}"
         return f"{self.effect:+.4g} {self.effect_unit} {fmt_interval(self.interval)}".replace("  ", " ")
 
     def as_dict(self) -> dict[str, Any]:
