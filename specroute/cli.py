@@ -212,6 +212,7 @@ def run(
                       + "; ".join(f"{escape(a)} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}"
                                   for a, s in missing.items())
                       + f" (run them, or `specroute report {escape(str(result.out))}` once other processes end)")
+    _note_unreadable(result.summary)
     failed = result.failure_message()
     if failed:
         fail(failed, code=1)
@@ -259,7 +260,15 @@ def report(
     if missing:
         console.print("[yellow]missing:[/] " + "; ".join(f"{escape(a)} seed{'s' if len(s) > 1 else ''} "
                                                          f"{', '.join(map(str, s))}" for a, s in missing.items()))
+    _note_unreadable(summary)
     _fail_on_failed_runs(summary, out)
+
+
+def _note_unreadable(summary: dict) -> None:
+    """Name the runs a report left out because a file of theirs is damaged (its "Unreadable runs")."""
+    reasons = [why for seeds in (summary.get("unreadable") or {}).values() for why in seeds.values()]
+    if reasons:
+        console.print("[yellow]left out (unreadable):[/] " + "; ".join(escape(r) for r in reasons), soft_wrap=True)
 
 
 def _how_to_continue(resolved: Any, options: Any) -> str:
