@@ -468,15 +468,16 @@ def generate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run's folder: <out>/runs/<arm>/seed<k>.")],
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue (the run's tokenizer).")],
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=1 << 20, help="Tokens to add.")] = 64,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy; > 0: sampling.")] = 0.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="0: greedy; > 0: sampling.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling (temperature > 0).")] = 0,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root holding the study's backbone.")] = None,
 ):
     """Continue a prompt with a trained run's routed model (KV cache; causal routing: a threshold gate's
     own rule, a top-k gate's calibrated thresholds)."""
     _passive_threads()
-    from specroute.train.saved import generate_text, load_run
+    from specroute.train.saved import check_temperature, generate_text, load_run
 
+    check_temperature(temperature)
     saved = load_run(run_dir, cache_dir)
     typer.echo(generate_text(saved, prompt, max_new_tokens, temperature, seed))
 
