@@ -222,6 +222,7 @@ def run(
                       + "; ".join(f"{escape(a)} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}"
                                   for a, s in missing.items())
                       + f" (run them, or `specroute report {escape(str(result.out))}` once other processes end)")
+    _note_unreadable(result.summary)
     failed = result.failure_message()
     if failed:
         fail(failed, code=1)
@@ -269,7 +270,15 @@ def report(
     if missing:
         console.print("[yellow]missing:[/] " + "; ".join(f"{escape(a)} seed{'s' if len(s) > 1 else ''} "
                                                          f"{', '.join(map(str, s))}" for a, s in missing.items()))
+    _note_unreadable(summary)
     _fail_on_failed_runs(summary, out)
+
+
+def _note_unreadable(summary: dict) -> None:
+    """Name the runs a report left out because a file of theirs is damaged (its "Unreadable runs")."""
+    reasons = [why for seeds in (summary.get("unreadable") or {}).values() for why in seeds.values()]
+    if reasons:
+        console.print("[yellow]left out (unreadable):[/] " + "; ".join(escape(r) for r in reasons), soft_wrap=True)
 
 
 def _how_to_continue(resolved: Any, options: Any) -> str:
@@ -472,15 +481,16 @@ def generate(
     run_dir: Annotated[Path, typer.Argument(help="A finished run's folder: <out>/runs/<arm>/seed<k>.")],
     prompt: Annotated[str, typer.Option("--prompt", help="Text to continue (the run's tokenizer).")],
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1, max=1 << 20, help="Tokens to add.")] = 64,
-    temperature: Annotated[float, typer.Option("--temperature", min=0.0, help="0: greedy; > 0: sampling.")] = 0.0,
+    temperature: Annotated[float, typer.Option("--temperature", help="0: greedy; > 0: sampling.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the sampling (temperature > 0).")] = 0,
     cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache root holding the study's backbone.")] = None,
 ):
     """Continue a prompt with a trained run's routed model (KV cache; causal routing: a threshold gate's
     own rule, a top-k gate's calibrated thresholds)."""
     _passive_threads()
-    from specroute.train.saved import generate_text, load_run
+    from specroute.train.saved import check_temperature, generate_text, load_run
 
+    check_temperature(temperature)
     saved = load_run(run_dir, cache_dir)
     typer.echo(generate_text(saved, prompt, max_new_tokens, temperature, seed))
 

@@ -207,6 +207,20 @@ def nonfinite_paths(obj: Any, prefix: str = "") -> list[str]:
     return [p for k, v in items for p in nonfinite_paths(v, f"{prefix}.{k}" if prefix else str(k))]
 
 
+def json_kind(value: Any) -> str:
+    """What JSON calls the type of a parsed value: ``object``, ``array``, ``string``, ``number``, ``boolean``
+    or ``null`` (for messages about a file that holds the wrong kind of value)."""
+    if isinstance(value, dict):
+        return "object"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, bool):
+        return "boolean"
+    return "null" if value is None else "number"
+
+
 def json_text(obj: Any, indent: int | None = None, sort_keys: bool = False) -> str:
     """``obj`` as standard JSON text (non-finite floats as null, :func:`finite_or_null`; never a ``NaN``
     token). Raises TypeError for a value JSON cannot hold."""

@@ -175,6 +175,19 @@ def test_generate_command(studies, tmp_path):
     assert r.exit_code == 2 and "cannot be read as safetensors" in r.stderr, r.output
 
 
+@pytest.mark.parametrize("text,words", [("inf", "--temperature inf: not a finite number (a number beyond a "
+                                                "float's range, such as 1e400, reads as inf)"),
+                                        ("1e400", "--temperature inf: not a finite number"),
+                                        ("-inf", "--temperature -inf: not a finite number"),
+                                        ("nan", "--temperature nan: not a finite number; give 0 (greedy) or a "
+                                                "positive number such as 0.8 (sampling)"),
+                                        ("-1", "--temperature -1.0: must be >= 0 (0: greedy; > 0: sampling)")])
+def test_generate_refuses_a_temperature_it_cannot_sample_with_before_reading_the_run(tmp_path, text, words):
+    r = CliRunner().invoke(app, ["generate", str(tmp_path / "nowhere"), "--prompt", "x", "--temperature", text])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert f"error: {words}" in " ".join(r.stderr.split())
+
+
 @pytest.mark.parametrize("gate", ["G1", "G3"])
 def test_evaluations_from_the_kept_frozen_prefix_equal_whole_forwards_bitwise(gate):
     """The stage keeps the hidden state entering the first controlled layer of its fixed batches (nothing

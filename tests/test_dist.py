@@ -9,6 +9,7 @@ over one warm cache, and compare with the same study run in one process.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -181,6 +182,52 @@ def test_a_run_claimed_by_another_process_is_refused_and_a_killed_claim_taken_ov
     assert r.exit_code == 0, r.output
     assert f"took over the lock of {folder} left by a process that ended" in " ".join(r.stdout.split())
     assert (folder / "result.json").is_file() and not list(out.rglob(LOCK_NAME))
+
+
+def _damaged(path, damage: str) -> str:
+    """Damage ``path`` (a run's result.json or metrics.jsonl) as ``damage`` says; return the damaged file's name."""
+    text = path.read_text()
+    path.write_text({"cut": text[:len(text) // 2], "array": "[]", "line": "{not json\n" + text}[damage])
+    return path.name
+
+
+@pytest.mark.parametrize("file,damage", [("result.json", "cut"), ("result.json", "array"), ("metrics.jsonl", "line")])
+def test_report_leaves_out_a_run_with_a_damaged_file_and_names_it(tmp_path, unsharded, file, damage):
+    lone, cache = unsharded
+    out = tmp_path / "out"
+    shutil.copytree(lone.out, out)
+    runs = out / "runs" / "G1_lm"
+    name = _damaged(runs / "seed1" / file, damage)
+    with open(runs / "seed0" / "metrics.jsonl", "a") as f:
+        f.write('{"event": "train", "st')  # a write cut off by a kill: tolerated
+    why = {"cut": "not a readable result", "array": "holds a JSON array, not a run's result",
+           "line": "metrics.jsonl:1: not a JSON record"}[damage]
+    r = runner.invoke(app, ["report", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "Traceback" not in r.output
+    stdout = " ".join(r.stdout.split())
+    assert "from 1 finished run(s)" in stdout and f"left out (unreadable): {runs / 'seed1' / name}" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["arms"]["G1_lm"]["seeds"]) == ["0"]
+    assert summary["arms"]["G1_lm"]["seeds"]["0"] == lone.summary["arms"]["G1_lm"]["seeds"]["0"]
+    assert "G1_lm" not in summary["missing"] and list(summary["unreadable"]) == ["G1_lm"]
+    (reason,) = summary["unreadable"]["G1_lm"].values()
+    assert list(summary["unreadable"]["G1_lm"]) == ["1"] and reason.startswith(str(runs / "seed1" / name))
+    assert why in reason
+    md = (out / "report.md").read_text()
+    assert "## Unreadable runs" in md and f"| G1_lm | 1 | {runs / 'seed1' / name}" in md
+    # the end of `specroute run` writes the same report (shard 0/2 trains seed 0, finished already)
+    r = cli("--shard", "0/2", "--out", out, "--cache-dir", cache)
+    assert r.exit_code == 0, r.output
+    assert f"left out (unreadable): {runs / 'seed1' / name}" in " ".join(r.stdout.split())
+    assert list(json.loads((out / "summary.json").read_text())["unreadable"]["G1_lm"]) == ["1"]
+    # nothing readable left: exit 2 as for an empty study, naming the file; the last report stays
+    _damaged(runs / "seed0" / "result.json", "array")
+    before = (out / "summary.json").read_text()
+    text = message(runner.invoke(app, ["report", str(out)]))
+    assert f"no run of the study in {out} has a readable result" in text and "nothing to report" in text
+    assert f"unreadable: {runs / 'seed0' / 'result.json'}: holds a JSON array" in text
+    assert (out / "summary.json").read_text() == before
 
 
 def test_report_of_a_folder_that_is_not_a_study_exits_2(tmp_path):

@@ -118,7 +118,9 @@ def test_cache_positions_and_sampling_and_bad_temperature():
         with pytest.raises(ValueError, match="exceeds context_length=32"):
             model(tokens(1, 3), cache=cache)
     assert [kv.k_BHPE.shape[2] for kv in cache.layers] == [30] * 4
-    with pytest.raises(ValueError, match="temperature=-1"):
-        model.generate(tokens(1, 4), 2, temperature=-1)
+    for bad in (-1, float("inf"), float("nan"), float("-inf")):
+        with pytest.raises(ValueError, match=f"temperature={bad}: must be a finite number >= 0"):
+            model.generate(tokens(1, 4), 2, temperature=bad)
+    assert model.generate(tokens(1, 4), 2, temperature=1e308).shape == (1, 6)  # finite: kept (near uniform)
     draw = [model.generate(tokens(1, 4), 6, generator=torch.Generator().manual_seed(9)) for _ in range(2)]
     assert torch.equal(draw[0], draw[1])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ from typer.testing import CliRunner
 from helpers import MICRO, SPECS
 from specroute.cli import app
 from specroute.spec.training import TrackingSpec
-from specroute.train.tracking import TrackingFlags, TrackingSink, flat_numbers
+from specroute.train.tracking import TrackingFlags, TrackingSink, flat_numbers, wandb_logged_in
 from specroute.train.trainer import NoSink
 
 runner = CliRunner()
@@ -140,6 +141,29 @@ def test_a_tracker_not_installed_is_a_user_error(tmp_path, monkeypatch, flag, pa
     assert r.exit_code == 2
     assert "pip install 'specroute[tracking]'" in r.output
     assert not (tmp_path / "out" / "runs").exists()
+
+
+def test_wandb_online_without_a_login_is_refused_before_anything_trains(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    for var in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE", "NETRC", "WANDB_CONFIG_DIR"):
+        monkeypatch.delenv(var, raising=False)
+    assert not wandb_logged_in()
+    t = time.perf_counter()
+    r = _run("--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache"), "--wandb", "online")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert ("error: --wandb online needs a W&B login (`wandb login` or WANDB_API_KEY); or use --wandb offline"
+            in " ".join(r.stderr.split()))
+    assert time.perf_counter() - t < 10
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+    # the .netrc entry `wandb login` writes, or the key in the environment, counts (never checked online here)
+    (home / ".netrc").write_text(f"machine api.wandb.ai\n  login user\n  password {'0' * 40}\n")
+    (home / ".netrc").chmod(0o600)
+    assert wandb_logged_in()
+    (home / ".netrc").unlink()
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    assert wandb_logged_in()
 
 
 def test_a_bad_wandb_mode_is_refused(tmp_path):

@@ -286,10 +286,10 @@ class Decoder(nn.Module):
         each step (their positions shift), which is what ``use_cache=False`` does at every step.
 
         Raises NonCausalRoutingError for a top-k budget without ``thresholds``
-        (:meth:`causal_thresholds`); ValueError for a negative temperature.
+        (:meth:`causal_thresholds`); ValueError for a temperature that is negative or not finite.
         """
-        if temperature < 0:
-            raise ValueError(f"temperature={temperature}: must be >= 0 (0: greedy)")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature={temperature}: must be a finite number >= 0 (0: greedy)")
         thresholds = self.causal_thresholds(thresholds)
         ctx = self.spec.model.context_length
         cache = KVCache.empty(len(self.blocks)) if use_cache else None

@@ -3,7 +3,9 @@
 Every process that writes a study folder writes its report when its runs end, and ``specroute report OUT``
 rebuilds it at any time (after shards or a SLURM array, or while they run): both read every run of the
 study from ``runs/<arm>/seed<k>/result.json`` (finished or failed), list the runs with no result yet as
-missing (``summary.json``'s ``missing``, report.md's "Missing runs"), and hold the folder's lock while
+missing (``summary.json``'s ``missing``, report.md's "Missing runs"), leave out a run whose files are
+damaged (a result.json that is not a JSON object, a finished run's metrics.jsonl with a line that is not one)
+and list it with the file and what is wrong (``unreadable``, the same section), and hold the folder's lock while
 writing (:func:`specroute.locks.hold_lock`, waiting for another writer's few seconds).
 
 What the report needs besides the runs is kept in the folder: ``study.json`` (the resolved study: each
@@ -17,7 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 from specroute.store import UserError, atomic_write_json
 
@@ -82,21 +84,40 @@ def read_study(out: Path) -> RecordedStudy:
                         "run the study's `specroute run ... --resume` to write its report") from None
 
 
-def collect_runs(out: Path, study: Any) -> tuple[dict[str, dict[int, dict[str, Any]]], dict[str, list[int]]]:
-    """Every run of ``study`` (its ``arms`` and ``seeds``) with a result in ``out`` -> ({arm: {seed:
-    result}}, arms in spec order) and the ones without ({arm: [seed]}, only arms with some)."""
-    from specroute.train.runs import run_dir
+class CollectedRuns(NamedTuple):
+    """The runs of a study folder (:func:`collect_runs`): ``results`` {arm: {seed: result}} (finished and
+    failed runs, arms in spec order), ``missing`` {arm: [seed]} (no result yet) and ``unreadable`` {arm:
+    {seed: reason}} (a damaged result.json, or a finished run's damaged metrics.jsonl: the file and what is
+    wrong); the last two hold only arms with some."""
 
-    results: dict[str, dict[int, dict[str, Any]]] = {}
-    missing: dict[str, list[int]] = {}
+    results: dict[str, dict[int, dict[str, Any]]]
+    missing: dict[str, list[int]]
+    unreadable: dict[str, dict[int, str]]
+
+
+def collect_runs(out: Path, study: Any) -> CollectedRuns:
+    """Every run of ``study`` (its ``arms`` and ``seeds``) in ``out``, by what its folder holds: a readable
+    result (:func:`specroute.train.runs.read_result`; for a finished run, a readable ``metrics.jsonl`` too,
+    which the plots read: :func:`specroute.train.trainer.read_metrics`), none yet, or a damaged one."""
+    from specroute.train.runs import is_failed, read_result, run_dir
+    from specroute.train.trainer import read_metrics
+
+    runs = CollectedRuns({}, {}, {})
     for arm in study.arms:
         for seed in study.seeds:
-            done = run_dir(out, arm, seed) / "result.json"
-            if done.is_file():
-                results.setdefault(arm, {})[seed] = json.loads(done.read_text())
-            else:
-                missing.setdefault(arm, []).append(seed)
-    return results, missing
+            folder = run_dir(out, arm, seed)
+            if not (folder / "result.json").is_file():
+                runs.missing.setdefault(arm, []).append(seed)
+                continue
+            try:
+                result = read_result(folder / "result.json")
+                if not is_failed(result):
+                    read_metrics(folder / "metrics.jsonl")
+            except UserError as e:
+                runs.unreadable.setdefault(arm, {})[seed] = str(e)
+                continue
+            runs.results.setdefault(arm, {})[seed] = result
+    return runs
 
 
 def write_study_report(out: Path, resolved: Any, sha: str, inputs: dict[str, Any] | None,
@@ -106,14 +127,18 @@ def write_study_report(out: Path, resolved: Any, sha: str, inputs: dict[str, Any
     environment: what its report shows), kept in ``inputs.json`` for :func:`rebuild_report`; None: use
     ``inputs.json`` (the last report's). The caller holds the folder's lock.
 
-    Raises UserError when no run has finished, or ``inputs`` is None and ``inputs.json`` is unreadable."""
+    Raises UserError when no run has a readable result (none finished, or every result there is damaged:
+    :func:`collect_runs`), or ``inputs`` is None and ``inputs.json`` is unreadable."""
     from specroute.report import write_report
     from specroute.report.summary import build_summary
 
-    results, missing = collect_runs(out, resolved.study)
+    results, missing, unreadable = collect_runs(out, resolved.study)
     if not results:
-        raise UserError(f"no run of the study in {out} has finished yet (missing: "
-                        f"{'; '.join(f'{a} seeds {s}' for a, s in missing.items())}); nothing to report")
+        damaged = [reason for seeds in unreadable.values() for reason in seeds.values()]
+        raise UserError(f"no run of the study in {out} has a readable result ("
+                        + "; ".join([*(f"missing: {a} seeds {s}" for a, s in missing.items()),
+                                     *(f"unreadable: {r}" for r in damaged)])
+                        + "); nothing to report")
     path = out / INPUTS
     if inputs is not None:
         atomic_write_json(path, inputs)
@@ -125,7 +150,7 @@ def write_study_report(out: Path, resolved: Any, sha: str, inputs: dict[str, Any
             raise UserError(f"{out} holds no readable {INPUTS} (no process of this study has written its report "
                             "yet): nothing to report") from None
     summary = build_summary(resolved, sha, results, recorded, sum(s["wall_s"] for s in sessions), sessions,
-                            missing)
+                            missing, unreadable)
     write_report(out, summary, resolved)
     return summary
 

@@ -84,6 +84,22 @@ def missing_section(summary: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
+def unreadable_section(summary: dict[str, Any]) -> list[str]:
+    """The "Unreadable runs" section (empty when there are none): the runs left out of the report because a
+    file of theirs is damaged, each with the file and what is wrong."""
+    unreadable = summary.get("unreadable") or {}
+    rows = [(arm, seed, why) for arm, seeds in unreadable.items() for seed, why in seeds.items()]
+    if not rows:
+        return []
+    lines = ["## Unreadable runs", "",
+             (f"{plural(len(rows), 'run')} of the study had a damaged file in this folder (cut off, or not what "
+              "specroute writes there) and count as not finished: every mean, comparison and claim below rests "
+              "on the other runs. Move such a run's folder away and run the study again with --resume to train "
+              "it again."), ""]
+    lines += md_table(("arm", "seed", "what is wrong"), rows)
+    return [*lines, ""]
+
+
 def diagnostics_section(arms: dict[str, Any]) -> list[str]:
     """The "Gate score scale and action dependence" table (empty for a summary without gate diagnostics):
     per arm and controlled layer, means over seeds of the score's std over tokens and G3's
@@ -302,6 +318,7 @@ def render(summary: dict[str, Any], plots: dict[str, str]) -> str:
     )
     lines += ["", *failed_section(summary)] if n_failed else []
     lines += ["", *missing_section(summary)] if summary.get("missing") else []
+    lines += ["", *unreadable_section(summary)] if summary.get("unreadable") else []
     lines += ["", "## Results per arm", "",
               "Mean ± standard deviation over seeds (ddof 1). LM losses are held-out nats/token; "
               "`full` is the realised full fraction (mean over controlled layers, train); tokens/s and MFU "

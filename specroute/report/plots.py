@@ -11,7 +11,6 @@ Each plot is written atomically into ``<out>/plots/``."""
 from __future__ import annotations
 
 import io
-import json
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -103,14 +102,12 @@ def _arm_legend(fig: Any, summary: dict[str, Any], arms: list[str], extra: list[
 
 
 def read_train_records(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        rec = json.loads(line)
-        if rec.get("event") == "train":
-            out.append(rec)
-    return out
+    """The training-step records of a run's ``metrics.jsonl`` ([] when there is none;
+    :func:`specroute.train.trainer.read_metrics`, which raises UserError for a damaged file: the report
+    leaves such a run out before plotting, :func:`specroute.report.aggregate.collect_runs`)."""
+    from specroute.train.trainer import read_metrics
+
+    return [rec for rec in read_metrics(path) if rec.get("event") == "train"]
 
 
 def plot_lm(summary: dict[str, Any], path: Path) -> None:

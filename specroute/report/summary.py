@@ -40,7 +40,9 @@ Layout (a contract: the claims evaluator reads it)::
      "comparisons": [{"id", "claim", "better", "worse", "metric", "n", "wins", "ties", "losses",
                       "mean_diff", "interval", "p_sign", "per_seed": [...]}],
      "wall_s" (total over sessions), "sessions": [{"started", "wall_s", "ended"}, ...],
-     "missing": {ARM: [seed, ...]} (the study's runs with no result yet: a shard's report before the others end)}
+     "missing": {ARM: [seed, ...]} (the study's runs with no result yet: a shard's report before the others end),
+     "unreadable": {ARM: {"<seed>": reason}} (runs left out because a file of theirs is damaged: the file and
+                   what is wrong; :func:`specroute.report.aggregate.collect_runs`)}
 
 A failed run (its training diverged: :mod:`specroute.train.runs`) is kept out of its arm's ``seeds`` and
 in ``failed`` instead, so every mean, comparison and claim rests on the finished seeds only (``n`` of
@@ -237,13 +239,14 @@ def inputs_record(data: Any, backbone: Any, environment: dict[str, Any]) -> dict
 
 def build_summary(resolved: Any, spec_sha256: str, results: dict[str, dict[int, dict[str, Any]]],
                   inputs: dict[str, Any], wall_s: float, sessions: list[dict[str, Any]] | None = None,
-                  missing: dict[str, list[int]] | None = None) -> dict[str, Any]:
+                  missing: dict[str, list[int]] | None = None,
+                  unreadable: dict[str, dict[int, str]] | None = None) -> dict[str, Any]:
     """The summary of a study (see the module docstring for the layout). ``resolved``: the study (a
     :class:`specroute.spec.Resolved`, or what a study folder recorded of it,
     :class:`specroute.report.aggregate.RecordedStudy`); ``results``: {arm: {seed: run result}} of the finished
     and failed runs; ``inputs``: :func:`inputs_record`; ``wall_s``: the study's total wall time (seconds,
     summed over ``sessions``, :mod:`specroute.report.sessions`); ``missing``: {arm: [seed]} of the study's runs
-    with no result yet."""
+    with no result yet; ``unreadable``: {arm: {seed: reason}} of those left out for a damaged file."""
     study = resolved.study
     arms, failed = {}, {}
     for arm in study.arms:
@@ -279,4 +282,6 @@ def build_summary(resolved: Any, spec_sha256: str, results: dict[str, dict[int, 
         "wall_s": wall_s,
         "sessions": list(sessions or []),
         "missing": {arm: list(seeds) for arm, seeds in (missing or {}).items() if seeds},
+        "unreadable": {arm: {str(s): why for s, why in sorted(seeds.items())}
+                       for arm, seeds in (unreadable or {}).items() if seeds},
     }

@@ -70,15 +70,13 @@ def _submitit() -> Any:
 def run_task(resolved: Any, out: str, arm: str, seed: int, cache: str | None, device: str) -> dict[str, Any]:
     """One array task: the run (arm, seed) of the study into ``out``, as a process of the shared study;
     returns the run's result (a failed run's too: :func:`specroute.train.runs.is_failed`)."""
-    from specroute.train.runs import run_dir
+    from specroute.train.runs import read_result, run_dir
     from specroute.train.study import StudyOptions, run_study
 
     options = StudyOptions(out=Path(out), resume=True, arms=[arm], seeds=[seed], cache=cache, device=device,
                            yes=True, workers=1)
     run_study(resolved, options)
-    import json
-
-    return json.loads((run_dir(Path(out), arm, seed) / "result.json").read_text())
+    return read_result(run_dir(Path(out), arm, seed) / "result.json")
 
 
 def task_error(e: BaseException) -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import multiprocessing
 import os
 import signal
@@ -43,7 +42,7 @@ from specroute.store import UserError
 from specroute.train.device import Device, deterministic
 from specroute.train.distributed import SINGLE, World
 from specroute.train.progress import StudyProgress
-from specroute.train.runs import init_worker, is_failed, run_controller, run_in_worker
+from specroute.train.runs import init_worker, is_failed, read_result, run_controller, run_in_worker
 from specroute.train.tracking import TrackingFlags
 from specroute.train.trainer import StepBudget
 
@@ -256,7 +255,7 @@ def run_controllers(jobs: list[Job], data: Any, device: Device, workers: int | N
         slots = [None] * (workers or auto_workers(device, jobs[0].spec, len(todo)))
     done: Iterator[tuple[Job, dict[str, Any]]]
     if uses_workers(len(slots), len(todo), one_at_a_time, world):
-        done = itertools.chain(((j, json.loads((j.folder / "result.json").read_text())) for j in finished),
+        done = itertools.chain(((j, read_result(j.folder / "result.json")) for j in finished),
                                run_parallel(todo, data.path, device, slots, progress, on_start, tracking, on_tail))
     else:
         if device.type == "cuda" and slots[0] is not None:

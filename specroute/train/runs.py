@@ -53,7 +53,7 @@ from specroute.flops.analytic import flops_proxy, step_macs
 from specroute.spec.loader import dump_run
 from specroute.spec.models import RunSpec
 from specroute.locks import hold_lock
-from specroute.store import ANY, FILE, atomic_write_json, atomic_write_with
+from specroute.store import ANY, FILE, UserError, atomic_write_json, atomic_write_with, json_kind
 from specroute.train.device import Device, deterministic, pick_device
 from specroute.train.distributed import SINGLE, World, main_only, on_main
 from specroute.train.progress import QueueProgress, StudyProgress
@@ -77,6 +77,19 @@ RUN_LOCK_WAIT_S = 10.0
 
 def run_dir(out: Path, arm: str, seed: int) -> Path:
     return out / "runs" / arm / f"seed{seed}"
+
+
+def read_result(path: Path) -> dict[str, Any]:
+    """A run's ``result.json`` (a finished or failed run's result). Raises UserError naming ``path`` and what is
+    wrong when it cannot be read, is not JSON (a damaged or truncated file) or holds something other than a
+    JSON object."""
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: not a readable result ({e})") from None
+    if not isinstance(result, dict):
+        raise UserError(f"{path}: holds a JSON {json_kind(result)}, not a run's result (a JSON object)")
+    return result
 
 
 def is_failed(result: dict[str, Any]) -> bool:
@@ -105,7 +118,7 @@ def run_controller(arm: str, spec: RunSpec, data: TokenData, backbone: dict[str,
     longer than :data:`RUN_LOCK_WAIT_S`."""
     result = folder / "result.json"
     if result.is_file():
-        return json.loads(result.read_text())
+        return read_result(result)
     with main_only(world, hold_lock(folder, "the run folder", wait_s=RUN_LOCK_WAIT_S)):
         summary = _train_run(arm, spec, data, backbone, device, folder, progress, budget, concurrent_runs, world,
                              tracking)

@@ -12,6 +12,7 @@ over it, which is the model the run evaluated.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,6 +126,17 @@ def load_run(folder: Path, cache: str | Path | None = None) -> SavedRun:
     pretrained = checkpoint.tokenizer_file if checkpoint and spec.data.tokenizer == "pretrained" else None
     tokenizer = load_tokenizer(spec.data.tokenizer, cache, pretrained)
     return SavedRun(spec, model.eval(), thresholds, tokenizer)
+
+
+def check_temperature(temperature: float) -> None:
+    """Raise UserError for a sampling temperature ``generate`` cannot use: not a finite number (``nan``,
+    ``inf``, a number beyond a float's range such as ``1e400``) or negative. 0 is greedy."""
+    if not math.isfinite(temperature):
+        note = " (a number beyond a float's range, such as 1e400, reads as inf)" if math.isinf(temperature) else ""
+        raise UserError(f"--temperature {temperature}: not a finite number{note}; give 0 (greedy) or a positive "
+                        "number such as 0.8 (sampling)")
+    if temperature < 0:
+        raise UserError(f"--temperature {temperature}: must be >= 0 (0: greedy; > 0: sampling)")
 
 
 def generate_text(run: SavedRun, prompt: str, max_new_tokens: int, temperature: float = 0.0,

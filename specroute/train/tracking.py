@@ -114,7 +114,8 @@ def tracking_on(flags: TrackingFlags | None, spec: TrackingSpec) -> bool:
 
 def check_available(flags: TrackingFlags, specs: list[TrackingSpec]) -> None:
     """Raise UserError, before anything trains or is written, when a tracker that is switched on is not
-    installed or its TensorBoard folder cannot be created (the folder is made here)."""
+    installed, its TensorBoard folder cannot be created (the folder is made here), or W&B online has no
+    login (:func:`wandb_logged_in`)."""
     roots = {root for s in specs if (root := flags.tensorboard_root(s)) is not None}
     if roots:
         try:
@@ -126,11 +127,32 @@ def check_available(flags: TrackingFlags, specs: list[TrackingSpec]) -> None:
                 make_dir(root)
             except UserError as e:
                 raise UserError(f"--tensorboard / train.tracking.tensorboard: {e}") from None
-    if any(flags.wandb_mode(s) != "off" for s in specs):
+    modes = {flags.wandb_mode(s) for s in specs}
+    if modes - {"off"}:
         try:
             import wandb  # noqa: F401
         except ImportError:
             raise UserError(f"Weights & Biases tracking needs the wandb package: {INSTALL}") from None
+    if "online" in modes and not wandb_logged_in():
+        what = "--wandb online" if flags.wandb == "online" else "train.tracking.wandb: online"
+        raise UserError(f"{what} needs a W&B login (`wandb login` or WANDB_API_KEY); or use --wandb offline")
+
+
+def wandb_logged_in() -> bool:
+    """Whether W&B has credentials on this machine (``WANDB_API_KEY``, ``WANDB_IDENTITY_TOKEN_FILE``, the
+    .netrc entry ``wandb login`` writes, a settings file's key), as wandb itself reads them
+    (``wandb.api.api_key``): local files and the environment only, never the network. Whether the key is
+    valid only the server can say; wandb.init does."""
+    import contextlib
+    import io
+    import os
+
+    import wandb
+
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
+        return True
+    with contextlib.redirect_stderr(io.StringIO()):  # its deprecation notice (wandb >= 0.2x), not for our users
+        return bool(wandb.api.api_key)
 
 
 def open_trackers(flags: TrackingFlags, spec: TrackingSpec, arm: str, seed: int, config: dict[str, Any],

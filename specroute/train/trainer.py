@@ -15,6 +15,7 @@ values). It reads the floats the step already logs, so it adds no device synchro
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 import time
@@ -29,8 +30,8 @@ from torch import Tensor, nn
 from specroute.flops.mfu import Peak, device_peak, speed
 from specroute.spec.training import TrainSpec
 from specroute.train.compiled import is_compiled
-from specroute.store import (UserError, atomic_write_text, json_text, make_dir, nonfinite_paths, replace_dir,
-                             temp_dir_beside, writing)
+from specroute.store import (UserError, atomic_write_text, json_kind, json_text, make_dir, nonfinite_paths,
+                             replace_dir, temp_dir_beside, writing)
 from specroute.train.device import Device
 from specroute.train.distributed import SINGLE, BatchSplit, World
 from specroute.train.step import lr_at, make_optimizer, optimizer_step
@@ -174,6 +175,34 @@ class MetricsSink:
     def close(self) -> None:
         with writing(self.path):
             self._f.close()
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The records of a :class:`MetricsSink`'s file, in order ([] when there is none). A last line that is not
+    JSON and lacks its newline (a write cut off by a kill: every record is written whole, with its newline)
+    is left out, so a run killed mid-write stays readable. Raises UserError naming the file (and line) when
+    it cannot be read, is not UTF-8 text, or a line is not JSON or not a JSON object."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not a readable metrics log ({e})") from None
+    lines = text.split("\n")  # the last item: "" after a whole last record, else a cut-off line
+    records = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                break
+            raise UserError(f"{path}:{i}: not a JSON record ({e})") from None
+        if not isinstance(record, dict):
+            raise UserError(f"{path}:{i}: a JSON {json_kind(record)}, not a metrics record (a JSON object)")
+        records.append(record)
+    return records
 
 
 class NoSink:
