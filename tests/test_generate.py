@@ -122,5 +122,7 @@ def test_cache_positions_and_sampling_and_bad_temperature():
         with pytest.raises(ValueError, match=f"temperature={bad}: must be a finite number >= 0"):
             model.generate(tokens(1, 4), 2, temperature=bad)
     assert model.generate(tokens(1, 4), 2, temperature=1e308).shape == (1, 6)  # finite: kept (near uniform)
+    prompt = tokens(1, 4)  # a tiny temperature is greedy in the limit, not an overflow
+    assert torch.equal(model.generate(prompt, 5, temperature=1e-320), model.generate(prompt, 5, temperature=0))
     draw = [model.generate(tokens(1, 4), 6, generator=torch.Generator().manual_seed(9)) for _ in range(2)]
     assert torch.equal(draw[0], draw[1])

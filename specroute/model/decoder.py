@@ -303,7 +303,8 @@ class Decoder(nn.Module):
             if temperature == 0:
                 nxt = logits_BV.argmax(-1, keepdim=True)
             else:
-                nxt = torch.multinomial(torch.softmax(logits_BV / temperature, -1), 1, generator=generator)
+                shifted = logits_BV - logits_BV.amax(-1, keepdim=True)  # <= 0: no overflow at a tiny temperature
+                nxt = torch.multinomial(torch.softmax(shifted / temperature, -1), 1, generator=generator)
             idx_BT = torch.cat([idx_BT, nxt], dim=1)
             step_idx = nxt
         return idx_BT
