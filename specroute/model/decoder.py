@@ -303,8 +303,10 @@ class Decoder(nn.Module):
             if temperature == 0:
                 nxt = logits_BV.argmax(-1, keepdim=True)
             else:
-                shifted = logits_BV - logits_BV.amax(-1, keepdim=True)  # <= 0: no overflow at a tiny temperature
-                nxt = torch.multinomial(torch.softmax(shifted / temperature, -1), 1, generator=generator)
+                # shifted to <= 0 and T kept a normal float32: a tiny T is greedy in the limit, never inf or nan
+                shifted = logits_BV - logits_BV.amax(-1, keepdim=True)
+                scaled = shifted / max(temperature, torch.finfo(torch.float32).tiny)
+                nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)
             idx_BT = torch.cat([idx_BT, nxt], dim=1)
             step_idx = nxt
         return idx_BT
