@@ -187,11 +187,12 @@ def test_a_run_claimed_by_another_process_is_refused_and_a_killed_claim_taken_ov
 def _damaged(path, damage: str) -> str:
     """Damage ``path`` (a run's result.json or metrics.jsonl) as ``damage`` says; return the damaged file's name."""
     text = path.read_text()
-    path.write_text({"cut": text[:len(text) // 2], "array": "[]", "line": "{not json\n" + text}[damage])
+    path.write_text({"cut": text[:len(text) // 2], "array": "[]", "empty": "{}", "line": "{not json\n" + text}[damage])
     return path.name
 
 
-@pytest.mark.parametrize("file,damage", [("result.json", "cut"), ("result.json", "array"), ("metrics.jsonl", "line")])
+@pytest.mark.parametrize("file,damage", [("result.json", "cut"), ("result.json", "array"), ("result.json", "empty"),
+                                         ("metrics.jsonl", "line")])
 def test_report_leaves_out_a_run_with_a_damaged_file_and_names_it(tmp_path, unsharded, file, damage):
     lone, cache = unsharded
     out = tmp_path / "out"
@@ -201,7 +202,7 @@ def test_report_leaves_out_a_run_with_a_damaged_file_and_names_it(tmp_path, unsh
     with open(runs / "seed0" / "metrics.jsonl", "a") as f:
         f.write('{"event": "train", "st')  # a write cut off by a kill: tolerated
     why = {"cut": "not a readable result", "array": "holds a JSON array, not a run's result",
-           "line": "metrics.jsonl:1: not a JSON record"}[damage]
+           "empty": "not a complete run's result (no lm, best_lm", "line": "metrics.jsonl:1: not a JSON record"}[damage]
     r = runner.invoke(app, ["report", str(out)])
     assert r.exit_code == 0, r.output
     assert "Traceback" not in r.output

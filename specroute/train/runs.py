@@ -89,7 +89,14 @@ def read_result(path: Path) -> dict[str, Any]:
         raise UserError(f"{path}: not a readable result ({e})") from None
     if not isinstance(result, dict):
         raise UserError(f"{path}: holds a JSON {json_kind(result)}, not a run's result (a JSON object)")
+    missing = [k for k in (("failure",) if is_failed(result) else RESULT_KEYS) if k not in result]
+    if missing:
+        raise UserError(f"{path}: not a complete run's result (no {', '.join(missing)})")
     return result
+
+
+#: What every finished run's result holds (the report reads them; a failed run's holds ``failure``).
+RESULT_KEYS = ("lm", "best_lm", "avg_lm", "final_lm", "grad_norm", "full_fraction", "flops_proxy", "wall_s")
 
 
 def is_failed(result: dict[str, Any]) -> bool:
