@@ -29,12 +29,10 @@ machine facts: :mod:`specroute.bench.machine`.
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import torch
 
 from specroute.bench.cases import QUICK, BenchOptions, build_cases
 from specroute.bench.figures import summarise
@@ -44,7 +42,7 @@ from specroute.bench.timing import measure_memory, memory_method, time_cases
 from specroute.text import plural
 from specroute.spec import Resolved
 from specroute.store import UserError
-from specroute.train.device import Device, environment, pick_device
+from specroute.train.device import Device, environment, pick_device, torch_threads
 
 
 def run_bench(resolved: Resolved, options: BenchOptions,
@@ -57,20 +55,8 @@ def run_bench(resolved: Resolved, options: BenchOptions,
     if options.rounds < 1 or options.warmup_steps < 0:
         raise UserError("--repeats must be >= 1 and warm-up >= 0")
     device = pick_device(options.device)
-    with _threads(QUICK["threads"] if options.quick else None):
+    with torch_threads(QUICK["threads"] if options.quick else None):
         return _run(resolved, options, device, progress or (lambda _msg: None))
-
-
-@contextlib.contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    """torch's intra-op threads set to ``n`` for the block (None: left as they are)."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _run(resolved: Resolved, options: BenchOptions, device: Device, say: Callable[[str], None]) -> dict[str, Any]:

@@ -59,6 +59,18 @@ def pick_device(name: str = "auto") -> Device:
 
 
 @contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside the block (None: left as it is), restored after."""
+    was = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(was)
+
+
+@contextlib.contextmanager
 def deterministic(device: Device, threads: int | None = None) -> Iterator[None]:
     """Deterministic algorithms on CPU for the duration of the block (restored afterwards), with the
     intra-op thread count fixed: float reductions depend on it, so a run's metrics would otherwise depend

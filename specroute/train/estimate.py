@@ -11,16 +11,15 @@ model, so the throughput carries over (a small batch runs at a lower rate, so su
 
 from __future__ import annotations
 
-import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from specroute.flops.analytic import dense_step_macs, step_macs
 from specroute.spec.models import RunSpec
-from specroute.train.device import Device
+from specroute.train.device import Device, torch_threads
 from specroute.train.stages import ControllerStage, DenseStage, build_seeded
 from specroute.train.trainer import FixedBatch, Stage, Trainer
 
@@ -71,21 +70,9 @@ def probe(dense_spec: RunSpec, controller_spec: RunSpec, device: Device,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         dense = _dense_rate(dense_spec, device)
-        with _threads(run_threads if device.type == "cpu" else None):
+        with torch_threads(run_threads if device.type == "cpu" else None):
             controller = _controller_rate(controller_spec, device)
         return Throughput(dense, controller)
-
-
-@contextlib.contextmanager
-def _threads(count: int | None) -> Iterator[None]:
-    """torch's intra-op thread count set to ``count`` (None: left as it is) inside the block."""
-    was = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(was)
 
 
 def _dense_rate(spec: RunSpec, device: Device) -> float:
