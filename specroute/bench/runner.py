@@ -33,7 +33,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 from specroute.bench.cases import QUICK, BenchOptions, build_cases
 from specroute.bench.figures import summarise
 from specroute.bench.machine import OtherLoad, machine
