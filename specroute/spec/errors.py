@@ -235,9 +235,10 @@ def number_hint(error_type: str, value: Any) -> str | None:
 
     ``error_type`` is pydantic's: ``int_type`` / ``float_type`` (a value of another type), ``finite_number``
     (``inf`` or ``nan`` for a float field). Text that spells a finite number (``"4"``) is told to drop its
-    quotes (and, when YAML reads even the bare spelling as text, ``.5e0``, to write it as ``0.5``); text or a float that is not a finite number (``nan``, ``inf``, ``1e400``, ``.nan``) is called
-    so; a finite float for an integer field is "not an integer" (with its integer spelling when whole); no
-    value (YAML's null, an empty ``--set field=``) is called so.
+    quotes (and, when YAML reads even the bare spelling as text, ``.5e0``, to write it as ``0.5``); text or
+    a float that is not a finite number (``nan``, ``inf``, ``1e400``, ``.nan``) is called so; a finite float
+    for an integer field is "not an integer" (with its integer spelling when whole); no value (YAML's null,
+    an empty ``--set field=``) is called so.
     """
     is_int = error_type == "int_type"
     takes = "the field takes an integer" if is_int else "the field takes a finite number"

@@ -79,11 +79,9 @@ class StudySpec(RunSpec):
     def _arm_folders(cls, arms: dict[str, ArmSpec]) -> dict[str, ArmSpec]:
         """Each arm names its runs' folder (``runs/<arm>/``): a folder name, and no two that differ only in
         case (one folder on a case-insensitive filesystem: macOS, Windows)."""
-        for arm in arms:
-            folder_name(arm, "arm name")
         by_case: dict[str, str] = {}
         for arm in arms:
-            other = by_case.setdefault(arm.lower(), arm)
+            other = by_case.setdefault(folder_name(arm, "arm name").lower(), arm)
             if other != arm:
                 raise ValueError(f"arms {other!r} and {arm!r} differ only in case: on a case-insensitive "
                                  "filesystem they would share one folder; rename one")

@@ -79,6 +79,10 @@ def run_dir(out: Path, arm: str, seed: int) -> Path:
     return out / "runs" / arm / f"seed{seed}"
 
 
+#: What every finished run's result holds (the report reads them; a failed run's holds ``failure``).
+RESULT_KEYS = ("lm", "best_lm", "avg_lm", "final_lm", "grad_norm", "full_fraction", "flops_proxy", "wall_s")
+
+
 def read_result(path: Path) -> dict[str, Any]:
     """A run's ``result.json`` (a finished or failed run's result). Raises UserError naming ``path`` and what is
     wrong when it cannot be read, is not JSON (a damaged or truncated file) or holds something other than a
@@ -93,10 +97,6 @@ def read_result(path: Path) -> dict[str, Any]:
     if missing:
         raise UserError(f"{path}: not a complete run's result (no {', '.join(missing)})")
     return result
-
-
-#: What every finished run's result holds (the report reads them; a failed run's holds ``failure``).
-RESULT_KEYS = ("lm", "best_lm", "avg_lm", "final_lm", "grad_norm", "full_fraction", "flops_proxy", "wall_s")
 
 
 def is_failed(result: dict[str, Any]) -> bool:

@@ -15,8 +15,11 @@ and seed) and ignores steps it already has.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -143,10 +146,6 @@ def wandb_logged_in() -> bool:
     .netrc entry ``wandb login`` writes, a settings file's key), as wandb itself reads them
     (``wandb.api.api_key``): local files and the environment only, never the network. Whether the key is
     valid only the server can say; wandb.init does."""
-    import contextlib
-    import io
-    import os
-
     import wandb
 
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_IDENTITY_TOKEN_FILE"):
